@@ -1,0 +1,2 @@
+//! Sans-IO core: no tokio, no sockets, time passed in.
+pub mod digest;

@@ -1,0 +1,2 @@
+//! regmirror: mirrors Kamailio registrations onto every node of an Asterisk farm.
+pub mod core;
