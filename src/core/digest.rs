@@ -465,10 +465,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 fn strip_scheme(value: &str) -> Result<&str, DigestError> {
     let v = value.trim_start();
-    if v.len() < 6 || !v[..6].eq_ignore_ascii_case("digest") {
-        return Err(DigestError::NotDigest);
-    }
-    let rest = &v[6..];
+    // `get`, not `[..6]`: byte 6 may fall inside a multi-byte character (found by fuzzing).
+    let rest = match (v.get(..6), v.get(6..)) {
+        (Some(scheme), Some(rest)) if scheme.eq_ignore_ascii_case("digest") => rest,
+        _ => return Err(DigestError::NotDigest),
+    };
     if !rest.is_empty() && !rest.starts_with([' ', '\t']) {
         return Err(DigestError::NotDigest);
     }
@@ -752,6 +753,22 @@ mod tests {
         };
         assert_eq!(choose([&strong, &md5], &ha1), Some(&md5));
         assert_eq!(choose([&md5, &strong], &password), Some(&strong));
+    }
+
+    #[test]
+    fn multibyte_at_scheme_boundary_is_not_digest() {
+        assert_eq!(
+            Challenge::parse("RE\u{fffd}\u{fffd}"),
+            Err(DigestError::NotDigest)
+        );
+        assert_eq!(
+            Authorization::parse("Diges\u{e9} realm=\"r\""),
+            Err(DigestError::NotDigest)
+        );
+        assert_eq!(
+            Challenge::parse("Digest\u{e9}"),
+            Err(DigestError::NotDigest)
+        );
     }
 
     #[test]
