@@ -465,10 +465,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 fn strip_scheme(value: &str) -> Result<&str, DigestError> {
     let v = value.trim_start();
-    if v.len() < 6 || !v[..6].eq_ignore_ascii_case("digest") {
-        return Err(DigestError::NotDigest);
-    }
-    let rest = &v[6..];
+    // `get`, not `[..6]`: byte 6 may fall inside a multi-byte character (found by fuzzing).
+    let rest = match (v.get(..6), v.get(6..)) {
+        (Some(scheme), Some(rest)) if scheme.eq_ignore_ascii_case("digest") => rest,
+        _ => return Err(DigestError::NotDigest),
+    };
     if !rest.is_empty() && !rest.starts_with([' ', '\t']) {
         return Err(DigestError::NotDigest);
     }
@@ -661,6 +662,113 @@ mod tests {
             "REGISTER",
             b""
         ));
+    }
+
+    /// RFC 7616 section 3.9.1: the same request answered with SHA-256 and with MD5.
+    #[test]
+    fn rfc7616_sha256_and_md5_examples() {
+        let password = Secret::Password("Circle of Life".into());
+        let req = RequestInfo {
+            method: "GET",
+            uri: "/dir/index.html",
+            body: b"",
+        };
+        let cnonce = "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ";
+        for (alg, expected) in [
+            (
+                "SHA-256",
+                "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1",
+            ),
+            ("MD5", "8ca523f5e9506fed4657c9700eebdbec"),
+        ] {
+            let ch = Challenge::parse(&format!(
+                r#"Digest realm="http-auth@example.org", qop="auth, auth-int", algorithm={alg}, nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS""#
+            ))
+            .unwrap();
+            assert_eq!(ch.qop, vec![Qop::Auth, Qop::AuthInt]);
+            let h = authorization(&ch, "Mufasa", &password, req, 1, cnonce).unwrap();
+            assert!(
+                h.contains(&format!(r#"response="{expected}""#)),
+                "{alg}: {h}"
+            );
+            assert!(
+                h.contains("qop=auth,")
+                    && h.contains(r#"opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS""#)
+            );
+            let parsed = Authorization::parse(&h).unwrap();
+            assert_eq!(parsed.algorithm, Algorithm::parse(alg).unwrap());
+            assert!(parsed.verify(&password, "GET", b""));
+            assert!(!parsed.verify(&password, "POST", b""));
+        }
+        // The Authorization header exactly as printed in the RFC verifies server-side.
+        let rfc = Authorization::parse(
+            r#"Digest username="Mufasa", realm="http-auth@example.org", uri="/dir/index.html", algorithm=SHA-256, nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", nc=00000001, cnonce="f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ", qop=auth, response="753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1", opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS""#,
+        )
+        .unwrap();
+        assert!(rfc.verify(&password, "GET", b""));
+    }
+
+    /// RFC 8760 SHA-512-256 for a SIP REGISTER, plain and `-sess`. Expected values computed
+    /// independently with OpenSSL (Python `hashlib.new("sha512_256")`).
+    #[test]
+    fn rfc8760_sha512_256() {
+        let password = Secret::Password("s3cret".into());
+        let req = RequestInfo {
+            method: "REGISTER",
+            uri: "sip:regmirror.test",
+            body: b"",
+        };
+        for (alg, expected) in [
+            (
+                "SHA-512-256",
+                "00ff8630e377a47070bbc96e532b3e05006cb6a90a4477adddecf81a8b61cc07",
+            ),
+            (
+                "SHA-512-256-sess",
+                "a0248dea2f969744241774d40097228a3dc3191f0634f8abc2ecf2b438d94bdc",
+            ),
+        ] {
+            let ch = Challenge::parse(&format!(r#"Digest realm="regmirror.test", nonce="1732300000/3fc9", algorithm={alg}, qop="auth""#)).unwrap();
+            let h = authorization(&ch, "1001", &password, req, 1, "0a4f113b").unwrap();
+            assert!(
+                h.contains(&format!(r#"response="{expected}""#)),
+                "{alg}: {h}"
+            );
+            assert!(Authorization::parse(&h)
+                .unwrap()
+                .verify(&password, "REGISTER", b""));
+        }
+        // A stored MD5 HA1 cannot answer SHA-512-256; `choose` then prefers a usable MD5 challenge.
+        let strong = Challenge::parse(
+            r#"Digest realm="regmirror.test", nonce="n", algorithm=SHA-512-256, qop="auth""#,
+        )
+        .unwrap();
+        let md5 = Challenge::parse(
+            r#"Digest realm="regmirror.test", nonce="n", algorithm=MD5, qop="auth""#,
+        )
+        .unwrap();
+        let ha1 = Secret::Ha1Md5 {
+            realm: "regmirror.test".into(),
+            ha1: ha1(Algorithm::Md5, "1001", "regmirror.test", "s3cret"),
+        };
+        assert_eq!(choose([&strong, &md5], &ha1), Some(&md5));
+        assert_eq!(choose([&md5, &strong], &password), Some(&strong));
+    }
+
+    #[test]
+    fn multibyte_at_scheme_boundary_is_not_digest() {
+        assert_eq!(
+            Challenge::parse("RE\u{fffd}\u{fffd}"),
+            Err(DigestError::NotDigest)
+        );
+        assert_eq!(
+            Authorization::parse("Diges\u{e9} realm=\"r\""),
+            Err(DigestError::NotDigest)
+        );
+        assert_eq!(
+            Challenge::parse("Digest\u{e9}"),
+            Err(DigestError::NotDigest)
+        );
     }
 
     #[test]
