@@ -294,7 +294,7 @@ impl Driver {
                             Metrics::inc(&metrics.credential_unknown_users);
                             tracing::warn!(user = %user, "no credential for this user: not mirrored");
                         }
-                        let result = found.map(|c| Credential { username: user.clone(), secret: c.into_secret() });
+                        let result = found.map(|c| Credential { username: c.username, secret: c.secret });
                         let _ = tx.send(Lookup { user, result }).await;
                         return;
                     }
