@@ -1,2 +1,4 @@
 //! regmirror: mirrors Kamailio registrations onto every node of an Asterisk farm.
+pub mod cli;
 pub mod core;
+pub mod store;

@@ -62,7 +62,10 @@ impl Algorithm {
     }
 
     pub fn is_sess(self) -> bool {
-        matches!(self, Self::Md5Sess | Self::Sha256Sess | Self::Sha512_256Sess)
+        matches!(
+            self,
+            Self::Md5Sess | Self::Sha256Sess | Self::Sha512_256Sess
+        )
     }
 
     fn is_md5_family(self) -> bool {
@@ -200,7 +203,9 @@ impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Secret::Password(_) => f.write_str("Secret::Password(<redacted>)"),
-            Secret::Ha1Md5 { realm, .. } => write!(f, "Secret::Ha1Md5 {{ realm: {realm:?}, ha1: <redacted> }}"),
+            Secret::Ha1Md5 { realm, .. } => {
+                write!(f, "Secret::Ha1Md5 {{ realm: {realm:?}, ha1: <redacted> }}")
+            }
         }
     }
 }
@@ -210,12 +215,19 @@ impl Secret {
     pub fn can_answer(&self, challenge: &Challenge) -> bool {
         match self {
             Secret::Password(_) => true,
-            Secret::Ha1Md5 { realm, .. } => challenge.algorithm.is_md5_family() && *realm == challenge.realm,
+            Secret::Ha1Md5 { realm, .. } => {
+                challenge.algorithm.is_md5_family() && *realm == challenge.realm
+            }
         }
     }
 
     /// H(username:realm:password) for `algorithm` and `realm`.
-    fn base_ha1(&self, algorithm: Algorithm, username: &str, realm: &str) -> Result<String, DigestError> {
+    fn base_ha1(
+        &self,
+        algorithm: Algorithm,
+        username: &str,
+        realm: &str,
+    ) -> Result<String, DigestError> {
         match self {
             Secret::Password(p) => Ok(ha1(algorithm, username, realm, p)),
             Secret::Ha1Md5 { realm: r, ha1 } if algorithm.is_md5_family() && r == realm => {
@@ -326,7 +338,9 @@ fn compute_response(
         _ => alg.hex(format!("{}:{}", req.method, req.uri).as_bytes()),
     };
     match qop {
-        Some((q, nc, cnonce)) => alg.hex(format!("{ha1}:{nonce}:{nc}:{cnonce}:{}:{ha2}", q.as_str()).as_bytes()),
+        Some((q, nc, cnonce)) => {
+            alg.hex(format!("{ha1}:{nonce}:{nc}:{cnonce}:{}:{ha2}", q.as_str()).as_bytes())
+        }
         None => alg.hex(format!("{ha1}:{nonce}:{ha2}").as_bytes()),
     }
 }
@@ -398,7 +412,9 @@ impl Authorization {
                     if v.len() != 8 {
                         return Err(DigestError::Malformed("nc must be 8 hex digits"));
                     }
-                    a.nc = Some(u32::from_str_radix(&v, 16).map_err(|_| DigestError::Malformed("nc"))?)
+                    a.nc = Some(
+                        u32::from_str_radix(&v, 16).map_err(|_| DigestError::Malformed("nc"))?,
+                    )
                 }
                 "cnonce" => a.cnonce = Some(v.into_owned()),
                 _ => {}
@@ -430,9 +446,16 @@ impl Authorization {
             &base,
             &self.nonce,
             qop,
-            RequestInfo { method, uri: &self.uri, body },
+            RequestInfo {
+                method,
+                uri: &self.uri,
+                body,
+            },
         );
-        constant_time_eq(expected.as_bytes(), self.response.to_ascii_lowercase().as_bytes())
+        constant_time_eq(
+            expected.as_bytes(),
+            self.response.to_ascii_lowercase().as_bytes(),
+        )
     }
 }
 
@@ -473,7 +496,10 @@ impl<'a> Iterator for Params<'a> {
         }
         let Some(eq) = s.find('=') else {
             self.rest = "";
-            return Some((Err(DigestError::Malformed("parameter without `=`")), "".into()));
+            return Some((
+                Err(DigestError::Malformed("parameter without `=`")),
+                "".into(),
+            ));
         };
         let name = s[..eq].trim();
         let after = s[eq + 1..].trim_start();
@@ -501,7 +527,10 @@ impl<'a> Iterator for Params<'a> {
                 }
                 None => {
                     self.rest = "";
-                    Some((Err(DigestError::Malformed("unterminated quoted string")), "".into()))
+                    Some((
+                        Err(DigestError::Malformed("unterminated quoted string")),
+                        "".into(),
+                    ))
                 }
             }
         } else {
@@ -527,12 +556,19 @@ mod tests {
             &ch,
             "Mufasa",
             &Secret::Password("Circle Of Life".into()),
-            RequestInfo { method: "GET", uri: "/dir/index.html", body: b"" },
+            RequestInfo {
+                method: "GET",
+                uri: "/dir/index.html",
+                body: b"",
+            },
             1,
             "0a4f113b",
         )
         .unwrap();
-        assert!(h.contains(r#"response="6629fae49393a05397450978507c4ef1""#), "{h}");
+        assert!(
+            h.contains(r#"response="6629fae49393a05397450978507c4ef1""#),
+            "{h}"
+        );
         assert!(h.contains("nc=00000001"));
         let parsed = Authorization::parse(&h).unwrap();
         assert!(parsed.verify(&Secret::Password("Circle Of Life".into()), "GET", b""));
@@ -541,16 +577,50 @@ mod tests {
 
     #[test]
     fn stored_ha1_answers_md5_for_its_realm_only() {
-        let ha1 = ha1(Algorithm::Md5, "Mufasa", "testrealm@host.com", "Circle Of Life");
+        let ha1 = ha1(
+            Algorithm::Md5,
+            "Mufasa",
+            "testrealm@host.com",
+            "Circle Of Life",
+        );
         assert_eq!(ha1, "939e7578ed9e3c518a452acee763bce9");
-        let s = Secret::Ha1Md5 { realm: "testrealm@host.com".into(), ha1 };
+        let s = Secret::Ha1Md5 {
+            realm: "testrealm@host.com".into(),
+            ha1,
+        };
         let ch = Challenge::parse(r#"Digest realm="testrealm@host.com", nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093", qop="auth""#).unwrap();
-        let h = authorization(&ch, "Mufasa", &s, RequestInfo { method: "GET", uri: "/dir/index.html", body: b"" }, 1, "0a4f113b").unwrap();
-        assert!(h.contains(r#"response="6629fae49393a05397450978507c4ef1""#), "{h}");
+        let h = authorization(
+            &ch,
+            "Mufasa",
+            &s,
+            RequestInfo {
+                method: "GET",
+                uri: "/dir/index.html",
+                body: b"",
+            },
+            1,
+            "0a4f113b",
+        )
+        .unwrap();
+        assert!(
+            h.contains(r#"response="6629fae49393a05397450978507c4ef1""#),
+            "{h}"
+        );
         let other = Challenge::parse(r#"Digest realm="other", nonce="n""#).unwrap();
         assert!(!s.can_answer(&other));
         assert_eq!(
-            authorization(&other, "Mufasa", &s, RequestInfo { method: "GET", uri: "/", body: b"" }, 1, "c"),
+            authorization(
+                &other,
+                "Mufasa",
+                &s,
+                RequestInfo {
+                    method: "GET",
+                    uri: "/",
+                    body: b""
+                },
+                1,
+                "c"
+            ),
             Err(DigestError::Ha1NotUsable)
         );
     }
@@ -558,18 +628,52 @@ mod tests {
     #[test]
     fn nonce_count_is_eight_hex_digits() {
         let ch = Challenge::parse(r#"Digest realm="r", nonce="n", qop="auth""#).unwrap();
-        let h = authorization(&ch, "u", &Secret::Password("p".into()), RequestInfo { method: "REGISTER", uri: "sip:r", body: b"" }, 10, "c").unwrap();
+        let h = authorization(
+            &ch,
+            "u",
+            &Secret::Password("p".into()),
+            RequestInfo {
+                method: "REGISTER",
+                uri: "sip:r",
+                body: b"",
+            },
+            10,
+            "c",
+        )
+        .unwrap();
         assert!(h.contains("nc=0000000a"), "{h}");
-        let h = authorization(&ch, "u", &Secret::Password("p".into()), RequestInfo { method: "REGISTER", uri: "sip:r", body: b"" }, 255, "c").unwrap();
+        let h = authorization(
+            &ch,
+            "u",
+            &Secret::Password("p".into()),
+            RequestInfo {
+                method: "REGISTER",
+                uri: "sip:r",
+                body: b"",
+            },
+            255,
+            "c",
+        )
+        .unwrap();
         assert!(h.contains("nc=000000ff"), "{h}");
-        assert!(Authorization::parse(&h).unwrap().verify(&Secret::Password("p".into()), "REGISTER", b""));
+        assert!(Authorization::parse(&h).unwrap().verify(
+            &Secret::Password("p".into()),
+            "REGISTER",
+            b""
+        ));
     }
 
     #[test]
     fn secret_debug_is_redacted() {
         let s = format!("{:?}", Secret::Password("hunter2".into()));
         assert!(!s.contains("hunter2"));
-        let s = format!("{:?}", Secret::Ha1Md5 { realm: "r".into(), ha1: "abcdef".into() });
+        let s = format!(
+            "{:?}",
+            Secret::Ha1Md5 {
+                realm: "r".into(),
+                ha1: "abcdef".into()
+            }
+        );
         assert!(!s.contains("abcdef"));
     }
 }
