@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use regmirror::config::{Config, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "regmirror", version, about = "Mirrors Kamailio registrations onto every Asterisk node")]
+#[command(
+    name = "regmirror",
+    version,
+    about = "Mirrors Kamailio registrations onto every Asterisk node"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -15,6 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Provision users in the shared schema (both tiers see them at once).
+    User(regmirror::cli::user::UserArgs),
     /// Run the service.
     Run {
         /// Configuration file (TOML); REGMIRROR__SECTION__KEY variables override it.
@@ -29,8 +35,20 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not errors; usage errors exit 1.
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
     match cli.command {
+        Command::User(args) => match current_thread() {
+            Ok(rt) => ExitCode::from(rt.block_on(regmirror::cli::user::run(args))),
+            Err(code) => code,
+        },
         Command::Run { config } => {
             let cfg = match Config::load(config.as_deref()) {
                 Ok(c) => c,
@@ -40,12 +58,9 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&cfg);
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match current_thread() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("regmirror: cannot start the runtime: {e}");
-                    return ExitCode::from(1);
-                }
+                Err(code) => return code,
             };
             match rt.block_on(regmirror::runtime::run(cfg, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -58,7 +73,11 @@ fn main() -> ExitCode {
         }
         Command::CheckConfig { config } => match Config::load(config.as_deref()) {
             Ok(c) => {
-                println!("configuration ok: {} node(s), listening on {}", c.nodes.len(), c.sip.listen);
+                println!(
+                    "configuration ok: {} node(s), listening on {}",
+                    c.nodes.len(),
+                    c.sip.listen
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -67,6 +86,16 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn current_thread() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("regmirror: cannot start the runtime: {e}");
+            ExitCode::from(3)
+        })
 }
 
 fn init_logging(cfg: &Config) {
@@ -83,10 +112,11 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return ctrl_c.await.unwrap_or(()),
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

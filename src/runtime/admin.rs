@@ -43,16 +43,23 @@ pub struct StatusSnapshot {
 
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, driver: mpsc::Sender<AdminQuery>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let metrics = metrics.clone();
         let driver = driver.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), handle(stream, metrics, driver)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), handle(stream, metrics, driver))
+                .await;
         });
     }
 }
 
-async fn handle(mut stream: TcpStream, metrics: Arc<Metrics>, driver: mpsc::Sender<AdminQuery>) -> std::io::Result<()> {
+async fn handle(
+    mut stream: TcpStream,
+    metrics: Arc<Metrics>,
+    driver: mpsc::Sender<AdminQuery>,
+) -> std::io::Result<()> {
     let mut buf = vec![0u8; 4096];
     let mut len = 0;
     // Read until the end of the request head (or the buffer is full).
@@ -71,22 +78,42 @@ async fn handle(mut stream: TcpStream, metrics: Arc<Metrics>, driver: mpsc::Send
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = path.split('?').next().unwrap_or("");
     let (status, ctype, body) = if method != "GET" {
-        ("405 Method Not Allowed", "text/plain", "GET only\n".to_string())
+        (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_string(),
+        )
     } else {
         match path {
             "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
             "/readyz" => match status_of(&driver).await {
                 Some(_) => ("200 OK", "text/plain", "ready\n".to_string()),
-                None => ("503 Service Unavailable", "text/plain", "driver not running\n".to_string()),
+                None => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "driver not running\n".to_string(),
+                ),
             },
             "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
             "/status.json" => match status_of(&driver).await {
-                Some(s) => ("200 OK", "application/json", serde_json::to_string(&s).unwrap_or_default()),
-                None => ("503 Service Unavailable", "text/plain", "driver not running\n".to_string()),
+                Some(s) => (
+                    "200 OK",
+                    "application/json",
+                    serde_json::to_string(&s).unwrap_or_default(),
+                ),
+                None => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "driver not running\n".to_string(),
+                ),
             },
             "/" | "/status" => match status_of(&driver).await {
                 Some(s) => ("200 OK", "text/html; charset=utf-8", render_html(&s)),
-                None => ("503 Service Unavailable", "text/plain", "driver not running\n".to_string()),
+                None => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "driver not running\n".to_string(),
+                ),
             },
             _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
         }
@@ -102,11 +129,17 @@ async fn handle(mut stream: TcpStream, metrics: Arc<Metrics>, driver: mpsc::Send
 async fn status_of(driver: &mpsc::Sender<AdminQuery>) -> Option<StatusSnapshot> {
     let (tx, rx) = oneshot::channel();
     driver.send(AdminQuery::Status(tx)).await.ok()?;
-    tokio::time::timeout(Duration::from_secs(5), rx).await.ok()?.ok()
+    tokio::time::timeout(Duration::from_secs(5), rx)
+        .await
+        .ok()?
+        .ok()
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn render_html(s: &StatusSnapshot) -> String {
@@ -139,7 +172,11 @@ fn render_html(s: &StatusSnapshot) -> String {
         );
     }
     if s.bindings.len() > 1000 {
-        let _ = write!(o, "<tr><td colspan=4>... {} more</td></tr>", s.bindings.len() - 1000);
+        let _ = write!(
+            o,
+            "<tr><td colspan=4>... {} more</td></tr>",
+            s.bindings.len() - 1000
+        );
     }
     o.push_str("</table></body></html>\n");
     o

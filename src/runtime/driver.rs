@@ -77,6 +77,7 @@ impl Driver {
             retry_base: config.sip.retry_base,
             retry_max: config.sip.retry_max,
             user_agent: config.sip.user_agent.clone(),
+            ..MirrorConfig::default()
         };
         let mirror = Mirror::new(mcfg, nodes.clone(), rand::random());
         let (lookups_tx, lookups_rx) = mpsc::channel(4096);
@@ -100,11 +101,17 @@ impl Driver {
         })
     }
 
-    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    pub async fn run(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
         let mut buf = vec![0u8; 65_536];
         loop {
-            let deadline = self.mirror.poll_timeout().map(tokio::time::Instant::from_std);
+            let deadline = self
+                .mirror
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std);
             tokio::select! {
                 r = self.socket.recv_from(&mut buf) => {
                     match r {
@@ -214,7 +221,11 @@ impl Driver {
         let mut nodes: Vec<NodeRow> = self
             .nodes
             .iter()
-            .map(|n| NodeRow { name: n.name.clone(), address: n.addr.to_string(), ..Default::default() })
+            .map(|n| NodeRow {
+                name: n.name.clone(),
+                address: n.addr.to_string(),
+                ..Default::default()
+            })
             .collect();
         let mut bindings = Vec::new();
         for b in self.mirror.bindings() {
@@ -253,7 +264,12 @@ impl Driver {
 
     fn on_event(&mut self, ev: Event) {
         match ev {
-            Event::BindingChanged { aor, node, state, reason } => {
+            Event::BindingChanged {
+                aor,
+                node,
+                state,
+                reason,
+            } => {
                 let name = self.node_name(node);
                 self.metrics.count_transition(&name, state_name(state));
                 tracing::info!(user = %aor, node = %name, state = state_name(state), reason = %reason, "binding");
@@ -270,7 +286,10 @@ impl Driver {
     }
 
     fn node_name(&self, node: u16) -> String {
-        self.nodes.get(usize::from(node)).map(|n| n.name.clone()).unwrap_or_else(|| format!("#{node}"))
+        self.nodes
+            .get(usize::from(node))
+            .map(|n| n.name.clone())
+            .unwrap_or_else(|| format!("#{node}"))
     }
 
     /// Looks the user's credential up off the driver task; retries with backoff while the
@@ -294,12 +313,17 @@ impl Driver {
                             Metrics::inc(&metrics.credential_unknown_users);
                             tracing::warn!(user = %user, "no credential for this user: not mirrored");
                         }
-                        let result = found.map(|c| Credential { username: c.username, secret: c.secret });
+                        let result = found.map(|c| Credential {
+                            username: c.username,
+                            secret: c.secret,
+                        });
                         let _ = tx.send(Lookup { user, result }).await;
                         return;
                     }
                     Err(e) => {
-                        metrics.credential_lookup_errors.fetch_add(1, Ordering::Relaxed);
+                        metrics
+                            .credential_lookup_errors
+                            .fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(user = %user, error = %e, retry_in = ?wait, "credential lookup failed");
                         tokio::time::sleep(wait).await;
                         wait = (wait * 2).min(Duration::from_secs(30));
@@ -311,7 +335,9 @@ impl Driver {
 
     async fn send(&self, payload: &[u8], dest: SocketAddr) {
         let r = match self.socket.try_send_to(payload, dest) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.socket.send_to(payload, dest).await,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                self.socket.send_to(payload, dest).await
+            }
             r => r,
         };
         if let Err(e) = r {

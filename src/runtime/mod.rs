@@ -12,7 +12,10 @@ use crate::config::Config;
 pub use driver::Driver;
 
 /// Runs regmirror until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::default());
     let (admin_tx, admin_rx) = tokio::sync::mpsc::channel(16);
     if let Some(addr) = config.admin.listen {
