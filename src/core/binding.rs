@@ -221,7 +221,9 @@ impl Binding {
             (_, Op::Unregister) => BindingState::Unregistering,
             (Phase::Backoff, Op::Register) => BindingState::Failed,
             (Phase::Registered, Op::Register) => BindingState::Registered,
-            (Phase::Queued | Phase::InFlight, Op::Register) if self.confirmed => BindingState::Registered,
+            (Phase::Queued | Phase::InFlight, Op::Register) if self.confirmed => {
+                BindingState::Registered
+            }
             (Phase::Queued | Phase::InFlight, Op::Register) => BindingState::Registering,
         })
     }
@@ -229,7 +231,10 @@ impl Binding {
     /// Forget everything but the CSeq (the Call-ID may be reused by the same slot generation).
     pub fn reset(&mut self) {
         let cseq = self.cseq;
-        *self = Binding { cseq, ..Binding::default() };
+        *self = Binding {
+            cseq,
+            ..Binding::default()
+        };
     }
 }
 
@@ -275,16 +280,28 @@ impl RegisterRequest<'_> {
             cseq = self.cseq,
         );
         if self.expires == 0 {
-            let _ = write!(s, "Contact: <sip:{}@{}>;expires=0\r\n", self.user, self.contact_host);
+            let _ = write!(
+                s,
+                "Contact: <sip:{}@{}>;expires=0\r\n",
+                self.user, self.contact_host
+            );
         } else {
             let _ = write!(s, "Contact: <sip:{}@{}>\r\n", self.user, self.contact_host);
         }
         let _ = write!(s, "Expires: {}\r\n", self.expires);
         if let Some((proxy, value)) = self.authorization {
-            let name = if proxy { "Proxy-Authorization" } else { "Authorization" };
+            let name = if proxy {
+                "Proxy-Authorization"
+            } else {
+                "Authorization"
+            };
             let _ = write!(s, "{name}: {value}\r\n");
         }
-        let _ = write!(s, "User-Agent: {}\r\nContent-Length: 0\r\n\r\n", self.user_agent);
+        let _ = write!(
+            s,
+            "User-Agent: {}\r\nContent-Length: 0\r\n\r\n",
+            self.user_agent
+        );
         s.into_bytes()
     }
 }
@@ -293,7 +310,9 @@ impl RegisterRequest<'_> {
 pub fn valid_user(user: &str) -> bool {
     !user.is_empty()
         && user.len() <= 128
-        && user.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/%".contains(&b))
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/%".contains(&b))
 }
 
 /// The fields of a response to a REGISTER that the state machine needs.
@@ -315,7 +334,10 @@ pub struct ResponseInfo<'a> {
 
 impl<'a> ResponseInfo<'a> {
     pub fn from_response(resp: &'a rsip::Response) -> Self {
-        let mut info = ResponseInfo { code: resp.status_code.code(), ..Default::default() };
+        let mut info = ResponseInfo {
+            code: resp.status_code.code(),
+            ..Default::default()
+        };
         for h in resp.headers.iter() {
             match h {
                 Header::Via(v) if info.branch.is_none() => info.branch = via_branch(v.value()),
@@ -323,7 +345,9 @@ impl<'a> ResponseInfo<'a> {
                 Header::CSeq(c) => {
                     let mut parts = c.value().split_ascii_whitespace();
                     info.cseq = parts.next().and_then(|n| n.parse().ok());
-                    info.cseq_is_register = parts.next().is_some_and(|m| m.eq_ignore_ascii_case("REGISTER"));
+                    info.cseq_is_register = parts
+                        .next()
+                        .is_some_and(|m| m.eq_ignore_ascii_case("REGISTER"));
                 }
                 Header::WwwAuthenticate(w) => info.www_authenticate.push(w.value()),
                 Header::ProxyAuthenticate(p) => info.proxy_authenticate.push(p.value()),
@@ -348,8 +372,15 @@ impl<'a> ResponseInfo<'a> {
 
     /// Parsed Digest challenges of the 401 (`www`) or 407 kind; unparseable ones are skipped.
     pub fn challenges(&self, proxy: bool) -> Vec<Challenge> {
-        let raw = if proxy { &self.proxy_authenticate } else { &self.www_authenticate };
-        raw.iter().flat_map(|v| split_challenges(v)).filter_map(|c| Challenge::parse(c).ok()).collect()
+        let raw = if proxy {
+            &self.proxy_authenticate
+        } else {
+            &self.www_authenticate
+        };
+        raw.iter()
+            .flat_map(|v| split_challenges(v))
+            .filter_map(|c| Challenge::parse(c).ok())
+            .collect()
     }
 
     /// Expiry the node granted to `<sip:user@contact_host>`: its Contact `expires` param, else
@@ -368,7 +399,10 @@ impl<'a> ResponseInfo<'a> {
 
 fn leading_u32(s: &str) -> Option<u32> {
     let s = s.trim_start();
-    let end = s.bytes().position(|b| !b.is_ascii_digit()).unwrap_or(s.len());
+    let end = s
+        .bytes()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(s.len());
     s[..end].parse().ok()
 }
 
@@ -414,7 +448,9 @@ fn split_challenges(value: &str) -> Vec<&str> {
     let mut offset: usize = 0;
     for part in split_top_level(value, ',') {
         let t = part.trim_start();
-        let is_scheme = t.len() > 6 && t[..6].eq_ignore_ascii_case("digest") && t.as_bytes()[6].is_ascii_whitespace();
+        let is_scheme = t.len() > 6
+            && t[..6].eq_ignore_ascii_case("digest")
+            && t.as_bytes()[6].is_ascii_whitespace();
         if is_scheme {
             if let Some(s) = start {
                 out.push(value[s..offset.saturating_sub(1)].trim());
@@ -437,7 +473,9 @@ fn contact_expires_for(entry: &str, user: &str, contact_host: &str) -> Option<u3
         _ => entry.split_once(';').map_or((entry, ""), |(u, p)| (u, p)),
     };
     let uri = uri.trim();
-    let rest = uri.strip_prefix("sip:").or_else(|| uri.strip_prefix("SIP:"))?;
+    let rest = uri
+        .strip_prefix("sip:")
+        .or_else(|| uri.strip_prefix("SIP:"))?;
     let rest = rest.split(';').next().unwrap_or(rest);
     let (u, host) = rest.split_once('@')?;
     if u != user || !host.eq_ignore_ascii_case(contact_host) {
@@ -493,8 +531,14 @@ mod tests {
         let v = r#"<sip:1001@10.0.0.9:5060>;expires=50, "x" <sip:1001@10.77.0.20:5060;transport=udp>;expires=590"#;
         let parts: Vec<_> = split_top_level(v, ',').collect();
         assert_eq!(parts.len(), 2);
-        assert_eq!(contact_expires_for(parts[0], "1001", "10.77.0.20:5060"), None);
-        assert_eq!(contact_expires_for(parts[1], "1001", "10.77.0.20:5060"), Some(590));
+        assert_eq!(
+            contact_expires_for(parts[0], "1001", "10.77.0.20:5060"),
+            None
+        );
+        assert_eq!(
+            contact_expires_for(parts[1], "1001", "10.77.0.20:5060"),
+            Some(590)
+        );
     }
 
     #[test]
@@ -513,10 +557,19 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         for _ in 0..100 {
             let d = refresh_delay(&mut rng, 600, Duration::from_secs(36));
-            assert!(d <= Duration::from_secs(564) && d >= Duration::from_secs(535), "{d:?}");
+            assert!(
+                d <= Duration::from_secs(564) && d >= Duration::from_secs(535),
+                "{d:?}"
+            );
             let d = refresh_delay(&mut rng, 60, Duration::from_secs(36));
-            assert!(d <= Duration::from_secs(30) && d >= Duration::from_millis(28_500), "{d:?}");
-            assert_eq!(refresh_delay(&mut rng, 2, Duration::from_secs(36)), MIN_REFRESH);
+            assert!(
+                d <= Duration::from_secs(30) && d >= Duration::from_millis(28_500),
+                "{d:?}"
+            );
+            assert_eq!(
+                refresh_delay(&mut rng, 2, Duration::from_secs(36)),
+                MIN_REFRESH
+            );
         }
     }
 

@@ -17,7 +17,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::binding::{
-    backoff, refresh_delay, valid_user, AuthSent, Binding, Op, Phase, RegisterRequest, ResponseInfo, Txn,
+    backoff, refresh_delay, valid_user, AuthSent, Binding, Op, Phase, RegisterRequest,
+    ResponseInfo, Txn,
 };
 pub use super::binding::{BindingState, LastResult};
 use super::digest::{self, Challenge, RequestInfo, Secret};
@@ -94,7 +95,12 @@ pub struct Transmit {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    BindingChanged { aor: Arc<str>, node: NodeId, state: BindingState, reason: String },
+    BindingChanged {
+        aor: Arc<str>,
+        node: NodeId,
+        state: BindingState,
+        reason: String,
+    },
     /// The node rejected the credential: refetch it and call `set_credential`.
     CredentialRejected { aor: Arc<str>, node: NodeId },
     /// The AOR is live but no credential is known: look it up and call `set_credential`.
@@ -218,13 +224,22 @@ impl Mirror {
     pub fn new(config: MirrorConfig, nodes: Vec<Node>, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let prefix = rng.gen();
-        let timers = Timers { t1: config.t1, t2: config.t2, timer_f: config.timer_f };
+        let timers = Timers {
+            t1: config.t1,
+            t2: config.t2,
+            timer_f: config.timer_f,
+        };
         Mirror {
             cfg: config,
             timers,
             nodes: nodes
                 .into_iter()
-                .map(|node| NodeState { node, inflight: 0, waiting: VecDeque::new(), last_challenge: None })
+                .map(|node| NodeState {
+                    node,
+                    inflight: 0,
+                    waiting: VecDeque::new(),
+                    last_challenge: None,
+                })
                 .collect(),
             rng,
             prefix,
@@ -293,7 +308,8 @@ impl Mirror {
                 a.missing_reported = false;
                 let name = a.name.clone();
                 if let Some(name) = name {
-                    self.events.push_back(Event::CredentialMissing { aor: name });
+                    self.events
+                        .push_back(Event::CredentialMissing { aor: name });
                     self.aors[slot as usize].missing_reported = true;
                 }
             }
@@ -309,7 +325,9 @@ impl Mirror {
             self.counters.invalid_aors += 1;
             return;
         };
-        let Some(&slot) = self.by_name.get(user) else { return };
+        let Some(&slot) = self.by_name.get(user) else {
+            return;
+        };
         let n = self.nodes.len();
         match credential {
             Some(c) => {
@@ -325,7 +343,9 @@ impl Mirror {
                         && b.op == Op::Register
                         && matches!(
                             b.last,
-                            LastResult::CredentialRejected | LastResult::NoCredential | LastResult::NoUsableChallenge
+                            LastResult::CredentialRejected
+                                | LastResult::NoCredential
+                                | LastResult::NoUsableChallenge
                         )
                     {
                         self.start_op(now, idx, Op::Register);
@@ -351,7 +371,9 @@ impl Mirror {
             return;
         }
         let before = self.bindings[idx].state();
-        let Some(txn) = self.bindings[idx].txn.take() else { return };
+        let Some(txn) = self.bindings[idx].txn.take() else {
+            return;
+        };
         self.on_final(now, idx, *txn, &info);
         self.emit_change(idx, before, None);
         self.schedule(idx);
@@ -375,7 +397,11 @@ impl Mirror {
                     }
                     self.drive_aor(now, slot);
                 }
-            } else if self.bindings.get(key as usize).is_some_and(|b| b.scheduled == Some(at)) {
+            } else if self
+                .bindings
+                .get(key as usize)
+                .is_some_and(|b| b.scheduled == Some(at))
+            {
                 self.bindings[key as usize].scheduled = None;
                 self.fire(now, key as usize);
                 self.schedule(key as usize);
@@ -402,19 +428,22 @@ impl Mirror {
 
     pub fn bindings(&self) -> impl Iterator<Item = BindingView<'_>> {
         let n = self.nodes.len();
-        self.bindings.iter().enumerate().filter_map(move |(idx, b)| {
-            let state = b.state()?;
-            let aor = self.aors[idx / n].name.as_ref()?;
-            Some(BindingView {
-                aor,
-                node: (idx % n) as NodeId,
-                state,
-                last_result: b.last,
-                next_action: b.deadline(),
-                failures: b.failures,
-                granted_expires: b.granted,
+        self.bindings
+            .iter()
+            .enumerate()
+            .filter_map(move |(idx, b)| {
+                let state = b.state()?;
+                let aor = self.aors[idx / n].name.as_ref()?;
+                Some(BindingView {
+                    aor,
+                    node: (idx % n) as NodeId,
+                    state,
+                    last_result: b.last,
+                    next_action: b.deadline(),
+                    failures: b.failures,
+                    granted_expires: b.granted,
+                })
             })
-        })
     }
 
     /// The binding of `aor` on `node`, if any.
@@ -438,7 +467,9 @@ impl Mirror {
 
     /// Whether the mirror considers `aor` live at `now`.
     pub fn is_live(&self, now: Instant, aor: &str) -> bool {
-        user_part(aor).and_then(|u| self.by_name.get(u)).is_some_and(|&s| self.aors[s as usize].is_live(now))
+        user_part(aor)
+            .and_then(|u| self.by_name.get(u))
+            .is_some_and(|&s| self.aors[s as usize].is_live(now))
     }
 
     pub fn stats(&self) -> MirrorStats {
@@ -455,7 +486,11 @@ impl Mirror {
             invalid_aors: c.invalid_aors,
             ..Default::default()
         };
-        s.live_aors = self.aors.iter().filter(|a| a.name.is_some() && !a.removed && a.live_until.is_some()).count();
+        s.live_aors = self
+            .aors
+            .iter()
+            .filter(|a| a.name.is_some() && !a.removed && a.live_until.is_some())
+            .count();
         for b in &self.bindings {
             if b.phase == Phase::Queued {
                 s.queued += 1;
@@ -534,7 +569,8 @@ impl Mirror {
         if live && a.credential.is_none() && !a.missing_reported {
             a.missing_reported = true;
             if let Some(name) = a.name.clone() {
-                self.events.push_back(Event::CredentialMissing { aor: name });
+                self.events
+                    .push_back(Event::CredentialMissing { aor: name });
             }
         }
         for node in 0..n {
@@ -550,7 +586,10 @@ impl Mirror {
             return;
         }
         let base = slot as usize * n;
-        if self.bindings[base..base + n].iter().all(|b| b.phase == Phase::Absent) {
+        if self.bindings[base..base + n]
+            .iter()
+            .all(|b| b.phase == Phase::Absent)
+        {
             self.free_aor(slot);
         }
     }
@@ -657,7 +696,9 @@ impl Mirror {
         let slot = idx / n;
         let node = &self.nodes[idx % n].node;
         let a = &self.aors[slot];
-        let Some(user) = a.name.as_deref() else { return };
+        let Some(user) = a.name.as_deref() else {
+            return;
+        };
         let b = &mut self.bindings[idx];
         b.cseq = b.cseq.wrapping_add(1);
         let expires = match b.op {
@@ -671,9 +712,19 @@ impl Mirror {
             if cred.secret.can_answer(ch) {
                 b.nc = b.nc.wrapping_add(1);
                 let cnonce = format!("{:016x}", b.cnonce);
-                let req = RequestInfo { method: "REGISTER", uri: &uri, body: b"" };
-                if let Ok(v) = digest::authorization(ch, &cred.username, &cred.secret, req, b.nc, &cnonce) {
-                    auth = if b.nc == 1 { AuthSent::Fresh } else { AuthSent::Cached };
+                let req = RequestInfo {
+                    method: "REGISTER",
+                    uri: &uri,
+                    body: b"",
+                };
+                if let Ok(v) =
+                    digest::authorization(ch, &cred.username, &cred.secret, req, b.nc, &cnonce)
+                {
+                    auth = if b.nc == 1 {
+                        AuthSent::Fresh
+                    } else {
+                        AuthSent::Cached
+                    };
                     auth_value = Some(v);
                 }
             }
@@ -699,7 +750,11 @@ impl Mirror {
             user_agent: &self.cfg.user_agent,
         }
         .to_bytes();
-        self.transmits.push_back(Transmit { dest: node.addr, transport: node.transport, payload: payload.clone() });
+        self.transmits.push_back(Transmit {
+            dest: node.addr,
+            transport: node.transport,
+            payload: payload.clone(),
+        });
         b.txn = Some(Box::new(Txn {
             id,
             cseq: b.cseq,
@@ -796,7 +851,14 @@ impl Mirror {
         }
     }
 
-    fn on_challenge(&mut self, now: Instant, idx: usize, txn: &Txn, info: &ResponseInfo<'_>, proxy: bool) {
+    fn on_challenge(
+        &mut self,
+        now: Instant,
+        idx: usize,
+        txn: &Txn,
+        info: &ResponseInfo<'_>,
+        proxy: bool,
+    ) {
         self.counters.challenges += 1;
         let n = self.nodes.len();
         let slot = idx / n;
@@ -807,7 +869,8 @@ impl Mirror {
             if !a.missing_reported && !a.removed {
                 a.missing_reported = true;
                 if let Some(name) = a.name.clone() {
-                    self.events.push_back(Event::CredentialMissing { aor: name });
+                    self.events
+                        .push_back(Event::CredentialMissing { aor: name });
                 }
             }
             return;
@@ -826,7 +889,10 @@ impl Mirror {
         if !stale && txn.auth == AuthSent::Fresh {
             self.counters.credential_rejected += 1;
             if let Some(name) = self.aors[slot].name.clone() {
-                self.events.push_back(Event::CredentialRejected { aor: name, node: (idx % n) as NodeId });
+                self.events.push_back(Event::CredentialRejected {
+                    aor: name,
+                    node: (idx % n) as NodeId,
+                });
             }
             self.on_failure(now, idx, LastResult::CredentialRejected, None);
             return;
@@ -874,7 +940,14 @@ impl Mirror {
                 }
             }
             _ => {
-                let d = wait.unwrap_or_else(|| backoff(&mut self.rng, self.cfg.retry_base, self.cfg.retry_max, failures));
+                let d = wait.unwrap_or_else(|| {
+                    backoff(
+                        &mut self.rng,
+                        self.cfg.retry_base,
+                        self.cfg.retry_max,
+                        failures,
+                    )
+                });
                 self.bindings[idx].action_at = Some(now + d);
             }
         }
@@ -888,7 +961,10 @@ impl Mirror {
         }
         b.reset();
         if let Some(name) = self.aors[idx / n].name.clone() {
-            self.events.push_back(Event::BindingRemoved { aor: name, node: (idx % n) as NodeId });
+            self.events.push_back(Event::BindingRemoved {
+                aor: name,
+                node: (idx % n) as NodeId,
+            });
         }
     }
 
@@ -964,21 +1040,37 @@ impl Mirror {
             return;
         }
         let n = self.nodes.len();
-        let Some(aor) = self.aors[idx / n].name.clone() else { return };
+        let Some(aor) = self.aors[idx / n].name.clone() else {
+            return;
+        };
         let reason = reason.unwrap_or_else(|| match (state, b.last) {
-            (BindingState::Registering | BindingState::Unregistering, _) if b.phase != Phase::Backoff => {
-                String::from(if b.phase == Phase::Queued { "queued" } else { "sent" })
+            (BindingState::Registering | BindingState::Unregistering, _)
+                if b.phase != Phase::Backoff =>
+            {
+                String::from(if b.phase == Phase::Queued {
+                    "queued"
+                } else {
+                    "sent"
+                })
             }
             (_, last) => last.to_string(),
         });
-        self.events.push_back(Event::BindingChanged { aor, node: (idx % n) as NodeId, state, reason });
+        self.events.push_back(Event::BindingChanged {
+            aor,
+            node: (idx % n) as NodeId,
+            state,
+            reason,
+        });
     }
 }
 
 /// The user part of an AOR (`user`, `user@domain`, `sip:user@domain`), if it is a valid one.
 pub fn user_part(aor: &str) -> Option<&str> {
     let a = aor.trim();
-    let a = a.strip_prefix("sip:").or_else(|| a.strip_prefix("sips:")).unwrap_or(a);
+    let a = a
+        .strip_prefix("sip:")
+        .or_else(|| a.strip_prefix("sips:"))
+        .unwrap_or(a);
     let user = a.split_once('@').map_or(a, |(u, _)| u);
     valid_user(user).then_some(user)
 }

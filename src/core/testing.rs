@@ -26,6 +26,8 @@ pub enum Scripted {
     Stale,
     /// Swallow the request (no response, not cached).
     Drop,
+    /// Process normally (a placeholder to script a later request).
+    Pass,
 }
 
 /// One request as the registrar saw it.
@@ -71,6 +73,8 @@ pub struct FakeRegistrar {
     pub script: VecDeque<Scripted>,
     /// Silently drop the next N requests.
     pub drop_requests: u32,
+    /// Answer every request with this status (after `script`).
+    pub fail_all: Option<u16>,
     /// Send a 100 Trying before each final response.
     pub send_trying: bool,
     /// Added to the network latency for every response.
@@ -99,6 +103,7 @@ impl FakeRegistrar {
             max_expires: 7200,
             script: VecDeque::new(),
             drop_requests: 0,
+            fail_all: None,
             send_trying: false,
             response_delay: Duration::ZERO,
             contacts: HashMap::new(),
@@ -120,7 +125,10 @@ impl FakeRegistrar {
     }
 
     pub fn live_contacts(&self, now: Instant) -> usize {
-        self.contacts.values().filter(|c| c.expires_at > now).count()
+        self.contacts
+            .values()
+            .filter(|c| c.expires_at > now)
+            .count()
     }
 
     /// Handles one request datagram; returns the responses to send back.
@@ -150,14 +158,34 @@ impl FakeRegistrar {
             .unwrap_or("")
             .to_string();
         let user = uri_user(&f.to).unwrap_or_default();
-        let contact_uri = f.contact.split('>').next().unwrap_or("").trim_start_matches('<').trim().to_string();
+        let contact_uri = f
+            .contact
+            .split('>')
+            .next()
+            .unwrap_or("")
+            .trim_start_matches('<')
+            .trim()
+            .to_string();
         let contact_expires = f.contact.split('>').nth(1).and_then(|p| {
-            p.split(';').find_map(|kv| kv.trim().strip_prefix("expires=").and_then(|v| v.trim().parse().ok()))
+            p.split(';').find_map(|kv| {
+                kv.trim()
+                    .strip_prefix("expires=")
+                    .and_then(|v| v.trim().parse().ok())
+            })
         });
         let expires: u32 = contact_expires.or(f.expires).unwrap_or(3600);
-        let cseq_n: u32 = f.cseq.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
-        let authorization = f.authorization.as_deref().and_then(|a| Authorization::parse(a).ok());
-        let retransmission = self.answered.contains_key(&branch) || self.log.iter().any(|r| r.branch == branch);
+        let cseq_n: u32 = f
+            .cseq
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let authorization = f
+            .authorization
+            .as_deref()
+            .and_then(|a| Authorization::parse(a).ok());
+        let retransmission =
+            self.answered.contains_key(&branch) || self.log.iter().any(|r| r.branch == branch);
         let mut rec = Received {
             at: now,
             user: user.clone(),
@@ -187,9 +215,24 @@ impl FakeRegistrar {
             }
             Some(Scripted::Status(c)) => (c, String::new()),
             Some(Scripted::IntervalTooBrief(m)) => (423, format!("Min-Expires: {m}\r\n")),
-            Some(Scripted::Unavailable(ra)) => (503, ra.map(|s| format!("Retry-After: {s}\r\n")).unwrap_or_default()),
+            Some(Scripted::Unavailable(ra)) => (
+                503,
+                ra.map(|s| format!("Retry-After: {s}\r\n"))
+                    .unwrap_or_default(),
+            ),
             Some(Scripted::Stale) => (401, self.challenge_headers(now, true)),
-            None => self.process(now, &user, &contact_uri, expires, &f, authorization.as_ref(), cseq_n),
+            None | Some(Scripted::Pass) => match self.fail_all {
+                Some(c) => (c, String::new()),
+                None => self.process(
+                    now,
+                    &user,
+                    &contact_uri,
+                    expires,
+                    &f,
+                    authorization.as_ref(),
+                    cseq_n,
+                ),
+            },
         };
         rec.answered = code;
         self.push_log(rec);
@@ -249,17 +292,28 @@ impl FakeRegistrar {
                 cseq,
             },
         );
-        (200, format!("Contact: <{contact_uri}>;expires={granted}\r\nExpires: {granted}\r\n"))
+        (
+            200,
+            format!("Contact: <{contact_uri}>;expires={granted}\r\nExpires: {granted}\r\n"),
+        )
     }
 
     /// Challenge headers formatted the way Asterisk 22 does (no spaces after commas).
     fn challenge_headers(&mut self, now: Instant, stale: bool) -> String {
         self.nonce_seq += 1;
-        let nonce = format!("{}/{:032x}", 1_732_300_000 + self.nonce_seq, u128::from(self.nonce_seq) * 0x9e37_79b9_7f4a_7c15);
+        let nonce = format!(
+            "{}/{:032x}",
+            1_732_300_000 + self.nonce_seq,
+            u128::from(self.nonce_seq) * 0x9e37_79b9_7f4a_7c15
+        );
         self.nonces.insert(nonce.clone(), now);
         let mut s = String::new();
         for alg in &self.algorithms {
-            let _ = write!(s, "WWW-Authenticate: Digest realm=\"{}\",nonce=\"{nonce}\"", self.realm);
+            let _ = write!(
+                s,
+                "WWW-Authenticate: Digest realm=\"{}\",nonce=\"{nonce}\"",
+                self.realm
+            );
             if let Some(o) = &self.opaque {
                 let _ = write!(s, ",opaque=\"{o}\"");
             }
@@ -296,7 +350,10 @@ fn uri_user(v: &str) -> Option<String> {
 }
 
 fn status_of(resp: &[u8]) -> u16 {
-    std::str::from_utf8(resp.get(8..11).unwrap_or_default()).ok().and_then(|s| s.parse().ok()).unwrap_or(0)
+    std::str::from_utf8(resp.get(8..11).unwrap_or_default())
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 fn build_response(code: u16, f: &Fields, extra: &str) -> Vec<u8> {
@@ -304,7 +361,11 @@ fn build_response(code: u16, f: &Fields, extra: &str) -> Vec<u8> {
     for v in &f.vias {
         let _ = write!(s, "Via: {v};received=10.77.0.30\r\n");
     }
-    let to_tag = if f.to.contains(";tag=") || code == 100 { String::new() } else { ";tag=as1f2e3d".into() };
+    let to_tag = if f.to.contains(";tag=") || code == 100 {
+        String::new()
+    } else {
+        ";tag=as1f2e3d".into()
+    };
     let _ = write!(
         s,
         "From: {}\r\nTo: {}{to_tag}\r\nCall-ID: {}\r\nCSeq: {}\r\nServer: Asterisk PBX 22.1.0\r\n{extra}Content-Length: 0\r\n\r\n",
@@ -355,7 +416,11 @@ impl Sim {
         let mut registrars = Vec::new();
         for i in 0..nodes {
             let addr = SocketAddr::from(([10, 77, 0, 11 + i as u8], 5060));
-            list.push(Node { name: format!("ast{}", i + 1), addr, transport });
+            list.push(Node {
+                name: format!("ast{}", i + 1),
+                addr,
+                transport,
+            });
             registrars.push(FakeRegistrar::new(addr, &config.domain));
         }
         let start = Instant::now();
@@ -392,19 +457,32 @@ impl Sim {
 
     pub fn take_events(&mut self) -> Vec<Event> {
         self.pump();
-        std::mem::take(&mut self.events).into_iter().map(|(_, e)| e).collect()
+        std::mem::take(&mut self.events)
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect()
     }
 
     /// Moves the mirror's output onto the network.
     pub fn pump(&mut self) {
         while let Some(t) = self.mirror.poll_transmit() {
-            let Some(node) = self.registrars.iter().position(|r| r.addr == t.dest) else { continue };
+            let Some(node) = self.registrars.iter().position(|r| r.addr == t.dest) else {
+                continue;
+            };
             let lost = self.loss.pop_front().unwrap_or(false);
             if self.keep_sent {
-                self.sent.push(Sent { at: self.now, node, payload: t.payload.clone(), lost });
+                self.sent.push(Sent {
+                    at: self.now,
+                    node,
+                    payload: t.payload.clone(),
+                    lost,
+                });
             }
             if !lost {
-                self.enqueue(self.now + self.latency, Packet::ToRegistrar(node, t.payload));
+                self.enqueue(
+                    self.now + self.latency,
+                    Packet::ToRegistrar(node, t.payload),
+                );
             }
         }
         while let Some(e) = self.mirror.poll_event() {
@@ -451,20 +529,28 @@ impl Sim {
                 break;
             }
             self.queue.pop();
-            let Some(p) = self.packets.remove(&seq) else { continue };
+            let Some(p) = self.packets.remove(&seq) else {
+                continue;
+            };
             match p {
                 Packet::ToRegistrar(node, bytes) => {
                     let reg = &mut self.registrars[node];
                     let delay = reg.response_delay;
                     for resp in reg.handle(self.now, &bytes) {
                         if !self.loss.pop_front().unwrap_or(false) {
-                            self.enqueue(self.now + delay + self.latency, Packet::ToMirror(node, resp));
+                            self.enqueue(
+                                self.now + delay + self.latency,
+                                Packet::ToMirror(node, resp),
+                            );
                         }
                     }
                 }
                 Packet::ToMirror(node, bytes) => {
-                    if let Ok(rsip::SipMessage::Response(r)) = rsip::SipMessage::try_from(bytes.as_slice()) {
-                        self.mirror.handle_response(self.now, self.registrars[node].addr, &r);
+                    if let Ok(rsip::SipMessage::Response(r)) =
+                        rsip::SipMessage::try_from(bytes.as_slice())
+                    {
+                        self.mirror
+                            .handle_response(self.now, self.registrars[node].addr, &r);
                     }
                 }
             }

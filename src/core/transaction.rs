@@ -16,7 +16,11 @@ pub struct Timers {
 
 impl Default for Timers {
     fn default() -> Self {
-        Timers { t1: Duration::from_millis(500), t2: Duration::from_secs(4), timer_f: Duration::from_secs(32) }
+        Timers {
+            t1: Duration::from_millis(500),
+            t2: Duration::from_secs(4),
+            timer_f: Duration::from_secs(32),
+        }
     }
 }
 
@@ -81,7 +85,11 @@ impl NonInviteClient {
         }
         match self.retransmit_at {
             Some(at) if now >= at => {
-                self.interval = if self.proceeding { timers.t2 } else { (self.interval * 2).min(timers.t2) };
+                self.interval = if self.proceeding {
+                    timers.t2
+                } else {
+                    (self.interval * 2).min(timers.t2)
+                };
                 // From the scheduled time, not `now`, so a late wake-up does not shift the series.
                 let mut next = at + self.interval;
                 if next <= now {
@@ -141,7 +149,10 @@ mod tests {
                 TimerAction::None => panic!("deadline with nothing due"),
             }
         }
-        assert_eq!(sends, vec![500, 1500, 3500, 7500, 11500, 15500, 19500, 23500, 27500, 31500]);
+        assert_eq!(
+            sends,
+            vec![500, 1500, 3500, 7500, 11500, 15500, 19500, 23500, 27500, 31500]
+        );
     }
 
     #[test]
@@ -150,7 +161,10 @@ mod tests {
         let start = Instant::now();
         let mut tx = NonInviteClient::new(start, &t, true);
         assert_eq!(tx.deadline(), start + Duration::from_secs(32));
-        assert_eq!(tx.on_timer(start + Duration::from_secs(32), &t), TimerAction::Timeout);
+        assert_eq!(
+            tx.on_timer(start + Duration::from_secs(32), &t),
+            TimerAction::Timeout
+        );
     }
 
     #[test]
@@ -170,7 +184,13 @@ mod tests {
         assert_eq!(parse_branch(&b, 0xdeadbeef), Some((7, 0x1234)));
         assert_eq!(parse_branch(&b, 0xdeadbeee), None);
         assert_eq!(parse_branch("z9hG4bKabc", 0), None);
-        assert_eq!(parse_branch("z9hG4bKdeadbeef0000000700001234x", 0xdeadbeef), None);
-        assert_eq!(parse_branch("z9hG4bKdeadbeef00000007000012é", 0xdeadbeef), None);
+        assert_eq!(
+            parse_branch("z9hG4bKdeadbeef0000000700001234x", 0xdeadbeef),
+            None
+        );
+        assert_eq!(
+            parse_branch("z9hG4bKdeadbeef00000007000012é", 0xdeadbeef),
+            None
+        );
     }
 }
