@@ -149,6 +149,27 @@ pub(crate) struct Txn {
     pub payload: Vec<u8>,
 }
 
+/// The digest state kept between transactions so refreshes can reuse the nonce.
+#[derive(Debug)]
+pub(crate) struct AuthCache {
+    /// realm/opaque/algorithm/qop, shared between bindings of a node (nonce left empty).
+    pub template: Arc<Challenge>,
+    pub nonce: Box<str>,
+    pub cnonce: u64,
+    pub nc: u32,
+    /// The challenge came in a 407.
+    pub proxy: bool,
+}
+
+impl AuthCache {
+    pub fn challenge(&self) -> Challenge {
+        Challenge {
+            nonce: self.nonce.to_string(),
+            ..(*self.template).clone()
+        }
+    }
+}
+
 /// One (AOR, node) binding. Around 100 bytes; the AOR name and credential live in the AOR.
 #[derive(Debug)]
 pub(crate) struct Binding {
@@ -157,10 +178,8 @@ pub(crate) struct Binding {
     /// Refresh (Registered) or retry (Backoff) time.
     pub action_at: Option<Instant>,
     pub txn: Option<Box<Txn>>,
-    /// Last challenge answered, shared between bindings that got the same one.
-    pub challenge: Option<Arc<Challenge>>,
-    pub cnonce: u64,
-    pub nc: u32,
+    /// Last challenge answered (boxed: most of the time only its nonce is per binding).
+    pub auth: Option<Box<AuthCache>>,
     pub cseq: u32,
     /// Expiry granted by the node on the last 200.
     pub granted: u32,
@@ -175,8 +194,6 @@ pub(crate) struct Binding {
     pub confirmed: bool,
     /// The node may hold a binding (so forgetting it needs an unregister).
     pub server_bound: bool,
-    /// The last challenge came in a 407.
-    pub proxy_auth: bool,
     pub last: LastResult,
 }
 
@@ -186,9 +203,7 @@ impl Default for Binding {
             scheduled: None,
             action_at: None,
             txn: None,
-            challenge: None,
-            cnonce: 0,
-            nc: 0,
+            auth: None,
             cseq: 0,
             granted: 0,
             min_expires: 0,
@@ -198,7 +213,6 @@ impl Default for Binding {
             op: Op::Register,
             confirmed: false,
             server_bound: false,
-            proxy_auth: false,
             last: LastResult::None,
         }
     }

@@ -159,6 +159,8 @@ struct Counters {
 const MAX_ROUNDS: u8 = 4;
 /// Refresh this long before the granted expiry, beyond Timer F.
 const REFRESH_SLACK: Duration = Duration::from_secs(4);
+/// Output queues drained to empty give back capacity beyond this.
+const SHRINK_ABOVE: usize = 1024;
 /// Timer-queue keys with this bit are AOR expiry timers.
 const AOR_TIMER: u32 = 1 << 31;
 
@@ -414,11 +416,20 @@ impl Mirror {
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        let t = self.transmits.pop_front();
+        if t.is_none() && self.transmits.capacity() > SHRINK_ABOVE {
+            // A burst should not pin its peak memory for ever.
+            self.transmits.shrink_to(SHRINK_ABOVE);
+        }
+        t
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let e = self.events.pop_front();
+        if e.is_none() && self.events.capacity() > SHRINK_ABOVE {
+            self.events.shrink_to(SHRINK_ABOVE);
+        }
+        e
     }
 
     /// Earliest timer (may be one that turns out to be cancelled: waking then is harmless).
@@ -708,24 +719,27 @@ impl Mirror {
         let uri = format!("sip:{}", self.cfg.domain);
         let mut auth = AuthSent::None;
         let mut auth_value = None;
-        if let (Some(ch), Some(cred)) = (b.challenge.as_deref(), a.credential.as_ref()) {
-            if cred.secret.can_answer(ch) {
-                b.nc = b.nc.wrapping_add(1);
-                let cnonce = format!("{:016x}", b.cnonce);
+        let mut proxy = false;
+        if let (Some(ac), Some(cred)) = (b.auth.as_deref_mut(), a.credential.as_ref()) {
+            let ch = ac.challenge();
+            if cred.secret.can_answer(&ch) {
+                ac.nc = ac.nc.wrapping_add(1);
+                let cnonce = format!("{:016x}", ac.cnonce);
                 let req = RequestInfo {
                     method: "REGISTER",
                     uri: &uri,
                     body: b"",
                 };
                 if let Ok(v) =
-                    digest::authorization(ch, &cred.username, &cred.secret, req, b.nc, &cnonce)
+                    digest::authorization(&ch, &cred.username, &cred.secret, req, ac.nc, &cnonce)
                 {
-                    auth = if b.nc == 1 {
+                    auth = if ac.nc == 1 {
                         AuthSent::Fresh
                     } else {
                         AuthSent::Cached
                     };
                     auth_value = Some(v);
+                    proxy = ac.proxy;
                 }
             }
         }
@@ -746,7 +760,7 @@ impl Mirror {
             from_tag: &tag,
             cseq: b.cseq,
             expires,
-            authorization: auth_value.as_deref().map(|v| (b.proxy_auth, v)),
+            authorization: auth_value.as_deref().map(|v| (proxy, v)),
             user_agent: &self.cfg.user_agent,
         }
         .to_bytes();
@@ -880,12 +894,17 @@ impl Mirror {
             return;
         };
         let stale = chosen.stale;
-        let chosen = self.intern_challenge(idx % n, chosen);
+        let nonce: Box<str> = chosen.nonce.as_str().into();
+        let template = self.intern_challenge(idx % n, chosen);
+        let cnonce = self.rng.gen();
         let b = &mut self.bindings[idx];
-        b.challenge = Some(chosen);
-        b.proxy_auth = proxy;
-        b.nc = 0;
-        b.cnonce = self.rng.gen();
+        b.auth = Some(Box::new(super::binding::AuthCache {
+            template,
+            nonce,
+            cnonce,
+            nc: 0,
+            proxy,
+        }));
         if !stale && txn.auth == AuthSent::Fresh {
             self.counters.credential_rejected += 1;
             if let Some(name) = self.aors[slot].name.clone() {
@@ -905,12 +924,22 @@ impl Mirror {
         self.send_request(now, idx);
     }
 
+    /// The challenge minus its nonce, shared with the node's previous one when equal.
     fn intern_challenge(&mut self, node: usize, ch: &Challenge) -> Arc<Challenge> {
         let cache = &mut self.nodes[node].last_challenge;
-        if let Some(c) = cache.as_ref().filter(|c| ***c == *ch) {
+        if let Some(c) = cache.as_ref().filter(|c| {
+            c.realm == ch.realm
+                && c.opaque == ch.opaque
+                && c.algorithm == ch.algorithm
+                && c.qop == ch.qop
+        }) {
             return c.clone();
         }
-        let c = Arc::new(ch.clone());
+        let c = Arc::new(Challenge {
+            nonce: String::new(),
+            stale: false,
+            ..ch.clone()
+        });
         *cache = Some(c.clone());
         c
     }

@@ -26,6 +26,8 @@ pub enum Scripted {
     Stale,
     /// Swallow the request (no response, not cached).
     Drop,
+    /// Process normally (a placeholder to script a later request).
+    Pass,
 }
 
 /// One request as the registrar saw it.
@@ -71,6 +73,8 @@ pub struct FakeRegistrar {
     pub script: VecDeque<Scripted>,
     /// Silently drop the next N requests.
     pub drop_requests: u32,
+    /// Answer every request with this status (after `script`).
+    pub fail_all: Option<u16>,
     /// Send a 100 Trying before each final response.
     pub send_trying: bool,
     /// Added to the network latency for every response.
@@ -99,6 +103,7 @@ impl FakeRegistrar {
             max_expires: 7200,
             script: VecDeque::new(),
             drop_requests: 0,
+            fail_all: None,
             send_trying: false,
             response_delay: Duration::ZERO,
             contacts: HashMap::new(),
@@ -216,15 +221,18 @@ impl FakeRegistrar {
                     .unwrap_or_default(),
             ),
             Some(Scripted::Stale) => (401, self.challenge_headers(now, true)),
-            None => self.process(
-                now,
-                &user,
-                &contact_uri,
-                expires,
-                &f,
-                authorization.as_ref(),
-                cseq_n,
-            ),
+            None | Some(Scripted::Pass) => match self.fail_all {
+                Some(c) => (c, String::new()),
+                None => self.process(
+                    now,
+                    &user,
+                    &contact_uri,
+                    expires,
+                    &f,
+                    authorization.as_ref(),
+                    cseq_n,
+                ),
+            },
         };
         rec.answered = code;
         self.push_log(rec);
