@@ -6,7 +6,9 @@ use rsip::prelude::*;
 use rsip::{Header, SipMessage};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(msg) = SipMessage::try_from(data) else { return };
+    let Ok(msg) = SipMessage::try_from(data) else {
+        return;
+    };
     let _ = msg.to_string();
     let headers = match &msg {
         SipMessage::Request(r) => &r.headers,
