@@ -265,7 +265,7 @@ X-RegMirror-Event: {event}\r\nX-RegMirror-AOR: {aor}\r\nX-RegMirror-Expires: {ex
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
     #[test]
     fn random_bytes(data in prop::collection::vec(any::<u8>(), 0..2048)) {
