@@ -13,6 +13,12 @@ use rsip::SipMessage;
 /// What the runtime does with one datagram; checks the answer it would send parses back.
 fn exercise_message(data: &[u8]) -> Option<SipMessage> {
     let msg = sip::parse_message(data).ok()?;
+    let encoded = msg.to_string();
+    assert_eq!(
+        sip::parse_message(encoded.as_bytes()).as_ref(),
+        Ok(&msg),
+        "re-encoded:\n{encoded}"
+    );
     match &msg {
         SipMessage::Request(req) => {
             if let Ok(n) = notify::parse_notification(req) {
@@ -259,7 +265,7 @@ X-RegMirror-Event: {event}\r\nX-RegMirror-AOR: {aor}\r\nX-RegMirror-Expires: {ex
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
     #[test]
     fn random_bytes(data in prop::collection::vec(any::<u8>(), 0..2048)) {

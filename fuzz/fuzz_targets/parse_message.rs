@@ -1,13 +1,22 @@
 //! Every network entry point on one datagram: parse_message, then what the runtime does next
 //! (notification parsing and the 200/400 answer for requests, challenge extraction for responses).
-//! Property: the answer built by `response_for` always parses back, with the same Call-ID and CSeq.
+//! Properties: a parsed message re-encodes (rsip's Display) to bytes that parse to the same
+//! message; the answer built by `response_for` always parses back, same Call-ID, CSeq, From.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use regmirror::core::{notify, sip};
 use rsip::SipMessage;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(msg) = sip::parse_message(data) else { return };
+    let Ok(msg) = sip::parse_message(data) else {
+        return;
+    };
+    let encoded = msg.to_string();
+    assert_eq!(
+        sip::parse_message(encoded.as_bytes()).as_ref(),
+        Ok(&msg),
+        "re-encoded:\n{encoded}"
+    );
     match msg {
         SipMessage::Request(req) => {
             if let Ok(n) = notify::parse_notification(&req) {
@@ -24,7 +33,10 @@ fuzz_target!(|data: &[u8]| {
                         );
                     }
                 }
-                other => panic!("response_for output does not reparse: {other:?}\n{}", String::from_utf8_lossy(&resp)),
+                other => panic!(
+                    "response_for output does not reparse: {other:?}\n{}",
+                    String::from_utf8_lossy(&resp)
+                ),
             }
         }
         SipMessage::Response(resp) => {

@@ -49,6 +49,8 @@ pub enum WireError {
     Truncated { got: usize, want: usize },
     #[error("rsip rejected the message: {0}")]
     Rsip(String),
+    #[error("start line not understood (rsip read past it)")]
+    RsipMismatch,
 }
 
 /// Compact header forms (RFC 3261 7.3.3, RFC 3515, RFC 3841) that rsip 0.4 does not know.
@@ -271,6 +273,21 @@ pub fn parse_message(bytes: &[u8]) -> Result<SipMessage, WireError> {
     clean.push_str(body);
     let msg = SipMessage::try_from(clean.as_bytes())
         .map_err(|e| WireError::Rsip(truncate(&e.to_string(), 200)))?;
+    // rsip 0.4's Request-URI tokenizer is not bounded by the line: `OPTIONS 0 SIP/2.0\r\n://0
+    // SIP/2.0\r\n...` yields the URI `0 SIP/2.0\r\n://0` and rsip then reads headers (and body)
+    // other than the ones checked above. Found by fuzzing; accept only if rsip saw what we saw.
+    let (rsip_headers, rsip_body) = match &msg {
+        SipMessage::Request(r) => (&r.headers, &r.body),
+        SipMessage::Response(r) => (&r.headers, &r.body),
+    };
+    let uri_spilled =
+        matches!(&msg, SipMessage::Request(r) if r.uri.to_string().contains(['\r', '\n']));
+    if uri_spilled
+        || rsip_headers.iter().count() != head.lines.len()
+        || rsip_body.as_slice() != body.as_bytes()
+    {
+        return Err(WireError::RsipMismatch);
+    }
     Ok(msg)
 }
 
@@ -551,6 +568,15 @@ l: 5\r\n\r\nhello trailing garbage";
             parse_message(short.as_bytes()),
             Err(WireError::Truncated { got: 22, want: 50 })
         );
+    }
+
+    #[test]
+    fn rsip_uri_spilling_past_the_start_line_is_rejected() {
+        // Minimized from a fuzzer crash: rsip took `0 SIP/2.0\r\n://0` as the Request-URI.
+        let m =
+            "OPTIONS 0 SIP/2.0\r\nX-Link: ://0 SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+From: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n";
+        assert_eq!(parse_message(m.as_bytes()), Err(WireError::RsipMismatch));
     }
 
     #[test]
