@@ -1,0 +1,2 @@
+DROP PROCEDURE IF EXISTS regmirror_ensure_column;
+DROP PROCEDURE IF EXISTS regmirror_ensure_index;
