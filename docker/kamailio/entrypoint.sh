@@ -24,7 +24,7 @@ env_cfg=/etc/kamailio/kamailio-env.cfg
     echo "#!substdef \"!AUTH_REALM!$AUTH_REALM!g\""
     echo "#!substdef \"!ANTIFLOOD_EXEMPT_NET!$ANTIFLOOD_EXEMPT!g\""
     echo "#!define DBURL \"mysql://$DB_USER:$DB_PASSWORD@$DB_HOST:$DB_PORT/$DB_NAME\""
-    for v in REG_MIN_EXPIRES REG_MAX_EXPIRES UL_TIMER_INTERVAL FARM_FR_TIMEOUT AUTH_FAIL_LIMIT \
+    for v in REG_MIN_EXPIRES REG_MAX_EXPIRES UL_TIMER_INTERVAL FARM_FR_TIMEOUT FR_TIMER AUTH_FAIL_LIMIT \
              DS_FARM_ALG; do
         if [ -n "${!v:-}" ]; then echo "#!define $v ${!v}"; fi
     done
