@@ -37,7 +37,11 @@ CLIENT=$(command -v mariadb || command -v mysql || true)
 [ -n "$CLIENT" ] || { echo "apply.sh: no mariadb/mysql client found" >&2; exit 1; }
 # --no-defaults is not accepted after other options, so it goes first; the
 # MYSQL_* variables above still apply.
-sql() { "$CLIENT" --no-defaults --batch --skip-column-names "$@"; }
+# The client reads MYSQL_HOST/MYSQL_TCP_PORT/MYSQL_UNIX_PORT/MYSQL_PWD itself,
+# but not MYSQL_USER.
+USER_ARGS=()
+[ -n "${MYSQL_USER:-}" ] && USER_ARGS=(--user="$MYSQL_USER")
+sql() { "$CLIENT" --no-defaults "${USER_ARGS[@]}" --batch --skip-column-names "$@"; }
 
 # hex keeps any byte of a password intact on its way into SQL
 hexvar() {

@@ -1,2 +1,6 @@
 //! regmirror: mirrors Kamailio registrations onto every node of an Asterisk farm.
+pub mod cli;
+pub mod config;
 pub mod core;
+pub mod runtime;
+pub mod store;

@@ -1,1 +1,127 @@
-fn main() {}
+//! `regmirror` command line: parses arguments and calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use regmirror::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "regmirror",
+    version,
+    about = "Mirrors Kamailio registrations onto every Asterisk node"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Provision users in the shared schema (both tiers see them at once).
+    User(regmirror::cli::user::UserArgs),
+    /// Run the service.
+    Run {
+        /// Configuration file (TOML); REGMIRROR__SECTION__KEY variables override it.
+        #[arg(short, long, env = "REGMIRROR_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate the configuration and exit (0 valid, 1 invalid).
+    CheckConfig {
+        #[arg(short, long, env = "REGMIRROR_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not errors; usage errors exit 1.
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::User(args) => match current_thread() {
+            Ok(rt) => ExitCode::from(rt.block_on(regmirror::cli::user::run(args))),
+            Err(code) => code,
+        },
+        Command::Run { config } => {
+            let cfg = match Config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("regmirror: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            init_logging(&cfg);
+            let rt = match current_thread() {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            match rt.block_on(regmirror::runtime::run(cfg, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "regmirror stopped");
+                    eprintln!("regmirror: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::CheckConfig { config } => match Config::load(config.as_deref()) {
+            Ok(c) => {
+                println!(
+                    "configuration ok: {} node(s), listening on {}",
+                    c.nodes.len(),
+                    c.sip.listen
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("regmirror: {e}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+fn current_thread() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("regmirror: cannot start the runtime: {e}");
+            ExitCode::from(3)
+        })
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match cfg.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.unwrap_or(());
+}

@@ -24,7 +24,7 @@ SOCK=$TMP/mysqld.sock
 PID=""
 cleanup() {
     if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
-        mariadb-admin --no-defaults --socket="$SOCK" -uroot shutdown >/dev/null 2>&1 || kill "$PID" 2>/dev/null || true
+        env -u MYSQL_PWD mariadb-admin --no-defaults --socket="$SOCK" -uroot shutdown >/dev/null 2>&1 || kill "$PID" 2>/dev/null || true
         for _ in $(seq 1 50); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
         kill -9 "$PID" 2>/dev/null || true
     fi

@@ -1,2 +1,9 @@
 //! Sans-IO core: no tokio, no sockets, time passed in.
+pub mod binding;
 pub mod digest;
+pub mod mirror;
+pub mod notify;
+pub mod sip;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub mod transaction;

@@ -1,0 +1,426 @@
+//! Service configuration: a TOML file, `REGMIRROR__SECTION__KEY` environment overrides, defaults,
+//! and validation that names the bad key and why.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration: `{key}`: {why}")]
+    Invalid { key: String, why: String },
+}
+
+fn invalid(key: impl Into<String>, why: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        why: why.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub sip: SipConfig,
+    pub kamailio: KamailioConfig,
+    #[serde(default)]
+    pub nodes: Vec<NodeConfig>,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    /// Where regmirror receives Kamailio's notifications and the nodes' responses.
+    pub listen: SocketAddr,
+    /// Address written in Via (sent-by); defaults to `listen` when that is not a wildcard.
+    pub advertise: Option<SocketAddr>,
+    /// SIP domain and digest realm shared by Kamailio and Asterisk.
+    pub domain: String,
+    /// Expires asked of each node.
+    pub register_expires: u32,
+    pub user_agent: String,
+    #[serde(with = "humantime_serde")]
+    pub t1: Duration,
+    #[serde(with = "humantime_serde")]
+    pub t2: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timer_f: Duration,
+    /// RFC 5626 backoff after a failed registration: base and cap.
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            listen: "0.0.0.0:5070".parse().expect("static address"),
+            advertise: None,
+            domain: "regmirror.test".into(),
+            register_expires: 600,
+            user_agent: concat!("regmirror/", env!("CARGO_PKG_VERSION")).into(),
+            t1: Duration::from_millis(500),
+            t2: Duration::from_secs(4),
+            timer_f: Duration::from_secs(32),
+            retry_base: Duration::from_secs(30),
+            retry_max: Duration::from_secs(1800),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KamailioConfig {
+    /// Source addresses allowed to send notifications; anything else is dropped and counted.
+    pub trusted: Vec<IpAddr>,
+    /// Kamailio's SIP address as host[:port], written as the Contact host on every node.
+    pub contact_host: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    #[default]
+    Udp,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    #[serde(default)]
+    pub transport: TransportKind,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// mysql://user:password@host:port/db. Never logged: `Debug` hides the password.
+    pub url: String,
+    pub max_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: "mysql://regmirror@127.0.0.1:3306/regmirror".into(),
+            max_connections: 4,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// `mysql://user:secret@host/db` -> `mysql://user:***@host/db`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let Some(at) = rest.rfind('@') else {
+        return url.to_string();
+    };
+    let userinfo = &rest[..at];
+    match userinfo.find(':') {
+        Some(colon) => format!(
+            "{}{}:***{}",
+            &url[..scheme_end + 3],
+            &userinfo[..colon],
+            &rest[at..]
+        ),
+        None => url.to_string(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// HTTP listener for /healthz, /readyz, /metrics and the status page. Loopback by default.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: Some("127.0.0.1:9070".parse().expect("static address")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// tracing filter directive, e.g. `info` or `regmirror=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` (TOML) with `REGMIRROR__SECTION__KEY` environment overrides, then validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut b = config::Config::builder();
+        if let Some(p) = path {
+            b = b.add_source(config::File::from(p).format(config::FileFormat::Toml));
+        }
+        b = b.add_source(
+            config::Environment::with_prefix("REGMIRROR")
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("kamailio.trusted")
+                .try_parsing(true),
+        );
+        let cfg: Config = b.build()?.try_deserialize()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text (tests, `check-config` of a string).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()?
+            .try_deserialize()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.sip;
+        if s.domain.is_empty() || s.domain.contains(|c: char| c.is_whitespace() || c == '@') {
+            return Err(invalid(
+                "sip.domain",
+                "must be a host name without spaces or `@`",
+            ));
+        }
+        if !(60..=86_400).contains(&s.register_expires) {
+            return Err(invalid(
+                "sip.register_expires",
+                "must be between 60 and 86400 seconds",
+            ));
+        }
+        if s.t1.is_zero() || s.t2 < s.t1 {
+            return Err(invalid("sip.t2", "t1 must be > 0 and t2 >= t1"));
+        }
+        if s.timer_f < s.t1 {
+            return Err(invalid("sip.timer_f", "must be at least t1"));
+        }
+        if s.retry_base.is_zero() || s.retry_max < s.retry_base {
+            return Err(invalid(
+                "sip.retry_max",
+                "retry_base must be > 0 and retry_max >= retry_base",
+            ));
+        }
+        if s.advertise.is_none() && s.listen.ip().is_unspecified() {
+            return Err(invalid(
+                "sip.advertise",
+                "required when sip.listen is a wildcard address: the nodes must know where to answer",
+            ));
+        }
+        if self.kamailio.trusted.is_empty() {
+            return Err(invalid(
+                "kamailio.trusted",
+                "list at least one Kamailio source address",
+            ));
+        }
+        let ch = &self.kamailio.contact_host;
+        if ch.is_empty() || ch.contains(|c: char| c.is_whitespace() || "@;<>\"".contains(c)) {
+            return Err(invalid(
+                "kamailio.contact_host",
+                "must be host[:port] with no spaces, `@`, `;` or brackets",
+            ));
+        }
+        if self.nodes.is_empty() {
+            return Err(invalid(
+                "nodes",
+                "configure at least one Asterisk node ([[nodes]] with name and address)",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut addrs = std::collections::HashSet::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.name.is_empty()
+                || !n
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(invalid(
+                    format!("nodes[{i}].name"),
+                    "must be non-empty letters, digits, `-`, `_` or `.`",
+                ));
+            }
+            if !names.insert(n.name.as_str()) {
+                return Err(invalid(
+                    format!("nodes[{i}].name"),
+                    format!("duplicate node name `{}`", n.name),
+                ));
+            }
+            if !addrs.insert(n.address) {
+                return Err(invalid(
+                    format!("nodes[{i}].address"),
+                    format!("duplicate node address {}", n.address),
+                ));
+            }
+            if n.address.port() == 0 || n.address.ip().is_unspecified() {
+                return Err(invalid(
+                    format!("nodes[{i}].address"),
+                    "must be a concrete ip:port",
+                ));
+            }
+        }
+        if !self.database.url.starts_with("mysql://")
+            && !self.database.url.starts_with("mariadb://")
+        {
+            return Err(invalid(
+                "database.url",
+                "must start with mysql:// or mariadb://",
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The address the nodes answer to (Via sent-by).
+    pub fn advertised_addr(&self) -> SocketAddr {
+        self.sip.advertise.unwrap_or(self.sip.listen)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[sip]
+listen = "10.0.0.5:5070"
+domain = "regmirror.test"
+[kamailio]
+trusted = ["10.0.0.2"]
+contact_host = "10.0.0.2:5060"
+[[nodes]]
+name = "ast1"
+address = "10.0.0.31:5060"
+[database]
+url = "mysql://regmirror:hunter2@db/regmirror"
+"#;
+
+    #[test]
+    fn good_config_loads_with_defaults() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert_eq!(c.sip.register_expires, 600);
+        assert_eq!(c.nodes[0].transport, TransportKind::Udp);
+        assert_eq!(c.advertised_addr(), "10.0.0.5:5070".parse().unwrap());
+    }
+
+    #[test]
+    fn database_password_never_in_debug() {
+        let c = Config::from_toml(GOOD).unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(dbg.contains("regmirror:***@db"), "{dbg}");
+    }
+
+    fn err_of(text: &str) -> String {
+        Config::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn each_bad_input_names_its_key() {
+        let cases = [
+            (
+                GOOD.replace("10.0.0.5:5070", "0.0.0.0:5070"),
+                "sip.advertise",
+            ),
+            (
+                GOOD.replace("domain = \"regmirror.test\"", "domain = \"a b\""),
+                "sip.domain",
+            ),
+            (
+                GOOD.replace("trusted = [\"10.0.0.2\"]", "trusted = []"),
+                "kamailio.trusted",
+            ),
+            (
+                GOOD.replace("contact_host = \"10.0.0.2:5060\"", "contact_host = \"a@b\""),
+                "kamailio.contact_host",
+            ),
+            (
+                GOOD.replace("name = \"ast1\"", "name = \"a b\""),
+                "nodes[0].name",
+            ),
+            (GOOD.replace("mysql://", "postgres://"), "database.url"),
+            (
+                format!("{GOOD}\n[[nodes]]\nname = \"ast1\"\naddress = \"10.0.0.32:5060\"\n"),
+                "duplicate node name",
+            ),
+            (
+                GOOD.replace(
+                    "[[nodes]]\nname = \"ast1\"\naddress = \"10.0.0.31:5060\"",
+                    "",
+                ),
+                "nodes",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = err_of(&text);
+            assert!(e.contains(key), "expected `{key}` in: {e}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_types_are_rejected() {
+        let e = err_of(&GOOD.replace("[sip]", "[sip]\nlsten = \"x\""));
+        assert!(e.contains("lsten"), "{e}");
+        let e = err_of(&GOOD.replace("domain = \"regmirror.test\"", "register_expires = \"soon\""));
+        assert!(
+            e.contains("register_expires") || e.contains("invalid type"),
+            "{e}"
+        );
+    }
+}

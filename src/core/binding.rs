@@ -1,0 +1,586 @@
+//! One (AOR, node) registration: its compact state record, the REGISTER it sends, and what it
+//! reads from responses. The decisions that tie bindings to AOR life live in `mirror`.
+
+use std::fmt;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use rsip::headers::UntypedHeader;
+use rsip::Header;
+
+use super::digest::Challenge;
+use super::transaction::NonInviteClient;
+
+/// What the binding is doing, as shown to operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BindingState {
+    /// A REGISTER is queued or in flight and the node has not confirmed the binding yet.
+    Registering,
+    /// The node confirmed the binding; refreshes keep this state unless they fail.
+    Registered,
+    /// An Expires: 0 REGISTER is queued, in flight, or waiting for a retry.
+    Unregistering,
+    /// The last REGISTER failed; backing off before the next attempt.
+    Failed,
+}
+
+impl fmt::Display for BindingState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BindingState::Registering => "registering",
+            BindingState::Registered => "registered",
+            BindingState::Unregistering => "unregistering",
+            BindingState::Failed => "failed",
+        })
+    }
+}
+
+/// Outcome of the binding's last transaction, kept in 4 bytes instead of a String.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LastResult {
+    None,
+    /// A final response with this status code.
+    Status(u16),
+    /// Timer F fired.
+    Timeout,
+    /// A fresh digest answer was challenged again without `stale`.
+    CredentialRejected,
+    /// Challenged but no credential is known for the AOR.
+    NoCredential,
+    /// Challenged with nothing the credential can answer (algorithm, realm of a stored HA1, qop).
+    NoUsableChallenge,
+    /// Too many challenge or 423 round trips in one attempt.
+    TooManyRoundTrips,
+}
+
+impl fmt::Display for LastResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LastResult::None => f.write_str("-"),
+            LastResult::Status(c) => write!(f, "{c} {}", reason_phrase(*c)),
+            LastResult::Timeout => f.write_str("timeout"),
+            LastResult::CredentialRejected => f.write_str("credential rejected"),
+            LastResult::NoCredential => f.write_str("no credential"),
+            LastResult::NoUsableChallenge => f.write_str("no usable challenge"),
+            LastResult::TooManyRoundTrips => f.write_str("too many round trips"),
+        }
+    }
+}
+
+/// Standard reason phrases for the codes a registrar sends (rsip's Display gives CamelCase).
+pub fn reason_phrase(code: u16) -> &'static str {
+    match code {
+        100 => "Trying",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        420 => "Bad Extension",
+        423 => "Interval Too Brief",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        482 => "Loop Detected",
+        483 => "Too Many Hops",
+        486 => "Busy Here",
+        489 => "Bad Event",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Server Time-out",
+        600 => "Busy Everywhere",
+        603 => "Decline",
+        604 => "Does Not Exist Anywhere",
+        c if c < 200 => "Provisional",
+        c if c < 300 => "Success",
+        c if c < 400 => "Redirection",
+        c if c < 500 => "Client Error",
+        c if c < 600 => "Server Error",
+        _ => "Global Failure",
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Register,
+    Unregister,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// No binding on this node and nothing to do.
+    Absent,
+    /// Waiting for the node's send budget.
+    Queued,
+    /// A transaction of `op` is in flight.
+    InFlight,
+    /// Confirmed; `action_at` is the refresh.
+    Registered,
+    /// The last attempt of `op` failed; `action_at` is the retry.
+    Backoff,
+}
+
+/// Whether the request carried a digest answer, and on which nonce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuthSent {
+    None,
+    /// Reused a nonce from an earlier transaction (nc > 1): a plain 401 may just mean it expired.
+    Cached,
+    /// First answer to a nonce just received: a plain 401 means the credential is wrong.
+    Fresh,
+}
+
+/// The in-flight transaction. Boxed so idle bindings stay small.
+#[derive(Debug)]
+pub(crate) struct Txn {
+    pub id: u32,
+    pub cseq: u32,
+    pub expires: u32,
+    pub auth: AuthSent,
+    pub timers: NonInviteClient,
+    /// Kept for retransmission.
+    pub payload: Vec<u8>,
+}
+
+/// One (AOR, node) binding. Around 100 bytes; the AOR name and credential live in the AOR.
+#[derive(Debug)]
+pub(crate) struct Binding {
+    /// The deadline of the one live timer-queue entry for this binding (lazy deletion).
+    pub scheduled: Option<Instant>,
+    /// Refresh (Registered) or retry (Backoff) time.
+    pub action_at: Option<Instant>,
+    pub txn: Option<Box<Txn>>,
+    /// Last challenge answered, shared between bindings that got the same one.
+    pub challenge: Option<Arc<Challenge>>,
+    pub cnonce: u64,
+    pub nc: u32,
+    pub cseq: u32,
+    /// Expiry granted by the node on the last 200.
+    pub granted: u32,
+    /// Min-Expires learnt from a 423 (0 = none).
+    pub min_expires: u32,
+    pub failures: u16,
+    /// Challenge/423 round trips within the current attempt.
+    pub rounds: u8,
+    pub phase: Phase,
+    pub op: Op,
+    /// The node confirmed the binding and no failure happened since.
+    pub confirmed: bool,
+    /// The node may hold a binding (so forgetting it needs an unregister).
+    pub server_bound: bool,
+    /// The last challenge came in a 407.
+    pub proxy_auth: bool,
+    pub last: LastResult,
+}
+
+impl Default for Binding {
+    fn default() -> Self {
+        Binding {
+            scheduled: None,
+            action_at: None,
+            txn: None,
+            challenge: None,
+            cnonce: 0,
+            nc: 0,
+            cseq: 0,
+            granted: 0,
+            min_expires: 0,
+            failures: 0,
+            rounds: 0,
+            phase: Phase::Absent,
+            op: Op::Register,
+            confirmed: false,
+            server_bound: false,
+            proxy_auth: false,
+            last: LastResult::None,
+        }
+    }
+}
+
+impl Binding {
+    /// Earliest time anything is due for this binding.
+    pub fn deadline(&self) -> Option<Instant> {
+        let t = self.txn.as_ref().map(|t| t.timers.deadline());
+        match (t, self.action_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Public state; `None` when absent.
+    pub fn state(&self) -> Option<BindingState> {
+        Some(match (self.phase, self.op) {
+            (Phase::Absent, _) => return None,
+            (_, Op::Unregister) => BindingState::Unregistering,
+            (Phase::Backoff, Op::Register) => BindingState::Failed,
+            (Phase::Registered, Op::Register) => BindingState::Registered,
+            (Phase::Queued | Phase::InFlight, Op::Register) if self.confirmed => {
+                BindingState::Registered
+            }
+            (Phase::Queued | Phase::InFlight, Op::Register) => BindingState::Registering,
+        })
+    }
+
+    /// Forget everything but the CSeq (the Call-ID may be reused by the same slot generation).
+    pub fn reset(&mut self) {
+        let cseq = self.cseq;
+        *self = Binding {
+            cseq,
+            ..Binding::default()
+        };
+    }
+}
+
+/// Everything a REGISTER needs.
+pub struct RegisterRequest<'a> {
+    pub domain: &'a str,
+    pub user: &'a str,
+    pub contact_host: &'a str,
+    pub local_addr: SocketAddr,
+    pub tcp: bool,
+    pub branch: &'a str,
+    pub call_id: &'a str,
+    pub from_tag: &'a str,
+    pub cseq: u32,
+    pub expires: u32,
+    /// `(proxy, header value)`.
+    pub authorization: Option<(bool, &'a str)>,
+    pub user_agent: &'a str,
+}
+
+impl RegisterRequest<'_> {
+    /// Serialises the request. Inputs were validated (`valid_user`, config) so plain formatting
+    /// cannot inject headers.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut s = String::with_capacity(512 + self.authorization.map_or(0, |(_, a)| a.len()));
+        let transport = if self.tcp { "TCP" } else { "UDP" };
+        // Writing to a String cannot fail.
+        let _ = write!(
+            s,
+            "REGISTER sip:{domain} SIP/2.0\r\n\
+             Via: SIP/2.0/{transport} {local};branch={branch};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:{user}@{domain}>;tag={tag}\r\n\
+             To: <sip:{user}@{domain}>\r\n\
+             Call-ID: {call_id}\r\n\
+             CSeq: {cseq} REGISTER\r\n",
+            domain = self.domain,
+            local = self.local_addr,
+            branch = self.branch,
+            user = self.user,
+            tag = self.from_tag,
+            call_id = self.call_id,
+            cseq = self.cseq,
+        );
+        if self.expires == 0 {
+            let _ = write!(
+                s,
+                "Contact: <sip:{}@{}>;expires=0\r\n",
+                self.user, self.contact_host
+            );
+        } else {
+            let _ = write!(s, "Contact: <sip:{}@{}>\r\n", self.user, self.contact_host);
+        }
+        let _ = write!(s, "Expires: {}\r\n", self.expires);
+        if let Some((proxy, value)) = self.authorization {
+            let name = if proxy {
+                "Proxy-Authorization"
+            } else {
+                "Authorization"
+            };
+            let _ = write!(s, "{name}: {value}\r\n");
+        }
+        let _ = write!(
+            s,
+            "User-Agent: {}\r\nContent-Length: 0\r\n\r\n",
+            self.user_agent
+        );
+        s.into_bytes()
+    }
+}
+
+/// Characters RFC 3261 allows unescaped in a SIP URI user part (plus `%` for escapes).
+pub fn valid_user(user: &str) -> bool {
+    !user.is_empty()
+        && user.len() <= 128
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/%".contains(&b))
+}
+
+/// The fields of a response to a REGISTER that the state machine needs.
+#[derive(Debug, Default)]
+pub struct ResponseInfo<'a> {
+    pub code: u16,
+    pub branch: Option<&'a str>,
+    pub call_id: Option<&'a str>,
+    pub cseq: Option<u32>,
+    pub cseq_is_register: bool,
+    /// Raw `WWW-Authenticate` / `Proxy-Authenticate` header values (one header may hold several).
+    pub www_authenticate: Vec<&'a str>,
+    pub proxy_authenticate: Vec<&'a str>,
+    pub min_expires: Option<u32>,
+    pub retry_after: Option<u32>,
+    pub expires: Option<u32>,
+    pub contacts: Vec<&'a str>,
+}
+
+impl<'a> ResponseInfo<'a> {
+    pub fn from_response(resp: &'a rsip::Response) -> Self {
+        let mut info = ResponseInfo {
+            code: resp.status_code.code(),
+            ..Default::default()
+        };
+        for h in resp.headers.iter() {
+            match h {
+                Header::Via(v) if info.branch.is_none() => info.branch = via_branch(v.value()),
+                Header::CallId(c) => info.call_id = Some(c.value().trim()),
+                Header::CSeq(c) => {
+                    let mut parts = c.value().split_ascii_whitespace();
+                    info.cseq = parts.next().and_then(|n| n.parse().ok());
+                    info.cseq_is_register = parts
+                        .next()
+                        .is_some_and(|m| m.eq_ignore_ascii_case("REGISTER"));
+                }
+                Header::WwwAuthenticate(w) => info.www_authenticate.push(w.value()),
+                Header::ProxyAuthenticate(p) => info.proxy_authenticate.push(p.value()),
+                Header::MinExpires(m) => info.min_expires = leading_u32(m.value()),
+                Header::RetryAfter(r) => info.retry_after = leading_u32(r.value()),
+                Header::Expires(e) => info.expires = leading_u32(e.value()),
+                Header::Contact(c) => info.contacts.push(c.value()),
+                Header::Other(name, value) => {
+                    // Compact forms rsip does not map.
+                    match name.as_str() {
+                        "v" if info.branch.is_none() => info.branch = via_branch(value),
+                        "i" => info.call_id = Some(value.trim()),
+                        "m" => info.contacts.push(value),
+                        _ => {}
+                    }
+                }
+                _ => {}
+            }
+        }
+        info
+    }
+
+    /// Parsed Digest challenges of the 401 (`www`) or 407 kind; unparseable ones are skipped.
+    pub fn challenges(&self, proxy: bool) -> Vec<Challenge> {
+        let raw = if proxy {
+            &self.proxy_authenticate
+        } else {
+            &self.www_authenticate
+        };
+        raw.iter()
+            .flat_map(|v| split_challenges(v))
+            .filter_map(|c| Challenge::parse(c).ok())
+            .collect()
+    }
+
+    /// Expiry the node granted to `<sip:user@contact_host>`: its Contact `expires` param, else
+    /// the Expires header.
+    pub fn granted_expires(&self, user: &str, contact_host: &str) -> Option<u32> {
+        for value in &self.contacts {
+            for c in split_top_level(value, ',') {
+                if let Some(e) = contact_expires_for(c, user, contact_host) {
+                    return Some(e);
+                }
+            }
+        }
+        self.expires
+    }
+}
+
+fn leading_u32(s: &str) -> Option<u32> {
+    let s = s.trim_start();
+    let end = s
+        .bytes()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(s.len());
+    s[..end].parse().ok()
+}
+
+/// `branch` parameter of the first Via in a header value.
+fn via_branch(value: &str) -> Option<&str> {
+    let first = value.split(',').next()?;
+    first.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim().eq_ignore_ascii_case("branch").then(|| v.trim())
+    })
+}
+
+/// Splits on `sep` outside quotes and angle brackets.
+fn split_top_level(s: &str, sep: char) -> impl Iterator<Item = &str> {
+    let mut parts = Vec::new();
+    let (mut quoted, mut angle, mut start) = (false, false, 0);
+    let mut escaped = false;
+    for (i, ch) in s.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match ch {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '<' if !quoted => angle = true,
+            '>' if !quoted => angle = false,
+            c if c == sep && !quoted && !angle => {
+                parts.push(&s[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&s[start..]);
+    parts.into_iter()
+}
+
+/// One header value may hold several challenges: `Digest a=1, b=2, Digest c=3`.
+fn split_challenges(value: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start: Option<usize> = None;
+    let mut offset: usize = 0;
+    for part in split_top_level(value, ',') {
+        let t = part.trim_start();
+        let is_scheme = t.len() > 6
+            && t[..6].eq_ignore_ascii_case("digest")
+            && t.as_bytes()[6].is_ascii_whitespace();
+        if is_scheme {
+            if let Some(s) = start {
+                out.push(value[s..offset.saturating_sub(1)].trim());
+            }
+            start = Some(offset);
+        }
+        offset += part.len() + 1;
+    }
+    if let Some(s) = start {
+        out.push(value[s..].trim());
+    }
+    out
+}
+
+/// `expires` of one Contact entry when its URI is `sip:user@contact_host`.
+fn contact_expires_for(entry: &str, user: &str, contact_host: &str) -> Option<u32> {
+    let entry = entry.trim();
+    let (uri, params) = match (entry.find('<'), entry.find('>')) {
+        (Some(a), Some(b)) if a < b => (&entry[a + 1..b], &entry[b + 1..]),
+        _ => entry.split_once(';').map_or((entry, ""), |(u, p)| (u, p)),
+    };
+    let uri = uri.trim();
+    let rest = uri
+        .strip_prefix("sip:")
+        .or_else(|| uri.strip_prefix("SIP:"))?;
+    let rest = rest.split(';').next().unwrap_or(rest);
+    let (u, host) = rest.split_once('@')?;
+    if u != user || !host.eq_ignore_ascii_case(contact_host) {
+        return None;
+    }
+    params.split(';').find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        if k.trim().eq_ignore_ascii_case("expires") {
+            leading_u32(v)
+        } else {
+            None
+        }
+    })
+}
+
+/// RFC 5626 4.5: W = min(max, base * 2^(failures-1)); wait a random 50-100% of W.
+pub fn backoff<R: Rng>(rng: &mut R, base: Duration, max: Duration, failures: u16) -> Duration {
+    let exp = u32::from(failures.saturating_sub(1)).min(20);
+    let w = base.saturating_mul(1u32 << exp).min(max);
+    w.mul_f64(rng.gen_range(0.5..=1.0))
+}
+
+/// The shortest refresh delay, whatever the node grants.
+pub const MIN_REFRESH: Duration = Duration::from_secs(5);
+
+/// When to refresh a binding granted for `granted` seconds: `margin` before expiry but not
+/// before half of it, minus up to 5% jitter so bindings registered together drift apart.
+pub fn refresh_delay<R: Rng>(rng: &mut R, granted: u32, margin: Duration) -> Duration {
+    let g = Duration::from_secs(u64::from(granted));
+    let base = (g / 2).max(g.saturating_sub(margin));
+    let jitter = base.mul_f64(rng.gen_range(0.0..=0.05));
+    base.saturating_sub(jitter).max(MIN_REFRESH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn splits_several_challenges_in_one_header() {
+        let v = r#"Digest realm="a,b", nonce="1", algorithm=SHA-256, Digest realm="r",nonce="2",qop="auth,auth-int""#;
+        let parts = split_challenges(v);
+        assert_eq!(parts.len(), 2, "{parts:?}");
+        assert!(Challenge::parse(parts[0]).is_ok());
+        let c = Challenge::parse(parts[1]).unwrap();
+        assert_eq!(c.nonce, "2");
+        assert_eq!(c.qop.len(), 2);
+    }
+
+    #[test]
+    fn contact_expires_match_our_contact_only() {
+        let v = r#"<sip:1001@10.0.0.9:5060>;expires=50, "x" <sip:1001@10.77.0.20:5060;transport=udp>;expires=590"#;
+        let parts: Vec<_> = split_top_level(v, ',').collect();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(
+            contact_expires_for(parts[0], "1001", "10.77.0.20:5060"),
+            None
+        );
+        assert_eq!(
+            contact_expires_for(parts[1], "1001", "10.77.0.20:5060"),
+            Some(590)
+        );
+    }
+
+    #[test]
+    fn backoff_stays_within_rfc5626_window() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let (base, max) = (Duration::from_secs(30), Duration::from_secs(1800));
+        for f in 1..30u16 {
+            let w = base.saturating_mul(1 << (f - 1).min(20)).min(max);
+            let d = backoff(&mut rng, base, max, f);
+            assert!(d >= w / 2 && d <= w, "{f}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn refresh_before_expiry() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        for _ in 0..100 {
+            let d = refresh_delay(&mut rng, 600, Duration::from_secs(36));
+            assert!(
+                d <= Duration::from_secs(564) && d >= Duration::from_secs(535),
+                "{d:?}"
+            );
+            let d = refresh_delay(&mut rng, 60, Duration::from_secs(36));
+            assert!(
+                d <= Duration::from_secs(30) && d >= Duration::from_millis(28_500),
+                "{d:?}"
+            );
+            assert_eq!(
+                refresh_delay(&mut rng, 2, Duration::from_secs(36)),
+                MIN_REFRESH
+            );
+        }
+    }
+
+    #[test]
+    fn users_are_validated() {
+        assert!(valid_user("1001"));
+        assert!(valid_user("alice.smith+x"));
+        assert!(!valid_user(""));
+        assert!(!valid_user("a b"));
+        assert!(!valid_user("a\r\nVia: x"));
+        assert!(!valid_user("a>b"));
+        assert!(!valid_user("a@b"));
+    }
+}

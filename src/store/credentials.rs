@@ -1,0 +1,92 @@
+//! Reading what regmirror needs at run time: the credential to answer an
+//! Asterisk challenge with, and the AORs Kamailio holds live in `location`.
+use std::fmt;
+
+use sqlx::mysql::MySqlPool;
+use sqlx::types::chrono::NaiveDateTime;
+
+use super::StoreError;
+use crate::core::digest::Secret;
+
+/// A user's credential as stored once for both tiers. `Debug` hides the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredCredential {
+    pub username: String,
+    pub realm: String,
+    pub secret: Secret,
+}
+
+impl fmt::Debug for StoredCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredCredential")
+            .field("username", &self.username)
+            .field("realm", &self.realm)
+            .field("secret", &self.secret)
+            .finish()
+    }
+}
+
+/// The credential of `username` in `realm`, from the `regmirror_credentials`
+/// view: the plaintext password when stored (it answers any algorithm), else
+/// the MD5 HA1 bound to `realm`. `None` when the user does not exist, has no
+/// usable credential, or its endpoint is gone.
+pub async fn fetch_credential(
+    pool: &MySqlPool,
+    username: &str,
+    realm: &str,
+) -> Result<Option<StoredCredential>, StoreError> {
+    let row: Option<(Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT `password`, `ha1` FROM `regmirror_credentials` WHERE `username` = ? AND `realm` = ? LIMIT 1")
+            .bind(username)
+            .bind(realm)
+            .fetch_optional(pool)
+            .await?;
+    let Some((password, ha1)) = row else {
+        return Ok(None);
+    };
+    let secret = match (password, ha1) {
+        (Some(p), _) if !p.is_empty() => Secret::Password(p),
+        (_, Some(h)) if is_md5_hex(&h) => Secret::Ha1Md5 {
+            realm: realm.to_string(),
+            ha1: h.to_ascii_lowercase(),
+        },
+        _ => return Ok(None),
+    };
+    Ok(Some(StoredCredential {
+        username: username.to_string(),
+        realm: realm.to_string(),
+        secret,
+    }))
+}
+
+fn is_md5_hex(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// AORs with at least one contact in Kamailio's `location` that expires after
+/// `now`, with the seconds until the last of them expires. `now` is in the
+/// clock Kamailio writes `expires` with (its local time). An AOR is `username`,
+/// or `username@domain` when Kamailio stores a domain (usrloc `use_domain`).
+pub async fn live_aors(
+    pool: &MySqlPool,
+    now: NaiveDateTime,
+) -> Result<Vec<(String, u32)>, StoreError> {
+    let rows: Vec<(String, Option<String>, NaiveDateTime)> = sqlx::query_as(
+        "SELECT `username`, `domain`, MAX(`expires`) FROM `location` WHERE `expires` > ? \
+         GROUP BY `username`, `domain` ORDER BY `username`, `domain`",
+    )
+    .bind(now)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(user, domain, expires)| {
+            let aor = match domain {
+                Some(d) if !d.is_empty() => format!("{user}@{d}"),
+                _ => user,
+            };
+            let secs = (expires - now).num_seconds().clamp(0, i64::from(u32::MAX));
+            (aor, u32::try_from(secs).unwrap_or(u32::MAX))
+        })
+        .collect())
+}

@@ -1,0 +1,67 @@
+//! Shared helpers for the `db_*` tests, which need a real MariaDB: run them
+//! through `tests/with-mariadb.sh cargo test --test db_...`.
+#![allow(dead_code)]
+
+use md5::{Digest, Md5};
+use sqlx::mysql::MySqlPool;
+
+/// The URL in `var`, or `None` (test skipped) when unset. With
+/// `REGMIRROR_REQUIRE_DB=1` a missing URL fails the test instead.
+pub fn url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            assert!(
+                std::env::var("REGMIRROR_REQUIRE_DB").as_deref() != Ok("1"),
+                "{var} is unset but REGMIRROR_REQUIRE_DB=1: run via tests/with-mariadb.sh"
+            );
+            eprintln!("skipped: {var} unset (run via tests/with-mariadb.sh)");
+            None
+        }
+    }
+}
+
+pub async fn pool(var: &str) -> Option<MySqlPool> {
+    let url = url(var)?;
+    Some(
+        regmirror::store::connect(&url)
+            .await
+            .expect("connect to the test database"),
+    )
+}
+
+/// MD5(user:realm:password) computed here, independently of the SQL view.
+pub fn md5_hex(user: &str, realm: &str, password: &str) -> String {
+    Md5::digest(format!("{user}:{realm}:{password}").as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Rows of `id` in ps_endpoints, ps_auths and ps_aors, as text.
+pub async fn rows_of(pool: &MySqlPool, id: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (table, cols) in [
+        ("ps_endpoints", "CONCAT_WS('|', id, aors, auth, context, allow, rewrite_contact)"),
+        ("ps_auths", "CONCAT_WS('|', id, auth_type, username, realm, COALESCE(password,'<null>'), COALESCE(md5_cred,'<null>'))"),
+        ("ps_aors", "CONCAT_WS('|', id, max_contacts, remove_existing)"),
+    ] {
+        let rows: Vec<(String,)> = sqlx::query_as(&format!("SELECT {cols} FROM {table} WHERE id = ?"))
+            .bind(id)
+            .fetch_all(pool)
+            .await
+            .expect("read rows");
+        out.extend(rows.into_iter().map(|(r,)| format!("{table}:{r}")));
+    }
+    out
+}
+
+/// MySQL error number of a failed query.
+pub fn db_errno(err: &sqlx::Error) -> Option<u16> {
+    match err {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .map(|e| e.number()),
+        _ => None,
+    }
+}

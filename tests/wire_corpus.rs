@@ -1,0 +1,322 @@
+//! Replays the fuzz corpus and crash regressions, and proptest-generated inputs, through every
+//! network entry point (the same calls the fuzz targets make). A panic anywhere fails the test.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use proptest::prelude::*;
+use regmirror::core::digest::{self, Authorization, Challenge, RequestInfo, Secret};
+use regmirror::core::notify::{self, MAX_AOR, MAX_EXPIRES};
+use regmirror::core::sip::{self, MAX_MESSAGE};
+use rsip::SipMessage;
+
+/// What the runtime does with one datagram; checks the answer it would send parses back.
+fn exercise_message(data: &[u8]) -> Option<SipMessage> {
+    let msg = sip::parse_message(data).ok()?;
+    match &msg {
+        SipMessage::Request(req) => {
+            if let Ok(n) = notify::parse_notification(req) {
+                assert!(n.expires <= MAX_EXPIRES && n.aor.len() <= MAX_AOR);
+                assert!(!notify::aor_user(&n.aor).is_empty());
+            }
+            let resp = sip::response_for(req, 400, "Bad Request");
+            let Ok(SipMessage::Response(r)) = sip::parse_message(&resp) else {
+                panic!(
+                    "response_for output does not reparse:\n{}",
+                    String::from_utf8_lossy(&resp)
+                );
+            };
+            for h in ["Call-ID", "CSeq", "From", "Via"] {
+                assert!(
+                    sip::header_values(&r.headers, h).eq(sip::header_values(&req.headers, h)),
+                    "{h}"
+                );
+            }
+        }
+        SipMessage::Response(resp) => {
+            let _ = sip::challenges(resp);
+        }
+    }
+    Some(msg)
+}
+
+/// TCP framing over a whole buffer, each frame through the message path.
+fn exercise_stream(data: &[u8]) -> usize {
+    let mut rest = data;
+    let mut frames = 0;
+    while let Ok(Some(n)) = sip::split_stream(rest) {
+        assert!(n > 0 && n <= rest.len());
+        if !sip::is_keepalive(&rest[..n]) {
+            exercise_message(&rest[..n]);
+            frames += 1;
+        }
+        rest = &rest[n..];
+    }
+    frames
+}
+
+/// Digest parsers; a challenge that parses must yield credentials that parse and verify.
+fn exercise_digest(s: &str) {
+    let _ = Authorization::parse(s);
+    let Ok(ch) = Challenge::parse(s) else { return };
+    let secret = Secret::Password("Circle Of Life".into());
+    let req = RequestInfo {
+        method: "REGISTER",
+        uri: "sip:regmirror.test",
+        body: b"",
+    };
+    if let Ok(h) = digest::authorization(&ch, "1001", &secret, req, 1, "0a4f113b") {
+        let parsed = Authorization::parse(&h).unwrap_or_else(|e| panic!("{e}: {h}"));
+        assert!(parsed.verify(&secret, "REGISTER", b""), "{h}");
+    }
+}
+
+fn exercise_all(data: &[u8]) {
+    exercise_message(data);
+    exercise_stream(data);
+    exercise_digest(&String::from_utf8_lossy(data));
+}
+
+fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
+}
+
+/// Files directly under each subdirectory of `dir`, as (subdirectory name, contents).
+fn files_under(dir: &Path) -> Vec<(String, PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let Ok(subdirs) = fs::read_dir(dir) else {
+        return out;
+    };
+    for sub in subdirs.flatten() {
+        let name = sub.file_name().to_string_lossy().into_owned();
+        let Ok(files) = fs::read_dir(sub.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            if f.path().is_file() {
+                let bytes = fs::read(f.path()).unwrap();
+                out.push((name.clone(), f.path(), bytes));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn seeds(target: &str) -> Vec<Vec<u8>> {
+    files_under(&fuzz_dir().join("corpus"))
+        .into_iter()
+        .filter(|(t, p, _)| {
+            t == target
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("seed-"))
+        })
+        .map(|(_, _, b)| b)
+        .collect()
+}
+
+#[test]
+fn corpus_replays_through_entry_points() {
+    let files = files_under(&fuzz_dir().join("corpus"));
+    assert!(files.len() >= 12, "seed corpus missing: {}", files.len());
+    for (target, path, bytes) in &files {
+        let is_seed = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("seed-"));
+        match target.as_str() {
+            "digest" => {
+                let s = String::from_utf8_lossy(bytes);
+                exercise_digest(&s);
+                if is_seed && s.contains("nonce=") && !s.contains("username=") {
+                    assert!(Challenge::parse(&s).is_ok(), "{}", path.display());
+                }
+            }
+            "split_stream" => {
+                let frames = exercise_stream(bytes);
+                assert!(!is_seed || frames >= 1, "{}", path.display());
+            }
+            _ => {
+                // Seeds are realistic messages: every one of them must parse.
+                let parsed = exercise_message(bytes);
+                assert!(
+                    !is_seed || parsed.is_some(),
+                    "{}: {:?}",
+                    path.display(),
+                    sip::parse_message(bytes).err()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn seed_notifications_and_challenges_parse() {
+    let mut notifications = 0;
+    let mut challenges = 0;
+    for bytes in seeds("parse_message") {
+        match sip::parse_message(&bytes).unwrap() {
+            SipMessage::Request(r) if r.method == rsip::Method::Message => {
+                notify::parse_notification(&r).unwrap();
+                notifications += 1;
+            }
+            SipMessage::Response(r) => {
+                for (_, c) in sip::challenges(&r) {
+                    c.unwrap();
+                    challenges += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        notifications >= 3 && challenges >= 4,
+        "{notifications} {challenges}"
+    );
+}
+
+#[test]
+fn crash_regressions_replay() {
+    // fuzz/artifacts/<target>/crash-* from cargo fuzz: every entry point, whatever the target.
+    for (_, _, bytes) in files_under(&fuzz_dir().join("artifacts")) {
+        exercise_all(&bytes);
+    }
+}
+
+/// One of the seed messages, chosen by the strategy.
+fn seed_message() -> impl Strategy<Value = Vec<u8>> {
+    let all = seeds("parse_message");
+    assert!(!all.is_empty());
+    (0..all.len()).prop_map(move |i| all[i].clone())
+}
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    Flip(usize, u8),
+    Insert(usize, Vec<u8>),
+    Remove(usize, usize),
+    Truncate(usize),
+    DuplicateLine(usize),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Flip(i, b)),
+        (
+            any::<usize>(),
+            prop::collection::vec(
+                prop_oneof![
+                    Just(b'\r'),
+                    Just(b'\n'),
+                    Just(b':'),
+                    Just(b';'),
+                    Just(b'"'),
+                    Just(b' '),
+                    any::<u8>()
+                ],
+                1..8
+            )
+        )
+            .prop_map(|(i, v)| Mutation::Insert(i, v)),
+        (any::<usize>(), 1..40usize).prop_map(|(i, n)| Mutation::Remove(i, n)),
+        any::<usize>().prop_map(Mutation::Truncate),
+        any::<usize>().prop_map(Mutation::DuplicateLine),
+    ]
+}
+
+fn apply(mut m: Vec<u8>, muts: &[Mutation]) -> Vec<u8> {
+    for mu in muts {
+        let len = m.len().max(1);
+        match mu {
+            Mutation::Flip(i, b) if !m.is_empty() => m[i % len] = *b,
+            Mutation::Insert(i, v) => {
+                let at = i % (m.len() + 1);
+                m.splice(at..at, v.iter().copied());
+            }
+            Mutation::Remove(i, n) if !m.is_empty() => {
+                let at = i % len;
+                let end = (at + n).min(m.len());
+                m.drain(at..end);
+            }
+            Mutation::Truncate(i) => m.truncate(i % (m.len() + 1)),
+            Mutation::DuplicateLine(i) => {
+                let lines: Vec<&[u8]> = m.split(|b| *b == b'\n').collect();
+                let line = [lines[i % lines.len()], b"\n"].concat();
+                let at = m.iter().position(|b| *b == b'\n').map_or(0, |p| p + 1);
+                m.splice(at..at, line);
+            }
+            _ => {}
+        }
+    }
+    m
+}
+
+fn notification(event: &str, aor: &str, expires: &str, extra: &str) -> String {
+    format!(
+        "MESSAGE sip:regmirror@10.0.0.9 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bK1\r\n\
+From: <sip:kamailio@10.0.0.2>;tag=k\r\nTo: <sip:regmirror@10.0.0.9>\r\nCall-ID: c1\r\nCSeq: 1 MESSAGE\r\n\
+X-RegMirror-Event: {event}\r\nX-RegMirror-AOR: {aor}\r\nX-RegMirror-Expires: {expires}\r\n{extra}Content-Length: 0\r\n\r\n"
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_bytes(data in prop::collection::vec(any::<u8>(), 0..2048)) {
+        exercise_all(&data);
+    }
+
+    #[test]
+    fn oversized_input_is_rejected(extra in 1..4096usize) {
+        let data = vec![b'A'; MAX_MESSAGE + extra];
+        prop_assert_eq!(sip::parse_message(&data), Err(sip::WireError::TooLarge(MAX_MESSAGE + extra)));
+        prop_assert!(sip::split_stream(&data).is_err());
+    }
+
+    #[test]
+    fn mutated_messages(m in seed_message(), muts in prop::collection::vec(mutation(), 1..6)) {
+        let data = apply(m, &muts);
+        exercise_all(&data);
+    }
+
+    #[test]
+    fn pipelined_messages_frame_exactly(ms in prop::collection::vec(seed_message(), 1..5), keepalive in any::<bool>()) {
+        let mut buf = Vec::new();
+        for m in &ms {
+            if keepalive { buf.extend_from_slice(b"\r\n\r\n"); }
+            buf.extend_from_slice(m);
+        }
+        prop_assert_eq!(exercise_stream(&buf), ms.len());
+    }
+
+    #[test]
+    fn random_notification_values(
+        event in "\\PC{0,12}|save|expired|delete",
+        aor in "\\PC{0,300}|[a-z0-9]{1,20}(@[a-z.]{1,20})?",
+        expires in "\\PC{0,12}|[0-9]{1,12}",
+        extra in "(X-RegMirror-(Contacts|Time|AOR|Event): [\\PC]{0,25}\r\n){0,3}",
+    ) {
+        let text = notification(&event, &aor, &expires, &extra);
+        if let Some(SipMessage::Request(req)) = exercise_message(text.as_bytes()) {
+            if let Ok(n) = notify::parse_notification(&req) {
+                prop_assert!(n.aor.bytes().all(|b| b.is_ascii_graphic()));
+                prop_assert_eq!(Some(n.expires), expires.trim().parse::<u32>().ok());
+            }
+        }
+    }
+
+    #[test]
+    fn random_digest_params(
+        params in prop::collection::vec(
+            ("realm|nonce|opaque|algorithm|qop|stale|username|uri|response|nc|cnonce|[a-z]{1,6}", "\\PC{0,20}", any::<bool>()),
+            0..10,
+        ),
+        sep in ",|, |\t,|,,",
+    ) {
+        let body: Vec<String> = params
+            .iter()
+            .map(|(k, v, quoted)| if *quoted { format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")) } else { format!("{k}={v}") })
+            .collect();
+        exercise_digest(&format!("Digest {}", body.join(&sep)));
+    }
+}
