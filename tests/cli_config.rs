@@ -262,3 +262,36 @@ fn status_without_a_service_exits_3() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", out(&o));
 }
+
+/// The systemd unit parses and references a runnable binary (`systemd-analyze verify`, when
+/// systemd is installed).
+#[test]
+fn systemd_unit_verifies() {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/regmirror.service");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    assert!(text.contains("ExecStart=/usr/local/bin/regmirror run"));
+    assert!(text.contains("DynamicUser=yes") && text.contains("NoNewPrivileges=yes"));
+    let have = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        eprintln!("skipped: systemd-analyze not installed");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("regmirror-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join("regmirror.service");
+    std::fs::write(
+        &copy,
+        text.replace("/usr/local/bin/regmirror", env!("CARGO_BIN_EXE_regmirror")),
+    )
+    .unwrap();
+    let o = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(o.status.success() && o.stderr.is_empty(), "{}", out(&o));
+}

@@ -303,7 +303,7 @@ impl Driver {
                     self.send(&t.payload, t.dest).await
                 }
                 Transport::Tcp => {
-                    // TCP nodes are not supported by this shell yet; config validation warns.
+                    // TCP nodes are not supported by this shell yet; config validation rejects them.
                     Metrics::inc(&self.metrics.send_errors);
                 }
             }
