@@ -299,7 +299,9 @@ impl Driver {
         while let Some(t) = self.mirror.poll_transmit() {
             match t.transport {
                 Transport::Udp => {
-                    self.inflight.on_send(&t.payload, t.dest, Instant::now());
+                    if self.inflight.on_send(&t.payload, t.dest, Instant::now()) {
+                        Metrics::inc(&self.metrics.register_retries);
+                    }
                     self.send(&t.payload, t.dest).await
                 }
                 Transport::Tcp => {

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub credential_lookup_errors: AtomicU64,
     pub credential_unknown_users: AtomicU64,
     pub send_errors: AtomicU64,
+    /// New REGISTER transactions after a failed one on the same binding.
+    pub register_retries: AtomicU64,
     /// AORs replayed onto a node that came back or restarted empty (issue 5).
     pub replays: AtomicU64,
     /// Bindings found missing or stale by reconciliation and repaired (issue 5).
@@ -153,6 +155,11 @@ impl Metrics {
                 "regmirror_send_errors_total",
                 "datagrams the socket refused",
                 &self.send_errors,
+            ),
+            (
+                "regmirror_register_retries_total",
+                "REGISTERs retried after an error response or a timeout",
+                &self.register_retries,
             ),
             (
                 "regmirror_replays_total",
