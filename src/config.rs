@@ -243,8 +243,14 @@ impl Config {
                 "must be between 60 and 86400 seconds",
             ));
         }
-        if s.t1.is_zero() || s.t2 < s.t1 {
-            return Err(invalid("sip.t2", "t1 must be > 0 and t2 >= t1"));
+        if s.t1.is_zero() {
+            return Err(invalid(
+                "sip.t1",
+                "must be greater than zero (RFC 3261: 500ms)",
+            ));
+        }
+        if s.t2 < s.t1 {
+            return Err(invalid("sip.t2", "must be at least sip.t1"));
         }
         if s.timer_f < s.t1 {
             return Err(invalid("sip.timer_f", "must be at least t1"));
@@ -312,6 +318,12 @@ impl Config {
                     "must be a concrete ip:port",
                 ));
             }
+            if n.transport == TransportKind::Tcp {
+                return Err(invalid(
+                    format!("nodes[{i}].transport"),
+                    "tcp is not supported by this release; use udp",
+                ));
+            }
         }
         if !self.database.url.starts_with("mysql://")
             && !self.database.url.starts_with("mariadb://")
@@ -323,6 +335,18 @@ impl Config {
         }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if self.database.connect_timeout.is_zero() {
+            return Err(invalid(
+                "database.connect_timeout",
+                "must be greater than zero",
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid(
+                "log.level",
+                format!("not a tracing filter (e.g. `info`, `regmirror=debug,info`): {e}"),
+            ));
         }
         Ok(())
     }

@@ -16,7 +16,8 @@ use crate::config::{Config, TransportKind};
 use crate::core::mirror::{BindingState, Credential, Event, Mirror, MirrorConfig, Node, Transport};
 use crate::core::notify::{aor_user, parse_notification};
 use crate::core::sip::{parse_message, response_for, MAX_MESSAGE};
-use crate::runtime::admin::{AdminQuery, BindingRow, NodeRow, StatusSnapshot};
+use crate::runtime::admin::{self, AdminQuery};
+use crate::runtime::inflight::InFlight;
 use crate::runtime::metrics::Metrics;
 use crate::store;
 
@@ -37,7 +38,14 @@ pub struct Driver {
     lookups_tx: mpsc::Sender<Lookup>,
     lookups_rx: mpsc::Receiver<Lookup>,
     lookups_pending: HashSet<String>,
+    /// REGISTERs in flight by branch: latency per node, and the shutdown drain.
+    inflight: InFlight,
+    /// Shutting down: notifications are refused, in-flight transactions finish.
+    draining: bool,
 }
+
+/// How long a shutdown waits for in-flight transactions before exiting anyway.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 impl Driver {
     pub async fn bind(
@@ -79,6 +87,7 @@ impl Driver {
             user_agent: config.sip.user_agent.clone(),
             ..MirrorConfig::default()
         };
+        let inflight = InFlight::new(nodes.iter().map(|n| n.addr), config.sip.timer_f);
         let mirror = Mirror::new(mcfg, nodes.clone(), rand::random());
         let (lookups_tx, lookups_rx) = mpsc::channel(4096);
         tracing::info!(
@@ -98,6 +107,8 @@ impl Driver {
             lookups_tx,
             lookups_rx,
             lookups_pending: HashSet::new(),
+            inflight,
+            draining: false,
         })
     }
 
@@ -137,8 +148,7 @@ impl Driver {
                 }
                 Some(q) = self.admin_rx.recv() => self.on_admin(q),
                 _ = &mut shutdown => {
-                    tracing::info!("shutting down: bindings stay registered on the nodes until they expire");
-                    self.flush().await;
+                    self.drain(&mut buf).await;
                     return Ok(());
                 }
             }
@@ -167,6 +177,9 @@ impl Driver {
             rsip::SipMessage::Response(resp) => {
                 if matches!(resp.status_code.code(), 200..=699) {
                     self.metrics.count_result(resp.status_code.code());
+                    if let Some((node, took)) = self.inflight.on_final(&resp, Instant::now()) {
+                        self.metrics.observe_latency(&self.node_name(node), took);
+                    }
                 }
                 self.mirror.handle_response(Instant::now(), from, &resp);
             }
@@ -182,6 +195,11 @@ impl Driver {
             return;
         }
         let reply = match req.method {
+            rsip::Method::Message if self.draining => {
+                // Kamailio's transaction ends at once instead of retransmitting to a dying socket.
+                Metrics::inc(&self.metrics.notifications_refused);
+                response_for(&req, 503, "Shutting Down")
+            }
             rsip::Method::Options => response_for(&req, 200, "OK"),
             rsip::Method::Message => match parse_notification(&req) {
                 Ok(n) => {
@@ -210,49 +228,84 @@ impl Driver {
     }
 
     fn on_admin(&mut self, q: AdminQuery) {
+        // Node health comes with the farm (issue 5); until then every node is `unknown`.
+        let health = |_node: u16| "unknown";
         match q {
-            AdminQuery::Status(reply) => {
-                let _ = reply.send(self.snapshot());
+            AdminQuery::Farm { bindings, reply } => {
+                let _ = reply.send(admin::farm_status(
+                    &self.mirror,
+                    Instant::now(),
+                    health,
+                    bindings,
+                ));
+            }
+            AdminQuery::User { user, reply } => {
+                let _ = reply.send(admin::user_status(
+                    &self.mirror,
+                    Instant::now(),
+                    &user,
+                    health,
+                ));
             }
         }
     }
 
-    fn snapshot(&self) -> StatusSnapshot {
-        let mut nodes: Vec<NodeRow> = self
-            .nodes
-            .iter()
-            .map(|n| NodeRow {
-                name: n.name.clone(),
-                address: n.addr.to_string(),
-                ..Default::default()
-            })
-            .collect();
-        let mut bindings = Vec::new();
-        for b in self.mirror.bindings() {
-            let node = &mut nodes[usize::from(b.node)];
-            match b.state {
-                BindingState::Registered => node.registered += 1,
-                BindingState::Registering => node.registering += 1,
-                BindingState::Unregistering => node.unregistering += 1,
-                BindingState::Failed => node.failed += 1,
+    /// Graceful shutdown: refuse notifications, let REGISTERs in flight finish (retransmitting
+    /// as needed) for up to `SHUTDOWN_GRACE`, then return. Never unregisters anything itself:
+    /// the nodes keep every binding until it expires or another instance refreshes it.
+    async fn drain(&mut self, buf: &mut [u8]) {
+        self.draining = true;
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        self.flush().await;
+        self.inflight.sweep(Instant::now());
+        tracing::info!(
+            in_flight = self.inflight.len(),
+            grace = ?SHUTDOWN_GRACE,
+            "shutting down: finishing transactions in flight; bindings stay registered on the nodes"
+        );
+        // A credential lookup still running may be what an in-flight REGISTER waits for.
+        while !(self.inflight.is_empty() && self.lookups_pending.is_empty())
+            && Instant::now() < deadline
+        {
+            let wake = self
+                .mirror
+                .poll_timeout()
+                .map_or(deadline, |t| t.min(deadline));
+            tokio::select! {
+                r = self.socket.recv_from(buf) => {
+                    if let Ok((n, from)) = r {
+                        self.on_datagram(&buf[..n], from).await;
+                    }
+                }
+                Some(l) = self.lookups_rx.recv() => {
+                    self.lookups_pending.remove(&l.user);
+                    self.mirror.set_credential(Instant::now(), &l.user, l.result);
+                }
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                    self.mirror.handle_timeout(Instant::now());
+                }
             }
-            bindings.push(BindingRow {
-                aor: b.aor.to_string(),
-                node: node.name.clone(),
-                state: state_name(b.state),
-                last_result: b.last_result.to_string(),
-            });
+            self.flush().await;
+            self.inflight.sweep(Instant::now());
         }
-        StatusSnapshot { nodes, bindings }
+        tracing::info!(
+            unfinished = self.inflight.len() + self.lookups_pending.len(),
+            "stopped"
+        );
     }
 
     /// Drains the mirror's transmits and events.
     async fn flush(&mut self) {
         while let Some(t) = self.mirror.poll_transmit() {
             match t.transport {
-                Transport::Udp => self.send(&t.payload, t.dest).await,
+                Transport::Udp => {
+                    if self.inflight.on_send(&t.payload, t.dest, Instant::now()) {
+                        Metrics::inc(&self.metrics.register_retries);
+                    }
+                    self.send(&t.payload, t.dest).await
+                }
                 Transport::Tcp => {
-                    // TCP nodes are not supported by this shell yet; config validation warns.
+                    // TCP nodes are not supported by this shell yet; config validation rejects them.
                     Metrics::inc(&self.metrics.send_errors);
                 }
             }

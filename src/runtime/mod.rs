@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod driver;
+pub mod inflight;
 pub mod metrics;
 
 use std::sync::Arc;
