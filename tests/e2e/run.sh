@@ -47,8 +47,6 @@ finish() {
 trap finish EXIT
 trap 'rc=130; finish' INT TERM
 
-# A stack left over by an interrupted run would hold the fixed addresses: start clean.
-"$STACK" down >/dev/null 2>&1
 t0=$SECONDS
 "$STACK" up || { rc=$?; echo "e2e: stack did not come up" >&2; exit "$rc"; }
 echo "e2e: stack up in $((SECONDS - t0)) s" >&2
