@@ -109,3 +109,12 @@ def test_baresip_calls_sipp(stack, new_user, phone, baresip):
     assert answered.rc == 0, f"{callee.user} did not complete the call\n{answered.stdout}"
     assert_invite_from_asterisk(answered)
     assert_media_flowed(soft)
+
+
+def test_echo_test_answered_by_a_node(stack, new_user, phone):
+    """Extension 600 (Echo) on whichever node Kamailio picks: SDP answer from Asterisk."""
+    caller = phone(*new_user())
+    call = caller.sipp.run("uac-call.xml", [(caller.user, caller.password, "600")],
+                           port=caller.port, timeout=20)
+    assert call.rc == 0, f"echo test failed\n{call.stdout}"
+    assert_asterisk_answered(call)
