@@ -29,7 +29,10 @@ save_artifacts() {
     done
     "$STACK" compose ps > "$ART/ps.txt" 2>&1
     id=$("$STACK" compose ps -q tester 2>/dev/null)
-    [ -n "$id" ] && docker cp "$id:/tmp/e2e" "$ART/tester-tmp" >/dev/null 2>&1
+    if [ -n "$id" ] && docker cp "$id:/tmp/e2e" "$ART/tester-tmp" >/dev/null 2>&1; then
+        # test passwords live in SIPp inf files and baresip accounts: keep them out
+        find "$ART/tester-tmp" \( -name '*.csv' -o -name accounts \) -delete
+    fi
     [ -f "$ART.pytest.log" ] && mv "$ART.pytest.log" "$ART/pytest.log"
     echo "e2e: logs saved to $ART" >&2
 }
