@@ -13,10 +13,22 @@ use regmirror::core::testing::FakeRegistrar;
 
 fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
-    let addr: SocketAddr = args.next().unwrap_or_else(|| "127.0.0.1:5091".into()).parse().map_err(invalid)?;
+    let addr: SocketAddr = args
+        .next()
+        .unwrap_or_else(|| "127.0.0.1:5091".into())
+        .parse()
+        .map_err(invalid)?;
     let realm = args.next().unwrap_or_else(|| "regmirror.test".into());
-    let first: u32 = args.next().unwrap_or_else(|| "1000".into()).parse().map_err(invalid)?;
-    let count: u32 = args.next().unwrap_or_else(|| "100".into()).parse().map_err(invalid)?;
+    let first: u32 = args
+        .next()
+        .unwrap_or_else(|| "1000".into())
+        .parse()
+        .map_err(invalid)?;
+    let count: u32 = args
+        .next()
+        .unwrap_or_else(|| "100".into())
+        .parse()
+        .map_err(invalid)?;
     let socket = UdpSocket::bind(addr)?;
     socket.set_read_timeout(Some(Duration::from_millis(200)))?;
     let mut reg = FakeRegistrar::new(addr, &realm);
@@ -33,7 +45,11 @@ fn main() -> std::io::Result<()> {
                     socket.send_to(&resp, from)?;
                 }
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(e) => return Err(e),
         }
         if last_print.elapsed() >= Duration::from_secs(1) {

@@ -282,6 +282,12 @@ impl Driver {
             Event::BindingRemoved { aor, node } => {
                 tracing::info!(user = %aor, node = %self.node_name(node), "binding removed");
             }
+            Event::NodeDown { node } => {
+                tracing::warn!(node = %self.node_name(node), "node down: its bindings wait for it");
+            }
+            Event::NodeUp { node } => {
+                tracing::info!(node = %self.node_name(node), "node up: replaying its bindings");
+            }
         }
     }
 
