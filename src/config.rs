@@ -398,7 +398,7 @@ impl Config {
                 .is_some_and(|u| u.is_empty() || u.contains(|c: char| c.is_control()))
                 || n.ami_secret
                     .as_ref()
-                    .is_some_and(|s| s.0.contains(|c: char| c == '\r' || c == '\n'))
+                    .is_some_and(|s| s.0.contains(['\r', '\n']))
             {
                 return Err(invalid(
                     format!("nodes[{i}].ami_user"),
