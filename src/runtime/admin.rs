@@ -21,6 +21,8 @@ pub enum AdminQuery {
 pub struct NodeRow {
     pub name: String,
     pub address: String,
+    /// Answers probes (farm health).
+    pub up: bool,
     pub registered: u64,
     pub registering: u64,
     pub unregistering: u64,

@@ -16,6 +16,12 @@ pub struct Metrics {
     pub credential_lookup_errors: AtomicU64,
     pub credential_unknown_users: AtomicU64,
     pub send_errors: AtomicU64,
+    /// Farm resilience: audit repairs, reconciliations, AMI failures, nodes down (gauge).
+    pub drift_repaired: AtomicU64,
+    pub reconcile_runs: AtomicU64,
+    pub reconcile_errors: AtomicU64,
+    pub ami_errors: AtomicU64,
+    pub nodes_down: AtomicU64,
     /// Final responses to our REGISTERs by status code.
     pub register_results: Mutex<BTreeMap<u16, u64>>,
     /// Binding state changes by (node, state).
@@ -102,6 +108,31 @@ impl Metrics {
                 let _ = writeln!(o, "# TYPE {base} {kind}");
             }
             let _ = writeln!(o, "{name} {}", c.load(Ordering::Relaxed));
+        }
+        for (name, kind, c) in [
+            (
+                "regmirror_drift_repaired_total",
+                "counter",
+                &self.drift_repaired,
+            ),
+            (
+                "regmirror_reconcile_runs_total",
+                "counter",
+                &self.reconcile_runs,
+            ),
+            (
+                "regmirror_reconcile_errors_total",
+                "counter",
+                &self.reconcile_errors,
+            ),
+            ("regmirror_ami_errors_total", "counter", &self.ami_errors),
+            ("regmirror_nodes_down", "gauge", &self.nodes_down),
+        ] {
+            let _ = writeln!(
+                o,
+                "# TYPE {name} {kind}\n{name} {}",
+                c.load(Ordering::Relaxed)
+            );
         }
         let _ = writeln!(o, "# TYPE regmirror_register_responses_total counter");
         if let Ok(m) = self.register_results.lock() {
