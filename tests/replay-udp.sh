@@ -36,30 +36,33 @@ INSERT INTO location (ruid, username, contact, expires)
   FROM seq_${FIRST}_to_${LAST};
 SQL
 
-fake() { # port logfile
+# Ports away from the defaults other runs may hold; override with REPLAY_PORT_BASE.
+B=${REPLAY_PORT_BASE:-15100}
+fake() { # port logfile; sets LAST_PID
     "$BIN/examples/fake_registrar" "127.0.0.1:$1" regmirror.test "$FIRST" "$N" >"$2" 2>&1 &
-    PIDS+=($!)
-    echo $!
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
 }
-FAKE1=$(fake 5091 "$TMP/fake1.log")
-FAKE2=$(fake 5092 "$TMP/fake2.log")
+fake $((B + 1)) "$TMP/fake1.log"
+fake $((B + 2)) "$TMP/fake2.log"
+FAKE2=$LAST_PID
 cat >"$TMP/regmirror.toml" <<TOML
 [sip]
-listen = "127.0.0.1:5070"
+listen = "127.0.0.1:$B"
 domain = "regmirror.test"
 [kamailio]
 trusted = ["127.0.0.1"]
 contact_host = "10.77.0.20:5060"
 [[nodes]]
 name = "fake1"
-address = "127.0.0.1:5091"
+address = "127.0.0.1:$((B + 1))"
 [[nodes]]
 name = "fake2"
-address = "127.0.0.1:5092"
+address = "127.0.0.1:$((B + 2))"
 [database]
 url = "$REGMIRROR_TEST_REGMIRROR_URL"
 [admin]
-listen = "127.0.0.1:9079"
+listen = "127.0.0.1:$((B + 9))"
 [farm]
 replay_rate = ${REPLAY_RATE:-200}
 TOML
@@ -84,7 +87,10 @@ echo "start: $N users found by the first reconciliation, registered on 2 nodes i
 kill "$FAKE2"
 sleep 15
 grep -q "node down" "$TMP/regmirror.log" && echo "fake2 marked down" || echo "fake2 NOT marked down"
-FAKE2=$(fake 5092 "$TMP/fake2b.log")
-echo "replay: fake2 back empty, $N bindings back in $(wait_full "$TMP/fake2b.log" 60) s (incl. up to one probe interval to notice)"
+fake $((B + 2)) "$TMP/fake2b.log"
+TOOK=$(wait_full "$TMP/fake2b.log" 60)
+FULL=$(date +%s.%N)
+UP=$(date -d "$(grep -m1 'node up' "$TMP/regmirror.log" | awk '{print $1}')" +%s.%N)
+echo "replay: fake2 back empty, $N bindings back in $TOOK s after its restart, $(echo "$FULL - $UP" | bc) s after regmirror saw it up (fake logs tick each 1 s)"
 grep -E "node (down|up)" "$TMP/regmirror.log" | sed 's/^/  log: /' | head -4
-curl -s http://127.0.0.1:9079/metrics | grep -E "^regmirror_(nodes_down|reconcile_runs_total|drift)" | sed 's/^/  /'
+curl -s http://127.0.0.1:$((B + 9))/metrics | grep -E "^regmirror_(nodes_down|reconcile_runs_total|drift)" | sed 's/^/  /'
