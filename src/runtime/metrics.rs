@@ -55,6 +55,10 @@ pub struct Metrics {
     pub replays: AtomicU64,
     /// Bindings found missing or stale by reconciliation and repaired (issue 5).
     pub drift_repaired: AtomicU64,
+    pub reconcile_runs: AtomicU64,
+    pub reconcile_errors: AtomicU64,
+    pub ami_errors: AtomicU64,
+    pub nodes_down: AtomicU64,
     /// Final responses to our REGISTERs by status code.
     pub register_results: Mutex<BTreeMap<u16, u64>>,
     /// Binding state changes by (node, state).
@@ -168,13 +172,36 @@ impl Metrics {
             ),
             (
                 "regmirror_drift_repaired_total",
-                "bindings repaired by reconciliation",
+                "bindings found missing or stale on a node by the audit and repaired",
                 &self.drift_repaired,
+            ),
+            (
+                "regmirror_reconcile_runs_total",
+                "reconciliations from Kamailio's location table",
+                &self.reconcile_runs,
+            ),
+            (
+                "regmirror_reconcile_errors_total",
+                "reconciliations that failed (retried with backoff)",
+                &self.reconcile_errors,
+            ),
+            (
+                "regmirror_ami_errors_total",
+                "AMI audits that failed",
+                &self.ami_errors,
             ),
         ] {
             family(&mut o, name, "counter", help);
             let _ = writeln!(o, "{name} {}", get(c));
         }
+
+        family(
+            &mut o,
+            "regmirror_nodes_down",
+            "gauge",
+            "nodes marked down by probing",
+        );
+        let _ = writeln!(o, "regmirror_nodes_down {}", get(&self.nodes_down));
 
         family(
             &mut o,

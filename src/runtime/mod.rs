@@ -2,6 +2,7 @@
 //! lookups in the database, and the admin listener. All protocol decisions live in `crate::core`.
 
 pub mod admin;
+pub mod ami;
 pub mod driver;
 pub mod inflight;
 pub mod metrics;
