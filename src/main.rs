@@ -66,7 +66,11 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(code) => return code,
             };
-            match rt.block_on(regmirror::runtime::run(cfg, shutdown_signal())) {
+            match rt.block_on(regmirror::runtime::run(
+                cfg,
+                config.clone(),
+                shutdown_signal(),
+            )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     // Cannot start (socket in use, ...): 3, like every "cannot reach" failure.

@@ -155,6 +155,7 @@ impl Driver {
 
     pub async fn run(
         mut self,
+        mut reload: mpsc::Receiver<Config>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
@@ -195,6 +196,7 @@ impl Driver {
                 Some(q) = self.admin_rx.recv() => self.on_admin(q),
                 Some(r) = self.reconcile_rx.recv() => self.on_reconcile(r),
                 Some(a) = self.audit_rx.recv() => self.on_audit(a),
+                Some(c) = reload.recv() => self.on_reload(c),
                 _ = &mut shutdown => {
                     self.drain(&mut buf).await;
                     return Ok(());
@@ -230,6 +232,53 @@ impl Driver {
             live = r.live.len(),
             removed_users = removed,
             "{level_first} done"
+        );
+    }
+
+    /// SIGHUP: applies `[[nodes]]` changes. A new node gets every live binding (paced replay);
+    /// a removed node's bindings are forgotten, not unregistered (the node may be gone).
+    fn on_reload(&mut self, new: Config) {
+        let now = Instant::now();
+        let (mut added, mut removed) = (0, 0);
+        // Remove from the highest index down: ids above a removed node shift by one.
+        for i in (0..self.nodes.len()).rev() {
+            if !new.nodes.iter().any(|n| n.name == self.nodes[i].name) && self.nodes.len() > 1 {
+                if let Some(gone) = self.mirror.remove_node(now, i as u16) {
+                    tracing::warn!(node = %gone.name, "node removed from the farm");
+                    self.nodes.remove(i);
+                    self.config.nodes.retain(|n| n.name != gone.name);
+                    removed += 1;
+                }
+            }
+        }
+        for n in &new.nodes {
+            if self.nodes.iter().any(|m| m.name == n.name) {
+                continue;
+            }
+            let node = Node {
+                name: n.name.clone(),
+                addr: n.address,
+                transport: match n.transport {
+                    TransportKind::Udp => Transport::Udp,
+                    TransportKind::Tcp => Transport::Tcp,
+                },
+            };
+            self.mirror.add_node(now, node.clone());
+            tracing::warn!(node = %n.name, address = %n.address, "node added to the farm: replaying live bindings");
+            self.nodes.push(node);
+            self.config.nodes.push(n.clone());
+            self.spawn_auditor(n);
+            added += 1;
+        }
+        if added + removed > 0 {
+            self.inflight =
+                InFlight::new(self.nodes.iter().map(|n| n.addr), self.config.sip.timer_f);
+        }
+        tracing::info!(
+            added,
+            removed,
+            nodes = self.nodes.len(),
+            "configuration reloaded (only [[nodes]] changes apply without a restart)"
         );
     }
 
@@ -307,8 +356,14 @@ impl Driver {
     /// One AMI audit loop per node that has `ami` configured.
     fn spawn_auditors(&self) {
         for n in &self.config.nodes {
+            self.spawn_auditor(n);
+        }
+    }
+
+    fn spawn_auditor(&self, n: &crate::config::NodeConfig) {
+        {
             let (Some(addr), Some(user), Some(secret)) = (n.ami, &n.ami_user, &n.ami_secret) else {
-                continue;
+                return;
             };
             let target = AmiTarget {
                 addr,
