@@ -168,7 +168,9 @@ fn layers(c: &mut Criterion) {
         })
     });
     g.bench_function("digest_answer_stored_ha1", |b| {
-        b.iter(|| digest::authorization(black_box(&ch), "1001", &stored, req, 1, "0123456789abcdef"))
+        b.iter(|| {
+            digest::authorization(black_box(&ch), "1001", &stored, req, 1, "0123456789abcdef")
+        })
     });
 
     let resp200 = as_response(&r200);

@@ -28,10 +28,16 @@ use regmirror::core::testing::FakeRegistrar;
 /// Live heap bytes, so the mirror's footprint can be told apart from allocator slack.
 struct Counting;
 static LIVE: AtomicIsize = AtomicIsize::new(0);
+static PEAK: AtomicIsize = AtomicIsize::new(0);
+
+fn grew(by: isize) {
+    let now = LIVE.fetch_add(by, Ordering::Relaxed) + by;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        grew(l.size() as isize);
         unsafe { System.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
@@ -39,7 +45,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
+        grew(new as isize - l.size() as isize);
         unsafe { System.realloc(p, l, new) }
     }
 }
@@ -204,7 +210,10 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
             a.echo_window,
             regs_per_s / echo_w
         );
-        println!("ratio_registrations_to_echo_window1 {:.3}", regs_per_s / echo1);
+        println!(
+            "ratio_registrations_to_echo_window1 {:.3}",
+            regs_per_s / echo1
+        );
         // Each registration is two request/response exchanges (401, then 200).
         println!(
             "ratio_exchanges_to_echo_window{} {:.3}",
@@ -213,6 +222,10 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     println!("heap_bytes_per_binding {:.0}", r.heap as f64 / bindings);
+    println!(
+        "heap_peak_bytes_per_binding {:.0}",
+        r.heap_peak as f64 / bindings
+    );
     println!("rss_bytes_per_binding {:.0}", r.rss as f64 / bindings);
     println!("vmrss_kb {}", status_kb("VmRSS"));
     println!("vmhwm_kb {}", status_kb("VmHWM"));
@@ -232,6 +245,8 @@ struct Outcome {
     cpu: Duration,
     process_cpu: Duration,
     heap: isize,
+    /// Peak live heap during the run (names of the seed included).
+    heap_peak: isize,
     rss: i64,
 }
 
@@ -255,7 +270,9 @@ async fn drive(a: &Args, addrs: &[SocketAddr]) -> Result<Outcome, Box<dyn std::e
     let mut buf = vec![0u8; 65_536];
 
     let heap0 = LIVE.load(Ordering::Relaxed);
+    PEAK.store(heap0, Ordering::Relaxed);
     let rss0 = status_kb("VmRSS");
+    println!("vmrss_kb_before_mirror {rss0}");
     let cpu0 = cpu_time(libc::RUSAGE_THREAD);
     let pcpu0 = cpu_time(libc::RUSAGE_SELF);
     let t0 = Instant::now();
@@ -287,9 +304,7 @@ async fn drive(a: &Args, addrs: &[SocketAddr]) -> Result<Outcome, Box<dyn std::e
     let deadline = t0 + a.timeout;
     flush(&mut mirror, &socket, &mut registered, &mut failed).await;
     while registered < want && Instant::now() < deadline {
-        let wake = mirror
-            .poll_timeout()
-            .map_or(deadline, |t| t.min(deadline));
+        let wake = mirror.poll_timeout().map_or(deadline, |t| t.min(deadline));
         tokio::select! {
             r = socket.recv_from(&mut buf) => {
                 let (n, from) = r?;
@@ -312,6 +327,7 @@ async fn drive(a: &Args, addrs: &[SocketAddr]) -> Result<Outcome, Box<dyn std::e
     let process_cpu = cpu_time(libc::RUSAGE_SELF) - pcpu0;
     drop(names);
     let heap = LIVE.load(Ordering::Relaxed) - heap0;
+    let heap_peak = PEAK.load(Ordering::Relaxed) - heap0;
     let rss = (status_kb("VmRSS") - rss0) * 1024;
     let s = mirror.stats();
     if registered < want {
@@ -331,6 +347,7 @@ async fn drive(a: &Args, addrs: &[SocketAddr]) -> Result<Outcome, Box<dyn std::e
         cpu,
         process_cpu,
         heap,
+        heap_peak,
         rss,
     })
 }
