@@ -135,12 +135,18 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     );
     let mut echo1 = 0.0;
     let mut echo_w = 0.0;
+    let mut echo_cpu_us = 0.0;
     if a.echo_secs > 0 {
         let secs = Duration::from_secs(a.echo_secs);
         echo1 = echo(1, secs)?;
         println!("echo_rtt_per_s_window1 {echo1:.0}");
+        let c0 = cpu_time(libc::RUSAGE_SELF);
         echo_w = echo(a.echo_window, secs)?;
+        let c = (cpu_time(libc::RUSAGE_SELF) - c0).as_secs_f64();
         println!("echo_rtt_per_s_window{} {echo_w:.0}", a.echo_window);
+        // Both threads (sender and echoer) count.
+        echo_cpu_us = c * 1e6 / (echo_w * secs.as_secs_f64());
+        println!("echo_cpu_us_per_exchange {echo_cpu_us:.2}");
     }
 
     // Fake registrars in a child process so this process's RSS and CPU are the mirror's.
@@ -219,6 +225,12 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
             "ratio_exchanges_to_echo_window{} {:.3}",
             a.echo_window,
             2.0 * regs_per_s / echo_w
+        );
+        // CPU-normalized: echo CPU (both ends) per exchange over the mirror's per exchange.
+        let mirror_us = r.cpu.as_secs_f64() * 1e6 / (2.0 * r.registered as f64);
+        println!(
+            "ratio_cpu_per_exchange_echo_to_mirror {:.3}",
+            echo_cpu_us / mirror_us
         );
     }
     println!("heap_bytes_per_binding {:.0}", r.heap as f64 / bindings);
