@@ -35,6 +35,8 @@ pub struct Config {
     #[serde(default)]
     pub database: DatabaseConfig,
     #[serde(default)]
+    pub farm: FarmSettings,
+    #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
     pub log: LogConfig,
@@ -106,6 +108,64 @@ pub struct NodeConfig {
     pub address: SocketAddr,
     #[serde(default)]
     pub transport: TransportKind,
+    /// Asterisk manager interface (`host:port`, usually 5038) for the drift audit; optional.
+    #[serde(default)]
+    pub ami: Option<SocketAddr>,
+    #[serde(default)]
+    pub ami_user: Option<String>,
+    /// Never logged: `Debug` shows `***`.
+    #[serde(default)]
+    pub ami_secret: Option<Redacted>,
+}
+
+/// A secret string whose `Debug` hides it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Redacted(pub String);
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// Farm resilience: node health probes, replay pacing, reconciliation and drift audit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FarmSettings {
+    /// OPTIONS probe period per node; `0s` turns probing off.
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+    /// An unanswered probe fails after this long (shorter than `sip.timer_f`).
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
+    /// Consecutive failed probes that mark a node down.
+    pub probe_failures: u32,
+    /// REGISTERs per second per node when replaying onto a node that came back or was added
+    /// (and for bindings found by reconciliation); 0 = unpaced.
+    pub replay_rate: u32,
+    /// REGISTER operations in flight per node.
+    pub max_inflight_per_node: usize,
+    /// Period of the full reconciliation against Kamailio's `location` table.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+    /// Period of the AMI drift audit of each node that has `ami` configured.
+    #[serde(with = "humantime_serde")]
+    pub audit_interval: Duration,
+}
+
+impl Default for FarmSettings {
+    fn default() -> Self {
+        FarmSettings {
+            probe_interval: Duration::from_secs(5),
+            probe_timeout: Duration::from_secs(2),
+            probe_failures: 2,
+            replay_rate: 200,
+            max_inflight_per_node: 512,
+            reconcile_interval: Duration::from_secs(60),
+            audit_interval: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -243,8 +303,14 @@ impl Config {
                 "must be between 60 and 86400 seconds",
             ));
         }
-        if s.t1.is_zero() || s.t2 < s.t1 {
-            return Err(invalid("sip.t2", "t1 must be > 0 and t2 >= t1"));
+        if s.t1.is_zero() {
+            return Err(invalid(
+                "sip.t1",
+                "must be greater than zero (RFC 3261: 500ms)",
+            ));
+        }
+        if s.t2 < s.t1 {
+            return Err(invalid("sip.t2", "must be at least sip.t1"));
         }
         if s.timer_f < s.t1 {
             return Err(invalid("sip.timer_f", "must be at least t1"));
@@ -312,6 +378,12 @@ impl Config {
                     "must be a concrete ip:port",
                 ));
             }
+            if n.transport == TransportKind::Tcp {
+                return Err(invalid(
+                    format!("nodes[{i}].transport"),
+                    "tcp is not supported by this release; use udp",
+                ));
+            }
         }
         if !self.database.url.starts_with("mysql://")
             && !self.database.url.starts_with("mariadb://")
@@ -321,8 +393,79 @@ impl Config {
                 "must start with mysql:// or mariadb://",
             ));
         }
+        for (i, n) in self.nodes.iter().enumerate() {
+            let parts = (
+                n.ami.is_some(),
+                n.ami_user.is_some(),
+                n.ami_secret.is_some(),
+            );
+            if parts != (false, false, false) && parts != (true, true, true) {
+                return Err(invalid(
+                    format!("nodes[{i}].ami"),
+                    "set ami, ami_user and ami_secret together (or none)",
+                ));
+            }
+            if n.ami_user
+                .as_deref()
+                .is_some_and(|u| u.is_empty() || u.contains(|c: char| c.is_control()))
+                || n.ami_secret
+                    .as_ref()
+                    .is_some_and(|s| s.0.contains(['\r', '\n']))
+            {
+                return Err(invalid(
+                    format!("nodes[{i}].ami_user"),
+                    "AMI user and secret must be non-empty single lines",
+                ));
+            }
+        }
+        let f = &self.farm;
+        if f.probe_timeout.is_zero() || f.probe_timeout >= s.timer_f {
+            return Err(invalid(
+                "farm.probe_timeout",
+                "must be > 0 and shorter than sip.timer_f",
+            ));
+        }
+        if !f.probe_interval.is_zero() && f.probe_interval < Duration::from_millis(100) {
+            return Err(invalid(
+                "farm.probe_interval",
+                "must be 0s (off) or at least 100ms",
+            ));
+        }
+        if !(1..=100).contains(&f.probe_failures) {
+            return Err(invalid("farm.probe_failures", "must be between 1 and 100"));
+        }
+        if f.replay_rate > 100_000 {
+            return Err(invalid(
+                "farm.replay_rate",
+                "must be at most 100000 per second (0 = unpaced)",
+            ));
+        }
+        if !(1..=1_000_000).contains(&f.max_inflight_per_node) {
+            return Err(invalid(
+                "farm.max_inflight_per_node",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if f.reconcile_interval < Duration::from_secs(1) {
+            return Err(invalid("farm.reconcile_interval", "must be at least 1s"));
+        }
+        if f.audit_interval < Duration::from_secs(1) {
+            return Err(invalid("farm.audit_interval", "must be at least 1s"));
+        }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if self.database.connect_timeout.is_zero() {
+            return Err(invalid(
+                "database.connect_timeout",
+                "must be greater than zero",
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid(
+                "log.level",
+                format!("not a tracing filter (e.g. `info`, `regmirror=debug,info`): {e}"),
+            ));
         }
         Ok(())
     }
@@ -411,6 +554,35 @@ url = "mysql://regmirror:hunter2@db/regmirror"
             let e = err_of(&text);
             assert!(e.contains(key), "expected `{key}` in: {e}");
         }
+    }
+
+    #[test]
+    fn farm_defaults_and_validation() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert_eq!(c.farm.probe_interval, Duration::from_secs(5));
+        assert_eq!(c.farm.probe_failures, 2);
+        assert_eq!(c.farm.replay_rate, 200);
+        assert_eq!(c.farm.reconcile_interval, Duration::from_secs(60));
+        assert_eq!(c.farm.audit_interval, Duration::from_secs(30));
+        let farm = |kv: &str| format!("{GOOD}\n[farm]\n{kv}\n");
+        assert!(err_of(&farm("probe_timeout = \"40s\"")).contains("farm.probe_timeout"));
+        assert!(err_of(&farm("probe_failures = 0")).contains("farm.probe_failures"));
+        assert!(err_of(&farm("reconcile_interval = \"0s\"")).contains("farm.reconcile_interval"));
+        assert!(Config::from_toml(&farm("probe_interval = \"0s\"\nreplay_rate = 0")).is_ok());
+    }
+
+    #[test]
+    fn ami_settings_go_together_and_the_secret_is_never_shown() {
+        let with_ami = GOOD.replace(
+            "address = \"10.0.0.31:5060\"",
+            "address = \"10.0.0.31:5060\"\nami = \"10.0.0.31:5038\"\nami_user = \"regmirror\"\nami_secret = \"t0psecret\"",
+        );
+        let c = Config::from_toml(&with_ami).unwrap();
+        assert_eq!(c.nodes[0].ami, Some("10.0.0.31:5038".parse().unwrap()));
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("t0psecret"), "{dbg}");
+        let partial = with_ami.replace("ami_secret = \"t0psecret\"", "");
+        assert!(err_of(&partial).contains("nodes[0].ami"));
     }
 
     #[test]

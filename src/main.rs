@@ -27,6 +27,9 @@ enum Command {
         #[arg(short, long, env = "REGMIRROR_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Farm summary, or one user's bindings, from a running service's admin listener
+    /// (exit 0 ok, 1 usage, 2 the user has no binding, 3 service unreachable).
+    Status(regmirror::cli::status::StatusArgs),
     /// Validate the configuration and exit (0 valid, 1 invalid).
     CheckConfig {
         #[arg(short, long, env = "REGMIRROR_CONFIG")]
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
             Ok(rt) => ExitCode::from(rt.block_on(regmirror::cli::user::run(args))),
             Err(code) => code,
         },
+        Command::Status(args) => ExitCode::from(regmirror::cli::status::run(args)),
         Command::Run { config } => {
             let cfg = match Config::load(config.as_deref()) {
                 Ok(c) => c,
@@ -62,12 +66,17 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(code) => return code,
             };
-            match rt.block_on(regmirror::runtime::run(cfg, shutdown_signal())) {
+            match rt.block_on(regmirror::runtime::run(
+                cfg,
+                config.clone(),
+                shutdown_signal(),
+            )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
+                    // Cannot start (socket in use, ...): 3, like every "cannot reach" failure.
                     tracing::error!(error = %e, "regmirror stopped");
                     eprintln!("regmirror: {e}");
-                    ExitCode::from(1)
+                    ExitCode::from(3)
                 }
             }
         }

@@ -12,7 +12,7 @@ cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 
 echo "== unit, core, service and database tests (real MariaDB)"
-REGMIRROR_REQUIRE_DB=1 bash tests/with-mariadb.sh cargo test --all-targets
+REGMIRROR_REQUIRE_DB=1 REGMIRROR_REQUIRE_CHROMIUM=1 bash tests/with-mariadb.sh cargo test --all-targets
 
 if [ "${REGMIRROR_SKIP_E2E:-0}" = 1 ]; then
   echo "== compose suite skipped (REGMIRROR_SKIP_E2E=1)"

@@ -4,11 +4,16 @@
 //! Layout for scale: AORs live in a slab and their bindings in one dense `Vec`, binding slot =
 //! `aor_slot * nodes + node`, so a response's Via branch (which encodes the slot) finds its
 //! binding without a map. One timer-queue entry per binding (lazy deletion). Each node has a
-//! send budget (`max_inflight_per_node`): bindings beyond it wait in a FIFO, which is also where
-//! node health and replay pacing plug in later.
+//! send budget (`max_inflight_per_node`): bindings beyond it wait in a FIFO.
+//!
+//! Farm resilience (`farm`): each node is probed with OPTIONS; a node that stops answering is
+//! down and its bindings are parked (no REGISTER storm, only probes go out). When it answers
+//! again, or a node is added, every binding on it is replayed through a paced queue, newest
+//! changed AOR first. `reconcile` takes the complete desired state from Kamailio's `location`;
+//! `audit` compares a node's actual contacts with it and repairs the drift.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +27,8 @@ use super::binding::{
 };
 pub use super::binding::{BindingState, LastResult};
 use super::digest::{self, Challenge, RequestInfo, Secret};
+pub use super::farm::FarmConfig;
+use super::farm::{Health, HealthAction, Pacer, Probe};
 use super::transaction::{branch, parse_branch, NonInviteClient, TimerAction, Timers};
 
 pub type NodeId = u16;
@@ -58,6 +65,8 @@ pub struct MirrorConfig {
     pub max_inflight_per_node: usize,
     /// Failed unregister attempts after which a binding is forgotten anyway.
     pub unregister_attempts: u16,
+    /// Node health probes and replay pacing.
+    pub farm: FarmConfig,
 }
 
 impl Default for MirrorConfig {
@@ -75,6 +84,7 @@ impl Default for MirrorConfig {
             user_agent: concat!("regmirror/", env!("CARGO_PKG_VERSION")).into(),
             max_inflight_per_node: 512,
             unregister_attempts: 3,
+            farm: FarmConfig::default(),
         }
     }
 }
@@ -107,6 +117,33 @@ pub enum Event {
     CredentialMissing { aor: Arc<str> },
     /// Unregistered (or given up) and forgotten.
     BindingRemoved { aor: Arc<str>, node: NodeId },
+    /// The node stopped answering: its bindings wait, only probes go out.
+    NodeDown { node: NodeId },
+    /// The node answers again: every binding on it is being replayed.
+    NodeUp { node: NodeId },
+}
+
+/// Drift found (and repaired) by one `audit` of a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuditResult {
+    /// Live bindings the node had lost: re-registered at once.
+    pub missing: usize,
+    /// Contacts of users that are not live: unregistered.
+    pub stale: usize,
+}
+
+/// One node's health, for status pages.
+#[derive(Debug, Clone)]
+pub struct NodeHealthView {
+    pub up: bool,
+    /// Consecutive failed probes.
+    pub probe_failures: u32,
+    pub last_heard: Option<Instant>,
+    /// Last up/down transition.
+    pub since: Option<Instant>,
+    /// Bindings waiting in the paced replay queue.
+    pub replay_pending: usize,
+    pub inflight: usize,
 }
 
 /// One binding, for status pages.
@@ -141,6 +178,15 @@ pub struct MirrorStats {
     pub stray_responses: u64,
     pub stale_snapshots: u64,
     pub invalid_aors: u64,
+    pub nodes_down: usize,
+    /// Bindings waiting in replay queues.
+    pub replay_pending: usize,
+    /// Requests sent from replay queues.
+    pub replayed: u64,
+    pub probes_sent: u64,
+    pub probes_failed: u64,
+    /// Bindings re-registered or contacts unregistered by `audit`.
+    pub drift_repaired: u64,
 }
 
 #[derive(Debug, Default)]
@@ -153,6 +199,8 @@ struct Counters {
     stray_responses: u64,
     stale_snapshots: u64,
     invalid_aors: u64,
+    replayed: u64,
+    drift_repaired: u64,
 }
 
 /// Immediate re-sends (challenges, 423) allowed in one attempt before it counts as failed.
@@ -163,6 +211,8 @@ const REFRESH_SLACK: Duration = Duration::from_secs(4);
 const SHRINK_ABOVE: usize = 1024;
 /// Timer-queue keys with this bit are AOR expiry timers.
 const AOR_TIMER: u32 = 1 << 31;
+/// Branch slots from here on are probes (slot - PROBE_SLOT = node uid), never bindings.
+const PROBE_SLOT: u32 = 0xFFFF_0000;
 
 #[derive(Debug)]
 struct Aor {
@@ -177,6 +227,10 @@ struct Aor {
     removed: bool,
     missing_reported: bool,
     scheduled: Option<Instant>,
+    /// Last notification (replays go newest first); `None` = known from reconciliation only.
+    changed: Option<Instant>,
+    /// Added by reconciliation: first registrations go through the paced queue.
+    paced: bool,
 }
 
 impl Aor {
@@ -188,10 +242,31 @@ impl Aor {
 #[derive(Debug)]
 struct NodeState {
     node: Node,
+    /// Stable across `add_node`/`remove_node` (Call-IDs use it, not the index).
+    uid: u32,
     inflight: usize,
     waiting: VecDeque<u32>,
+    /// Paced queue: replays after the node comes up or is added, reconciliation additions.
+    replay: VecDeque<u32>,
+    pacer: Pacer,
+    health: Health,
     /// Last challenge seen from this node: bindings that get an equal one share the Arc.
     last_challenge: Option<Arc<Challenge>>,
+}
+
+impl NodeState {
+    fn new(node: Node, uid: u32) -> Self {
+        NodeState {
+            node,
+            uid,
+            inflight: 0,
+            waiting: VecDeque::new(),
+            replay: VecDeque::new(),
+            pacer: Pacer::default(),
+            health: Health::new(),
+            last_challenge: None,
+        }
+    }
 }
 
 pub struct Mirror {
@@ -210,6 +285,15 @@ pub struct Mirror {
     events: VecDeque<Event>,
     next_txn: u32,
     counters: Counters,
+    /// Probes are scheduled from the first call that brings a time.
+    started: bool,
+    /// A reconciliation succeeded: the mirror knows the complete desired state, so `audit`
+    /// may unregister contacts it does not know.
+    reconciled: bool,
+    next_node_uid: u32,
+    /// Transactions in flight when the layout changed (txn id -> new binding index): their
+    /// branches still carry the old index.
+    relocated: HashMap<u32, u32>,
 }
 
 impl std::fmt::Debug for Mirror {
@@ -231,18 +315,16 @@ impl Mirror {
             t2: config.t2,
             timer_f: config.timer_f,
         };
+        let nodes: Vec<NodeState> = nodes
+            .into_iter()
+            .enumerate()
+            .map(|(i, node)| NodeState::new(node, i as u32))
+            .collect();
         Mirror {
             cfg: config,
             timers,
-            nodes: nodes
-                .into_iter()
-                .map(|node| NodeState {
-                    node,
-                    inflight: 0,
-                    waiting: VecDeque::new(),
-                    last_challenge: None,
-                })
-                .collect(),
+            next_node_uid: nodes.len() as u32,
+            nodes,
             rng,
             prefix,
             aors: Vec::new(),
@@ -254,6 +336,9 @@ impl Mirror {
             events: VecDeque::new(),
             next_txn: 0,
             counters: Counters::default(),
+            started: false,
+            reconciled: false,
+            relocated: HashMap::new(),
         }
     }
 
@@ -276,6 +361,7 @@ impl Mirror {
         time_us: Option<u64>,
         credential: Option<Credential>,
     ) {
+        self.ensure_started(now);
         let Some(user) = user_part(aor) else {
             self.counters.invalid_aors += 1;
             return;
@@ -296,6 +382,8 @@ impl Mirror {
         if time_us.is_some() {
             a.last_time_us = time_us;
         }
+        a.changed = Some(now);
+        a.paced = false;
         if let Some(c) = credential {
             a.credential = Some(c);
             a.missing_reported = false;
@@ -323,6 +411,7 @@ impl Mirror {
     /// Credential for an AOR (after `CredentialMissing`/`CredentialRejected`). `None` = the user
     /// is unknown or removed: unregister everywhere (with the cached credential) and forget.
     pub fn set_credential(&mut self, now: Instant, aor: &str, credential: Option<Credential>) {
+        self.ensure_started(now);
         let Some(user) = user_part(aor) else {
             self.counters.invalid_aors += 1;
             return;
@@ -342,7 +431,6 @@ impl Mirror {
                     let idx = slot as usize * n + node;
                     let b = &self.bindings[idx];
                     if b.phase == Phase::Backoff
-                        && b.op == Op::Register
                         && matches!(
                             b.last,
                             LastResult::CredentialRejected
@@ -350,7 +438,8 @@ impl Mirror {
                                 | LastResult::NoUsableChallenge
                         )
                     {
-                        self.start_op(now, idx, Op::Register);
+                        let op = b.op;
+                        self.start_op(now, idx, op);
                     }
                 }
             }
@@ -361,11 +450,20 @@ impl Mirror {
 
     /// A response from the network. Responses that match no transaction in flight are counted.
     pub fn handle_response(&mut self, now: Instant, from: SocketAddr, response: &rsip::Response) {
+        self.ensure_started(now);
         let info = ResponseInfo::from_response(response);
+        if self.match_probe(now, from, &info) {
+            return;
+        }
         let Some(idx) = self.match_transaction(from, &info) else {
             self.counters.stray_responses += 1;
+            // Any answer at all says the node is alive.
+            if let Some(node) = self.nodes.iter().position(|n| n.node.addr == from) {
+                self.node_heard(now, node);
+            }
             return;
         };
+        self.node_heard(now, idx % self.nodes.len());
         if info.code < 200 {
             if let Some(t) = self.bindings[idx].txn.as_mut() {
                 t.timers.on_provisional();
@@ -376,6 +474,7 @@ impl Mirror {
         let Some(txn) = self.bindings[idx].txn.take() else {
             return;
         };
+        self.forget_relocated(txn.id);
         self.on_final(now, idx, *txn, &info);
         self.emit_change(idx, before, None);
         self.schedule(idx);
@@ -384,6 +483,7 @@ impl Mirror {
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.ensure_started(now);
         while let Some(&Reverse((at, key))) = self.queue.peek() {
             if at > now {
                 break;
@@ -408,6 +508,9 @@ impl Mirror {
                 self.fire(now, key as usize);
                 self.schedule(key as usize);
             }
+        }
+        for node in 0..self.nodes.len() {
+            self.node_timer(now, node);
         }
         // Lazy deletion leaves dead entries behind; rebuild when they dominate.
         if self.queue.len() > 64 + 2 * (self.bindings.len() + self.aors.len()) {
@@ -434,7 +537,16 @@ impl Mirror {
 
     /// Earliest timer (may be one that turns out to be cancelled: waking then is harmless).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.queue.peek().map(|Reverse((at, _))| *at)
+        let mut t = self.queue.peek().map(|Reverse((at, _))| *at);
+        for ns in &self.nodes {
+            let replay = (ns.health.up && !ns.replay.is_empty())
+                .then_some(ns.pacer.next_at)
+                .flatten();
+            for d in [ns.health.deadline(), replay].into_iter().flatten() {
+                t = Some(t.map_or(d, |t| t.min(d)));
+            }
+        }
+        t
     }
 
     pub fn bindings(&self) -> impl Iterator<Item = BindingView<'_>> {
@@ -495,8 +607,16 @@ impl Mirror {
             stray_responses: c.stray_responses,
             stale_snapshots: c.stale_snapshots,
             invalid_aors: c.invalid_aors,
+            replayed: c.replayed,
+            drift_repaired: c.drift_repaired,
             ..Default::default()
         };
+        for ns in &self.nodes {
+            s.nodes_down += usize::from(!ns.health.up);
+            s.replay_pending += ns.replay.len();
+            s.probes_sent += ns.health.probes_sent;
+            s.probes_failed += ns.health.probes_failed;
+        }
         s.live_aors = self
             .aors
             .iter()
@@ -517,7 +637,524 @@ impl Mirror {
         s
     }
 
+    /// Whether the node is considered up.
+    pub fn node_up(&self, node: NodeId) -> bool {
+        self.nodes
+            .get(usize::from(node))
+            .is_some_and(|n| n.health.up)
+    }
+
+    pub fn node_health(&self, node: NodeId) -> Option<NodeHealthView> {
+        let ns = self.nodes.get(usize::from(node))?;
+        Some(NodeHealthView {
+            up: ns.health.up,
+            probe_failures: ns.health.failures,
+            last_heard: ns.health.last_heard,
+            since: ns.health.since,
+            replay_pending: ns.replay.len(),
+            inflight: ns.inflight,
+        })
+    }
+
+    /// AORs the mirror considers live at `now` (whether or not a credential is known).
+    pub fn live_aors(&self, now: Instant) -> impl Iterator<Item = &Arc<str>> {
+        self.aors
+            .iter()
+            .filter(move |a| a.is_live(now))
+            .filter_map(|a| a.name.as_ref())
+    }
+
+    /// Whether a reconciliation has succeeded since start.
+    pub fn is_reconciled(&self) -> bool {
+        self.reconciled
+    }
+
+    /// Adds a node at run time: it gets every live binding through its paced replay queue.
+    pub fn add_node(&mut self, now: Instant, node: Node) -> NodeId {
+        self.ensure_started(now);
+        let n = self.nodes.len();
+        self.relayout(n + 1, Some);
+        let uid = self.next_node_uid;
+        self.next_node_uid = self.next_node_uid.wrapping_add(1);
+        let mut ns = NodeState::new(node, uid);
+        if self.cfg.farm.probe_interval.is_some() {
+            ns.health.next_probe = Some(now);
+        }
+        self.nodes.push(ns);
+        self.replay_node(now, n);
+        n as NodeId
+    }
+
+    /// Takes a node out of the farm. Its bindings are forgotten, not unregistered (the node is
+    /// leaving). Later nodes' ids shift down by one.
+    pub fn remove_node(&mut self, now: Instant, node: NodeId) -> Option<Node> {
+        let gone = usize::from(node);
+        let n = self.nodes.len();
+        if gone >= n || n == 1 {
+            return None;
+        }
+        self.relayout(n - 1, |old| match old.cmp(&gone) {
+            std::cmp::Ordering::Less => Some(old),
+            std::cmp::Ordering::Equal => None,
+            std::cmp::Ordering::Greater => Some(old - 1),
+        });
+        let ns = self.nodes.remove(gone);
+        for slot in 0..self.aors.len() as u32 {
+            self.maybe_free_aor(now, slot);
+        }
+        Some(ns.node)
+    }
+
+    /// The complete desired state, from Kamailio's `location` table read at `now`: each entry
+    /// is an AOR with the time until its last contact expires. AORs not listed are gone
+    /// (unregistered), except those a notification updated at or after `now` (newer than the
+    /// snapshot). AORs new to the mirror register through the paced queue.
+    pub fn reconcile(&mut self, now: Instant, live: &[(String, Duration)]) {
+        self.ensure_started(now);
+        let mut seen = vec![false; self.aors.len()];
+        for (aor, expires) in live {
+            let Some(user) = user_part(aor) else {
+                self.counters.invalid_aors += 1;
+                continue;
+            };
+            if expires.is_zero() {
+                continue;
+            }
+            let slot = match self.by_name.get(user) {
+                Some(&s) => s,
+                None => {
+                    let s = self.alloc_aor(user);
+                    self.aors[s as usize].paced = true;
+                    s
+                }
+            };
+            if seen.len() <= slot as usize {
+                seen.resize(slot as usize + 1, false);
+            }
+            seen[slot as usize] = true;
+            let a = &mut self.aors[slot as usize];
+            if a.changed.is_some_and(|c| c >= now) {
+                continue;
+            }
+            if !a.is_live(now) {
+                a.paced = true;
+            }
+            a.live_until = Some(now + *expires);
+            self.reschedule_aor(slot);
+            self.drive_aor(now, slot);
+        }
+        for slot in 0..self.aors.len() {
+            let a = &mut self.aors[slot];
+            if a.name.is_none()
+                || seen.get(slot).copied().unwrap_or(false)
+                || a.live_until.is_none()
+                || a.changed.is_some_and(|c| c >= now)
+            {
+                continue;
+            }
+            a.live_until = None;
+            self.reschedule_aor(slot as u32);
+            self.drive_aor(now, slot as u32);
+        }
+        self.reconciled = true;
+    }
+
+    /// Compares `node`'s actual contacts (users whose contact points at our `contact_host`)
+    /// with the desired state and repairs: confirmed bindings whose contact is missing are
+    /// re-registered at once; contacts of users that are not live are unregistered (only once
+    /// a reconciliation succeeded: before that the mirror does not know what is live).
+    pub fn audit(
+        &mut self,
+        now: Instant,
+        node: NodeId,
+        actual_users: &HashSet<String>,
+    ) -> AuditResult {
+        self.ensure_started(now);
+        let node = usize::from(node);
+        let n = self.nodes.len();
+        let mut r = AuditResult::default();
+        if node >= n || !self.nodes[node].health.up {
+            return r;
+        }
+        for slot in 0..self.aors.len() {
+            let Some(name) = self.aors[slot].name.as_deref() else {
+                continue;
+            };
+            let idx = slot * n + node;
+            if self.bindings[idx].phase == Phase::Registered
+                && !actual_users.contains(name)
+                && self.wants_registration(now, idx)
+            {
+                let before = self.bindings[idx].state();
+                self.bindings[idx].confirmed = false;
+                self.start_op(now, idx, Op::Register);
+                self.emit_change(idx, before, Some("missing on node".into()));
+                self.schedule(idx);
+                r.missing += 1;
+            }
+        }
+        if self.reconciled {
+            for user in actual_users {
+                if !valid_user(user) {
+                    continue;
+                }
+                let slot = match self.by_name.get(user.as_str()) {
+                    Some(&s) if self.aors[s as usize].is_live(now) => continue,
+                    Some(&s) => s,
+                    None => {
+                        let s = self.alloc_aor(user);
+                        let a = &mut self.aors[s as usize];
+                        // Unregistering needs the user's credential.
+                        a.missing_reported = true;
+                        if let Some(name) = a.name.clone() {
+                            self.events
+                                .push_back(Event::CredentialMissing { aor: name });
+                        }
+                        s
+                    }
+                };
+                let idx = slot as usize * n + node;
+                if self.bindings[idx].phase != Phase::Absent {
+                    continue; // already on its way out
+                }
+                let b = &mut self.bindings[idx];
+                b.server_bound = true;
+                b.op = Op::Unregister;
+                b.phase = Phase::Backoff; // not Absent, so the unregister starts
+                self.start_op(now, idx, Op::Unregister);
+                self.emit_change(idx, None, Some("stale on node".into()));
+                self.schedule(idx);
+                r.stale += 1;
+            }
+        }
+        self.counters.drift_repaired += (r.missing + r.stale) as u64;
+        r
+    }
+
     // ---- internals ----
+
+    /// Schedules the first probes once a time is known.
+    fn ensure_started(&mut self, now: Instant) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        if self.cfg.farm.probe_interval.is_some() {
+            for ns in &mut self.nodes {
+                ns.health.next_probe = Some(now);
+            }
+        }
+    }
+
+    fn node_timer(&mut self, now: Instant, node: usize) {
+        loop {
+            let action = self.nodes[node]
+                .health
+                .on_timer(now, &self.cfg.farm, self.timers.t2);
+            match action {
+                HealthAction::None => break,
+                HealthAction::SendProbe => self.send_probe(now, node),
+                HealthAction::Retransmit => {
+                    let ns = &self.nodes[node];
+                    if let Some(p) = &ns.health.probe {
+                        self.transmits.push_back(Transmit {
+                            dest: ns.node.addr,
+                            transport: ns.node.transport,
+                            payload: p.payload.clone(),
+                        });
+                    }
+                }
+                HealthAction::ProbeFailed(true) => self.on_node_down(node),
+                HealthAction::ProbeFailed(false) => {}
+            }
+        }
+        self.pump_replay(now, node);
+    }
+
+    fn send_probe(&mut self, now: Instant, node: usize) {
+        let id = self.next_txn;
+        self.next_txn = self.next_txn.wrapping_add(1);
+        let ns = &mut self.nodes[node];
+        ns.health.cseq = ns.health.cseq.wrapping_add(1);
+        ns.health.probes_sent += 1;
+        let tcp = ns.node.transport == Transport::Tcp;
+        let br = branch(self.prefix, PROBE_SLOT + (ns.uid & 0xFFFF), id);
+        let mut payload = String::with_capacity(400);
+        // Writing to a String cannot fail; every part is validated config.
+        let _ = std::fmt::Write::write_fmt(
+            &mut payload,
+            format_args!(
+                "OPTIONS sip:{addr} SIP/2.0\r\n\
+                 Via: SIP/2.0/{t} {local};branch={br};rport\r\n\
+                 Max-Forwards: 70\r\n\
+                 From: <sip:regmirror@{domain}>;tag={prefix:08x}p{uid:x}\r\n\
+                 To: <sip:{addr}>\r\n\
+                 Call-ID: {prefix:08x}-probe-{uid:x}\r\n\
+                 CSeq: {cseq} OPTIONS\r\n\
+                 User-Agent: {ua}\r\n\
+                 Content-Length: 0\r\n\r\n",
+                addr = ns.node.addr,
+                t = if tcp { "TCP" } else { "UDP" },
+                local = self.cfg.local_addr,
+                domain = self.cfg.domain,
+                prefix = self.prefix,
+                uid = ns.uid,
+                cseq = ns.health.cseq,
+                ua = self.cfg.user_agent,
+            ),
+        );
+        let payload = payload.into_bytes();
+        self.transmits.push_back(Transmit {
+            dest: ns.node.addr,
+            transport: ns.node.transport,
+            payload: payload.clone(),
+        });
+        let t1 = self.timers.t1;
+        ns.health.probe = Some(Probe {
+            id,
+            cseq: ns.health.cseq,
+            retransmit_at: (!tcp).then(|| now + t1),
+            interval: t1,
+            deadline: now + self.cfg.farm.probe_timeout,
+            payload,
+        });
+    }
+
+    /// A response to a probe: true when the response was one (matched or not).
+    fn match_probe(&mut self, now: Instant, from: SocketAddr, info: &ResponseInfo<'_>) -> bool {
+        let Some((slot, id)) = info.branch.and_then(|b| parse_branch(b, self.prefix)) else {
+            return false;
+        };
+        if slot < PROBE_SLOT {
+            return false;
+        }
+        let uid = slot - PROBE_SLOT;
+        let Some(node) = self.nodes.iter().position(|ns| ns.uid & 0xFFFF == uid) else {
+            self.counters.stray_responses += 1;
+            return true;
+        };
+        let matched = self.nodes.get(node).is_some_and(|ns| {
+            ns.node.addr.ip() == from.ip()
+                && ns
+                    .health
+                    .probe
+                    .as_ref()
+                    .is_some_and(|p| p.id == id && info.cseq == Some(p.cseq))
+        });
+        if !matched {
+            self.counters.stray_responses += 1;
+            return true;
+        }
+        if info.code >= 200 {
+            self.nodes[node].health.probe_answered(now, &self.cfg.farm);
+        }
+        self.node_heard(now, node);
+        true
+    }
+
+    fn node_heard(&mut self, now: Instant, node: usize) {
+        if self.nodes[node].health.heard(now) {
+            self.events.push_back(Event::NodeUp {
+                node: node as NodeId,
+            });
+            self.replay_node(now, node);
+        }
+    }
+
+    /// The node is down: abort its transactions and park every binding on it.
+    fn on_node_down(&mut self, node: usize) {
+        self.events.push_back(Event::NodeDown {
+            node: node as NodeId,
+        });
+        let n = self.nodes.len();
+        for slot in 0..self.aors.len() {
+            let idx = slot * n + node;
+            let b = &mut self.bindings[idx];
+            if b.phase != Phase::InFlight {
+                continue;
+            }
+            if let Some(t) = b.txn.take() {
+                if t.expires > 0 {
+                    b.server_bound = true; // it may have arrived
+                }
+                if !self.relocated.is_empty() {
+                    self.relocated.remove(&t.id);
+                }
+            }
+            b.phase = Phase::Queued;
+            b.rounds = 0;
+            self.schedule(idx);
+        }
+        let ns = &mut self.nodes[node];
+        ns.inflight = 0;
+        ns.waiting.clear();
+        ns.replay.clear();
+        ns.pacer = Pacer::default();
+    }
+
+    /// Queues every binding of `node` for a paced replay, newest changed AOR first: registers
+    /// the live ones, unregisters those the node may still hold.
+    fn replay_node(&mut self, now: Instant, node: usize) {
+        let n = self.nodes.len();
+        let mut list: Vec<(Option<Instant>, Option<Instant>, u32)> = Vec::new();
+        for slot in 0..self.aors.len() {
+            if self.aors[slot].name.is_none() {
+                continue;
+            }
+            let idx = slot * n + node;
+            let b = &self.bindings[idx];
+            if b.phase == Phase::InFlight {
+                continue;
+            }
+            let op = if self.wants_registration(now, idx) {
+                Op::Register
+            } else if b.server_bound {
+                Op::Unregister
+            } else {
+                if b.phase != Phase::Absent {
+                    let before = b.state();
+                    self.remove_binding(idx);
+                    self.emit_change(idx, before, None);
+                }
+                continue;
+            };
+            let a = &self.aors[slot];
+            let before = b.state();
+            let b = &mut self.bindings[idx];
+            b.op = op;
+            b.failures = 0;
+            b.action_at = None;
+            b.phase = Phase::Queued;
+            list.push((a.changed, a.live_until, idx as u32));
+            self.emit_change(idx, before, Some("replay".into()));
+            self.schedule(idx);
+        }
+        // Newest notification first, then the longest-lived (the most recently saved).
+        list.sort_unstable_by_key(|&(changed, until, _)| Reverse((changed, until)));
+        let ns = &mut self.nodes[node];
+        // A binding also in `waiting` is harmless: whichever queue pops it first starts it.
+        ns.replay.extend(list.into_iter().map(|(_, _, i)| i));
+        self.pump_replay(now, node);
+    }
+
+    /// Sends from the replay queue as fast as the pacer and the send budget allow.
+    fn pump_replay(&mut self, now: Instant, node: usize) {
+        loop {
+            let ns = &mut self.nodes[node];
+            if !ns.health.up || ns.inflight >= self.cfg.max_inflight_per_node {
+                return;
+            }
+            let Some(&idx) = ns.replay.front() else {
+                return;
+            };
+            if self.bindings[idx as usize].phase != Phase::Queued {
+                ns.replay.pop_front(); // started or dropped meanwhile
+                continue;
+            }
+            if !ns.pacer.take(now, self.cfg.farm.replay_rate, &mut self.rng) {
+                return;
+            }
+            ns.replay.pop_front();
+            ns.inflight += 1;
+            let idx = idx as usize;
+            let before = self.bindings[idx].state();
+            let b = &mut self.bindings[idx];
+            b.phase = Phase::InFlight;
+            b.rounds = 0;
+            self.send_request(now, idx);
+            self.counters.replayed += 1;
+            self.emit_change(idx, before, None);
+            self.schedule(idx);
+        }
+    }
+
+    /// Starts `op`, through the paced queue when reconciliation added the AOR.
+    fn begin(&mut self, now: Instant, idx: usize, op: Op) {
+        let n = self.nodes.len();
+        if !self.aors[idx / n].paced || self.cfg.farm.replay_rate == 0 {
+            self.start_op(now, idx, op);
+            return;
+        }
+        let node = idx % n;
+        let b = &mut self.bindings[idx];
+        if b.phase == Phase::InFlight || b.phase == Phase::Queued {
+            return;
+        }
+        b.op = op;
+        b.failures = 0;
+        b.action_at = None;
+        b.phase = Phase::Queued;
+        if self.nodes[node].health.up {
+            self.nodes[node].replay.push_back(idx as u32);
+            self.pump_replay(now, node);
+        }
+    }
+
+    /// Changes the number of nodes: `map` gives each old node's new index (`None` = dropped).
+    /// Transactions in flight keep their branches; `relocated` finds them.
+    fn relayout(&mut self, new_n: usize, map: impl Fn(usize) -> Option<usize>) {
+        let old_n = self.nodes.len();
+        let remap = |i: u32| -> Option<u32> {
+            let (slot, node) = (i as usize / old_n, i as usize % old_n);
+            map(node).map(|nn| (slot * new_n + nn) as u32)
+        };
+        let relocated: HashMap<u32, u32> = std::mem::take(&mut self.relocated)
+            .into_iter()
+            .filter_map(|(id, i)| remap(i).map(|ni| (id, ni)))
+            .collect();
+        self.relocated = relocated;
+        let old = std::mem::take(&mut self.bindings);
+        let mut bindings: Vec<Binding> = (0..self.aors.len() * new_n)
+            .map(|_| Binding::default())
+            .collect();
+        for (i, mut b) in old.into_iter().enumerate() {
+            let Some(ni) = remap(i as u32) else { continue };
+            if let Some(t) = &b.txn {
+                self.relocated.insert(t.id, ni);
+            }
+            b.scheduled = None;
+            bindings[ni as usize] = b;
+        }
+        self.bindings = bindings;
+        for ns in &mut self.nodes {
+            let w: VecDeque<u32> = ns.waiting.drain(..).filter_map(&remap).collect();
+            ns.waiting = w;
+            let r: VecDeque<u32> = ns.replay.drain(..).filter_map(&remap).collect();
+            ns.replay = r;
+        }
+        let aor_timers: Vec<_> = std::mem::take(&mut self.queue)
+            .into_vec()
+            .into_iter()
+            .filter(|Reverse((_, key))| key & AOR_TIMER != 0)
+            .collect();
+        self.queue = BinaryHeap::from(aor_timers);
+        for idx in 0..self.bindings.len() {
+            self.schedule(idx);
+        }
+    }
+
+    /// A REGISTER got no answer for Timer F: with probing on, a node silent that long is down.
+    fn register_timed_out(&mut self, now: Instant, node: usize) {
+        if self.cfg.farm.probe_interval.is_none() {
+            return; // nothing would bring it back up
+        }
+        let silent_since = now.checked_sub(self.timers.timer_f);
+        let h = &self.nodes[node].health;
+        let silent = match (h.last_heard, silent_since) {
+            (Some(t), Some(s)) => t < s,
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
+        if silent && self.nodes[node].health.mark_down(now) {
+            self.on_node_down(node);
+        }
+    }
+
+    fn forget_relocated(&mut self, txn: u32) {
+        if !self.relocated.is_empty() {
+            self.relocated.remove(&txn);
+        }
+    }
 
     fn alloc_aor(&mut self, user: &str) -> u32 {
         let name: Arc<str> = Arc::from(user);
@@ -539,6 +1176,8 @@ impl Mirror {
                     removed: false,
                     missing_reported: false,
                     scheduled: None,
+                    changed: None,
+                    paced: false,
                 });
                 self.bindings.extend((0..n).map(|_| Binding::default()));
                 (self.aors.len() - 1) as u32
@@ -559,6 +1198,8 @@ impl Mirror {
         a.removed = false;
         a.missing_reported = false;
         a.scheduled = None;
+        a.changed = None;
+        a.paced = false;
         self.free_aors.push(slot);
     }
 
@@ -634,7 +1275,7 @@ impl Mirror {
             }
             Phase::Absent => {
                 if want {
-                    self.start_op(now, idx, Op::Register);
+                    self.begin(now, idx, Op::Register);
                 }
             }
             Phase::Registered => {
@@ -669,6 +1310,11 @@ impl Mirror {
             return;
         }
         let ns = &mut self.nodes[node];
+        if !ns.health.up {
+            // Parked: the node is down; its replay starts this binding when it comes back.
+            b.phase = Phase::Queued;
+            return;
+        }
         if ns.inflight < self.cfg.max_inflight_per_node {
             ns.inflight += 1;
             b.phase = Phase::InFlight;
@@ -685,6 +1331,9 @@ impl Mirror {
         let node = idx % self.nodes.len();
         let ns = &mut self.nodes[node];
         ns.inflight = ns.inflight.saturating_sub(1);
+        if !ns.health.up {
+            return;
+        }
         while let Some(w) = self.nodes[node].waiting.pop_front() {
             let w = w as usize;
             if self.bindings[w].phase == Phase::Queued {
@@ -696,9 +1345,10 @@ impl Mirror {
                 self.send_request(now, w);
                 self.emit_change(w, before, None);
                 self.schedule(w);
-                break;
+                return;
             }
         }
+        self.pump_replay(now, node);
     }
 
     /// Sends a new transaction of the binding's current op (first attempt or auth/423 retry).
@@ -746,8 +1396,9 @@ impl Mirror {
         let id = self.next_txn;
         self.next_txn = self.next_txn.wrapping_add(1);
         let br = branch(self.prefix, idx as u32, id);
-        let call_id = format!("{:08x}-{:x}-{:x}", self.prefix, idx, a.gen);
-        let tag = format!("{:08x}{:x}g{:x}", self.prefix, idx, a.gen);
+        let uid = self.nodes[idx % n].uid;
+        let call_id = call_id(self.prefix, slot, uid, a.gen);
+        let tag = format!("{:08x}{:x}n{:x}g{:x}", self.prefix, slot, uid, a.gen);
         let tcp = node.transport == Transport::Tcp;
         let payload = RegisterRequest {
             domain: &self.cfg.domain,
@@ -782,7 +1433,17 @@ impl Mirror {
 
     fn match_transaction(&self, from: SocketAddr, info: &ResponseInfo<'_>) -> Option<usize> {
         let (idx, id) = parse_branch(info.branch?, self.prefix)?;
-        let idx = idx as usize;
+        let mut idx = idx as usize;
+        let here = |i: usize| {
+            self.bindings
+                .get(i)
+                .and_then(|b| b.txn.as_ref())
+                .is_some_and(|t| t.id == id)
+        };
+        if !here(idx) {
+            // Sent before `add_node`/`remove_node` moved the binding.
+            idx = *self.relocated.get(&id)? as usize;
+        }
         let b = self.bindings.get(idx)?;
         let t = b.txn.as_ref()?;
         let n = self.nodes.len();
@@ -793,9 +1454,9 @@ impl Mirror {
             return None;
         }
         let gen = self.aors[idx / n].gen;
-        let call_id = info.call_id?;
-        let expected = format!("{:08x}-{:x}-{:x}", self.prefix, idx, gen);
-        (call_id == expected).then_some(idx)
+        let got = info.call_id?;
+        let expected = call_id(self.prefix, idx / n, self.nodes[idx % n].uid, gen);
+        (got == expected).then_some(idx)
     }
 
     fn on_final(&mut self, now: Instant, idx: usize, txn: Txn, info: &ResponseInfo<'_>) {
@@ -1013,9 +1674,12 @@ impl Mirror {
                         self.counters.retransmits += 1;
                     }
                     TimerAction::Timeout => {
-                        self.bindings[idx].txn = None;
+                        if let Some(t) = self.bindings[idx].txn.take() {
+                            self.forget_relocated(t.id);
+                        }
                         self.counters.timeouts += 1;
                         self.on_failure(now, idx, LastResult::Timeout, None);
+                        self.register_timed_out(now, idx % self.nodes.len());
                     }
                     TimerAction::None => {}
                 }
@@ -1091,6 +1755,11 @@ impl Mirror {
             reason,
         });
     }
+}
+
+/// Call-ID of a binding: stable for its AOR slot, node and slot generation.
+fn call_id(prefix: u32, slot: usize, node_uid: u32, gen: u32) -> String {
+    format!("{prefix:08x}-{slot:x}-{node_uid:x}-{gen:x}")
 }
 
 /// The user part of an AOR (`user`, `user@domain`, `sip:user@domain`), if it is a valid one.

@@ -84,6 +84,10 @@ pub struct FakeRegistrar {
     pub log: Vec<Received>,
     /// When false, requests are not logged (benchmarks).
     pub keep_log: bool,
+    /// The node is dead: every request is swallowed, probes included.
+    pub down: bool,
+    /// OPTIONS requests answered (they are not in `log`).
+    pub options_received: u64,
     nonces: HashMap<String, Instant>,
     nonce_seq: u64,
     answered: HashMap<String, Vec<u8>>,
@@ -109,6 +113,8 @@ impl FakeRegistrar {
             contacts: HashMap::new(),
             log: Vec::new(),
             keep_log: true,
+            down: false,
+            options_received: 0,
             nonces: HashMap::new(),
             nonce_seq: 0,
             answered: HashMap::new(),
@@ -131,11 +137,35 @@ impl FakeRegistrar {
             .count()
     }
 
+    /// A restart that loses the contact table (astdb wiped) and every nonce issued.
+    pub fn restart_empty(&mut self) {
+        self.contacts.clear();
+        self.nonces.clear();
+        self.answered.clear();
+    }
+
+    /// Users with a live contact pointing at `contact_host` (what an AMI audit reports).
+    pub fn contact_users(
+        &self,
+        now: Instant,
+        contact_host: &str,
+    ) -> std::collections::HashSet<String> {
+        self.contacts
+            .iter()
+            .filter(|(_, c)| c.expires_at > now && c.uri.ends_with(&format!("@{contact_host}")))
+            .map(|(u, _)| u.clone())
+            .collect()
+    }
+
     /// Handles one request datagram; returns the responses to send back.
     pub fn handle(&mut self, now: Instant, bytes: &[u8]) -> Vec<Vec<u8>> {
+        if self.down {
+            return vec![];
+        }
         let Ok(rsip::SipMessage::Request(req)) = rsip::SipMessage::try_from(bytes) else {
             return vec![];
         };
+        let options = req.method == rsip::Method::Options;
         let mut f = Fields::default();
         for h in req.headers.iter() {
             match h {
@@ -184,6 +214,11 @@ impl FakeRegistrar {
             .authorization
             .as_deref()
             .and_then(|a| Authorization::parse(a).ok());
+        if options {
+            // Asterisk answers OPTIONS to its own URI with 200 (or challenges: any answer is life).
+            self.options_received += 1;
+            return vec![build_response(200, &f, "")];
+        }
         let retransmission =
             self.answered.contains_key(&branch) || self.log.iter().any(|r| r.branch == branch);
         let mut rec = Received {
@@ -404,6 +439,9 @@ pub struct Sim {
     pub sent: Vec<Sent>,
     /// When false, `sent` is not recorded (benchmarks).
     pub keep_sent: bool,
+    /// Random loss probability per packet, either direction, when `loss` is empty.
+    pub loss_rate: f64,
+    rng: rand::rngs::StdRng,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
     packets: HashMap<u64, Packet>,
     seq: u64,
@@ -434,9 +472,46 @@ impl Sim {
             events: Vec::new(),
             sent: Vec::new(),
             keep_sent: true,
+            loss_rate: 0.0,
+            rng: rand::SeedableRng::seed_from_u64(seed ^ 0x5eed),
             queue: BinaryHeap::new(),
             packets: HashMap::new(),
             seq: 0,
+        }
+    }
+
+    /// Adds a registrar at the next address and the node to the running mirror. The new
+    /// registrar knows the users of the first one.
+    pub fn add_node(&mut self) -> usize {
+        let i = self.registrars.len();
+        let addr = SocketAddr::from(([10, 77, 0, 11 + i as u8], 5060));
+        let mut reg = FakeRegistrar::new(addr, &self.mirror.config().domain);
+        if let Some(first) = self.registrars.first() {
+            reg.users = first.users.clone();
+        }
+        self.registrars.push(reg);
+        let transport = self
+            .mirror
+            .nodes()
+            .next()
+            .map_or(Transport::Udp, |n| n.transport);
+        let now = self.now;
+        self.mirror.add_node(
+            now,
+            Node {
+                name: format!("ast{}", i + 1),
+                addr,
+                transport,
+            },
+        );
+        self.pump();
+        i
+    }
+
+    fn lose(&mut self) -> bool {
+        match self.loss.pop_front() {
+            Some(l) => l,
+            None => self.loss_rate > 0.0 && rand::Rng::gen_bool(&mut self.rng, self.loss_rate),
         }
     }
 
@@ -469,7 +544,7 @@ impl Sim {
             let Some(node) = self.registrars.iter().position(|r| r.addr == t.dest) else {
                 continue;
             };
-            let lost = self.loss.pop_front().unwrap_or(false);
+            let lost = self.lose();
             if self.keep_sent {
                 self.sent.push(Sent {
                     at: self.now,
@@ -537,7 +612,7 @@ impl Sim {
                     let reg = &mut self.registrars[node];
                     let delay = reg.response_delay;
                     for resp in reg.handle(self.now, &bytes) {
-                        if !self.loss.pop_front().unwrap_or(false) {
+                        if !self.lose() {
                             self.enqueue(
                                 self.now + delay + self.latency,
                                 Packet::ToMirror(node, resp),

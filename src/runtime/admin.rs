@@ -1,64 +1,272 @@
 //! Admin HTTP listener: `/healthz`, `/readyz`, `/metrics` (Prometheus text), `/status` (an HTML
-//! page that refreshes itself) and `/status.json`. A deliberately small HTTP/1.1 subset: one
-//! GET per connection, loopback by default.
+//! page that refreshes itself), `/status.json` (farm summary) and `/status/<user>.json` (one
+//! user's bindings). A deliberately small HTTP/1.1 subset, one GET per connection, so the
+//! service needs no web framework; loopback by default.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::core::mirror::{BindingState, Mirror, NodeId};
 use crate::runtime::metrics::Metrics;
 
+/// Questions the admin listener asks the driver task (which owns the `Mirror`).
 pub enum AdminQuery {
-    Status(oneshot::Sender<StatusSnapshot>),
+    /// Farm summary with at most `bindings` binding rows (0 = counts only).
+    Farm {
+        bindings: usize,
+        reply: oneshot::Sender<FarmStatus>,
+    },
+    /// One user's bindings on every node.
+    User {
+        user: String,
+        reply: oneshot::Sender<UserStatus>,
+    },
 }
 
-#[derive(Debug, Default, Clone, Serialize)]
+/// One node as `status` shows it. `desired` is the number of live AORs (each is wanted on every
+/// node); `drift` counts bindings that differ from that: not (yet) confirmed, or left over.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NodeRow {
     pub name: String,
     pub address: String,
-    pub registered: u64,
+    /// `up`, `down` or `unknown` (no health probe has answered yet).
+    pub health: String,
+    pub desired: u64,
+    pub confirmed: u64,
     pub registering: u64,
     pub unregistering: u64,
-    pub failed: u64,
+    pub failing: u64,
+    pub drift: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BindingRow {
-    pub aor: String,
+    pub user: String,
     pub node: String,
-    pub state: &'static str,
+    pub state: String,
     pub last_result: String,
 }
 
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct StatusSnapshot {
+/// The `Mirror`'s counters, for `/metrics` and the status page.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatsView {
+    pub transactions: u64,
+    pub retransmits: u64,
+    pub timeouts: u64,
+    pub challenges: u64,
+    pub credential_rejected: u64,
+    pub stray_responses: u64,
+    pub queued: u64,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FarmStatus {
+    pub version: String,
+    pub uptime_seconds: u64,
+    pub live_aors: u64,
     pub nodes: Vec<NodeRow>,
+    pub stats: StatsView,
+    /// Total bindings, of which `bindings` lists the first few (problems first).
+    pub bindings_total: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bindings: Vec<BindingRow>,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UserBinding {
+    pub node: String,
+    pub health: String,
+    /// `registered`, `registering`, `unregistering`, `failed` or `absent`.
+    pub state: String,
+    pub last_result: String,
+    /// Seconds until the next refresh, retransmission or retry.
+    pub next_action_seconds: Option<f64>,
+    pub granted_expires: u32,
+    pub failures: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UserStatus {
+    pub user: String,
+    /// Kamailio holds the AOR live: bindings are wanted on every node.
+    pub live: bool,
+    /// One row per node, `absent` where the user has no binding.
+    pub nodes: Vec<UserBinding>,
+}
+
+impl UserStatus {
+    /// Whether any node holds (or is working on) a binding.
+    pub fn has_binding(&self) -> bool {
+        self.nodes.iter().any(|b| b.state != "absent")
+    }
+}
+
+pub fn state_name(s: BindingState) -> &'static str {
+    match s {
+        BindingState::Registering => "registering",
+        BindingState::Registered => "registered",
+        BindingState::Unregistering => "unregistering",
+        BindingState::Failed => "failed",
+    }
+}
+
+/// Builds the farm summary. `health` gives each node's health (`unknown` until probed).
+pub fn farm_status(
+    mirror: &Mirror,
+    now: Instant,
+    health: impl Fn(NodeId) -> &'static str,
+    max_bindings: usize,
+) -> FarmStatus {
+    let mut nodes: Vec<NodeRow> = mirror
+        .nodes()
+        .enumerate()
+        .map(|(i, n)| NodeRow {
+            name: n.name.clone(),
+            address: n.addr.to_string(),
+            health: health(i as NodeId).to_string(),
+            ..Default::default()
+        })
+        .collect();
+    let stats = mirror.stats();
+    let live = stats.live_aors as u64;
+    let mut total = 0u64;
+    let mut problems = Vec::new();
+    let mut fine = Vec::new();
+    for b in mirror.bindings() {
+        total += 1;
+        let Some(row) = nodes.get_mut(usize::from(b.node)) else {
+            continue;
+        };
+        let is_live = mirror.is_live(now, b.aor);
+        match b.state {
+            BindingState::Registered => {
+                row.confirmed += 1;
+                if !is_live {
+                    row.drift += 1;
+                }
+            }
+            BindingState::Registering => row.registering += 1,
+            BindingState::Unregistering => row.unregistering += 1,
+            BindingState::Failed => row.failing += 1,
+        }
+        let list = if b.state == BindingState::Registered {
+            &mut fine
+        } else {
+            &mut problems
+        };
+        if list.len() < max_bindings {
+            list.push(BindingRow {
+                user: b.aor.to_string(),
+                node: row.name.clone(),
+                state: state_name(b.state).into(),
+                last_result: b.last_result.to_string(),
+            });
+        }
+    }
+    for row in &mut nodes {
+        row.desired = live;
+        let confirmed_live = row.confirmed - row.drift;
+        row.drift += live.saturating_sub(confirmed_live);
+    }
+    problems.extend(fine);
+    problems.truncate(max_bindings);
+    FarmStatus {
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_seconds: 0,
+        live_aors: live,
+        nodes,
+        stats: StatsView {
+            transactions: stats.transactions,
+            retransmits: stats.retransmits,
+            timeouts: stats.timeouts,
+            challenges: stats.challenges,
+            credential_rejected: stats.credential_rejected,
+            stray_responses: stats.stray_responses,
+            queued: stats.queued as u64,
+        },
+        bindings_total: total,
+        bindings: problems,
+    }
+}
+
+/// One user's bindings on every node.
+pub fn user_status(
+    mirror: &Mirror,
+    now: Instant,
+    user: &str,
+    health: impl Fn(NodeId) -> &'static str,
+) -> UserStatus {
+    let nodes = mirror
+        .nodes()
+        .enumerate()
+        .map(|(i, n)| {
+            let id = i as NodeId;
+            let b = mirror.binding(user, id);
+            UserBinding {
+                node: n.name.clone(),
+                health: health(id).to_string(),
+                state: b.as_ref().map_or("absent", |b| state_name(b.state)).into(),
+                last_result: b
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |b| b.last_result.to_string()),
+                next_action_seconds: b
+                    .as_ref()
+                    .and_then(|b| b.next_action)
+                    .map(|t| t.saturating_duration_since(now).as_secs_f64()),
+                granted_expires: b.as_ref().map_or(0, |b| b.granted_expires),
+                failures: b.as_ref().map_or(0, |b| b.failures),
+            }
+        })
+        .collect();
+    UserStatus {
+        user: user.to_string(),
+        live: mirror.is_live(now, user),
+        nodes,
+    }
+}
+
+/// Whether `/readyz` answers 200: the driver answers queries.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, driver: mpsc::Sender<AdminQuery>) {
+    let started = Instant::now();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of descriptors and the like: do not spin.
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let metrics = metrics.clone();
         let driver = driver.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), handle(stream, metrics, driver))
-                .await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(10),
+                handle(stream, metrics, driver, started),
+            )
+            .await;
         });
     }
+}
+
+type Reply = (&'static str, &'static str, String);
+
+fn unavailable() -> Reply {
+    (
+        "503 Service Unavailable",
+        "text/plain",
+        "driver not running\n".to_string(),
+    )
 }
 
 async fn handle(
     mut stream: TcpStream,
     metrics: Arc<Metrics>,
     driver: mpsc::Sender<AdminQuery>,
+    started: Instant,
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 4096];
     let mut len = 0;
@@ -77,7 +285,8 @@ async fn handle(
     let mut parts = head.lines().next().unwrap_or("").split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = path.split('?').next().unwrap_or("");
-    let (status, ctype, body) = if method != "GET" {
+    let uptime = started.elapsed().as_secs();
+    let (status, ctype, body): Reply = if method != "GET" {
         (
             "405 Method Not Allowed",
             "text/plain",
@@ -86,36 +295,48 @@ async fn handle(
     } else {
         match path {
             "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-            "/readyz" => match status_of(&driver).await {
+            "/readyz" => match farm(&driver, 0, uptime).await {
                 Some(_) => ("200 OK", "text/plain", "ready\n".to_string()),
-                None => (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "driver not running\n".to_string(),
-                ),
+                None => unavailable(),
             },
-            "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-            "/status.json" => match status_of(&driver).await {
+            "/metrics" => {
+                let f = farm(&driver, 0, uptime).await;
+                (
+                    "200 OK",
+                    "text/plain; version=0.0.4",
+                    metrics.render(f.as_ref()),
+                )
+            }
+            "/status.json" => match farm(&driver, 0, uptime).await {
                 Some(s) => (
                     "200 OK",
                     "application/json",
                     serde_json::to_string(&s).unwrap_or_default(),
                 ),
-                None => (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "driver not running\n".to_string(),
-                ),
+                None => unavailable(),
             },
-            "/" | "/status" => match status_of(&driver).await {
+            "/" | "/status" => match farm(&driver, PAGE_BINDINGS, uptime).await {
                 Some(s) => ("200 OK", "text/html; charset=utf-8", render_html(&s)),
-                None => (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "driver not running\n".to_string(),
-                ),
+                None => unavailable(),
             },
-            _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+            p => match p
+                .strip_prefix("/status/")
+                .and_then(|u| u.strip_suffix(".json"))
+                .map(percent_decode)
+            {
+                Some(Some(user)) if crate::core::mirror::user_part(&user) == Some(&user) => {
+                    match ask(&driver, |reply| AdminQuery::User { user, reply }).await {
+                        Some(s) => (
+                            "200 OK",
+                            "application/json",
+                            serde_json::to_string(&s).unwrap_or_default(),
+                        ),
+                        None => unavailable(),
+                    }
+                }
+                Some(_) => ("400 Bad Request", "text/plain", "invalid user\n".into()),
+                None => ("404 Not Found", "text/plain", "not found\n".to_string()),
+            },
         }
     };
     let resp = format!(
@@ -126,13 +347,46 @@ async fn handle(
     stream.shutdown().await
 }
 
-async fn status_of(driver: &mpsc::Sender<AdminQuery>) -> Option<StatusSnapshot> {
+/// Binding rows shown on the HTML page (problems first).
+const PAGE_BINDINGS: usize = 500;
+
+async fn farm(
+    driver: &mpsc::Sender<AdminQuery>,
+    bindings: usize,
+    uptime: u64,
+) -> Option<FarmStatus> {
+    let mut f = ask(driver, |reply| AdminQuery::Farm { bindings, reply }).await?;
+    f.uptime_seconds = uptime;
+    Some(f)
+}
+
+async fn ask<T>(
+    driver: &mpsc::Sender<AdminQuery>,
+    q: impl FnOnce(oneshot::Sender<T>) -> AdminQuery,
+) -> Option<T> {
     let (tx, rx) = oneshot::channel();
-    driver.send(AdminQuery::Status(tx)).await.ok()?;
+    driver.send(q(tx)).await.ok()?;
     tokio::time::timeout(Duration::from_secs(5), rx)
         .await
         .ok()?
         .ok()
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn esc(s: &str) -> String {
@@ -142,42 +396,128 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn render_html(s: &StatusSnapshot) -> String {
-    let mut o = String::with_capacity(8192);
-    o.push_str("<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">");
-    o.push_str("<title>regmirror status</title><style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}.registered{color:#070}.failed{color:#b00}</style></head><body>");
-    o.push_str("<h1>regmirror</h1><h2>Farm</h2><table id=\"nodes\"><tr><th>node</th><th>address</th><th>registered</th><th>registering</th><th>unregistering</th><th>failed</th></tr>");
+/// The status page: plain HTML, no script, refreshes itself every 5 s.
+pub fn render_html(s: &FarmStatus) -> String {
+    let mut o = String::with_capacity(16_384);
+    o.push_str(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"refresh\" content=\"5\"><title>regmirror status</title><style>\
+         body{font-family:system-ui,sans-serif;margin:1.5em 2em;color:#222}\
+         h1{font-size:1.5em;margin:0 0 .2em}.sub{color:#666;margin-bottom:1.2em}\
+         table{border-collapse:collapse;margin-bottom:1.5em}\
+         td,th{border:1px solid #ccc;padding:4px 12px;text-align:left}th{background:#f3f3f3}\
+         td.n{text-align:right;font-variant-numeric:tabular-nums}\
+         .up,.registered{color:#080;font-weight:600}.down,.failed{color:#c00;font-weight:600}\
+         .unknown,.registering,.unregistering{color:#a60}.zero{color:#999}\
+         </style></head><body>",
+    );
+    let _ = write!(
+        o,
+        "<h1>regmirror</h1><div class=\"sub\">version {} &middot; up {} s &middot; \
+         <span id=\"live-aors\">{}</span> live AOR(s) &middot; {} binding(s) &middot; {} node(s)</div>",
+        esc(&s.version),
+        s.uptime_seconds,
+        s.live_aors,
+        s.bindings_total,
+        s.nodes.len()
+    );
+    o.push_str(
+        "<h2>Farm</h2><table id=\"nodes\"><tr><th>node</th><th>address</th><th>health</th>\
+         <th>desired</th><th>confirmed</th><th>registering</th><th>unregistering</th>\
+         <th>failing</th><th>drift</th></tr>",
+    );
+    let num = |o: &mut String, class: &str, v: u64| {
+        let z = if v == 0 { " zero" } else { "" };
+        let _ = write!(o, "<td class=\"n {class}{z}\">{v}</td>");
+    };
     for n in &s.nodes {
         let _ = write!(
             o,
-            "<tr class=\"node\"><td>{}</td><td>{}</td><td class=\"registered\">{}</td><td>{}</td><td>{}</td><td class=\"failed\">{}</td></tr>",
+            "<tr class=\"node\" data-node=\"{0}\"><td class=\"name\">{0}</td><td>{1}</td>\
+             <td class=\"{2}\">{2}</td>",
             esc(&n.name),
             esc(&n.address),
-            n.registered,
-            n.registering,
-            n.unregistering,
-            n.failed
+            esc(&n.health)
         );
+        num(&mut o, "desired", n.desired);
+        num(&mut o, "confirmed", n.confirmed);
+        num(&mut o, "registering", n.registering);
+        num(&mut o, "unregistering", n.unregistering);
+        num(&mut o, "failing", n.failing);
+        num(&mut o, "drift", n.drift);
+        o.push_str("</tr>");
     }
-    o.push_str("</table><h2>Bindings</h2><table id=\"bindings\"><tr><th>user</th><th>node</th><th>state</th><th>last result</th></tr>");
-    for b in s.bindings.iter().take(1000) {
+    let st = &s.stats;
+    let _ = write!(
+        o,
+        "</table><h2>Traffic</h2><table id=\"stats\"><tr><th>transactions</th><th>retransmits</th>\
+         <th>timeouts</th><th>challenges</th><th>credential rejected</th><th>queued</th></tr>\
+         <tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+         <td class=\"n\">{}</td><td class=\"n\">{}</td></tr></table>",
+        st.transactions, st.retransmits, st.timeouts, st.challenges, st.credential_rejected, st.queued
+    );
+    o.push_str(
+        "<h2>Bindings</h2><table id=\"bindings\"><tr><th>user</th><th>node</th><th>state</th>\
+         <th>last result</th></tr>",
+    );
+    for b in &s.bindings {
         let _ = write!(
             o,
-            "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td></tr>",
-            esc(&b.aor),
+            "<tr class=\"binding\"><td>{}</td><td>{}</td><td class=\"{2}\">{2}</td><td>{3}</td></tr>",
+            esc(&b.user),
             esc(&b.node),
-            b.state,
-            b.state,
+            esc(&b.state),
             esc(&b.last_result)
         );
     }
-    if s.bindings.len() > 1000 {
+    let shown = s.bindings.len() as u64;
+    if s.bindings_total > shown {
         let _ = write!(
             o,
-            "<tr><td colspan=4>... {} more</td></tr>",
-            s.bindings.len() - 1000
+            "<tr><td colspan=\"4\">&hellip; {} more (problems are listed first)</td></tr>",
+            s.bindings_total - shown
         );
     }
     o.push_str("</table></body></html>\n");
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_escapes_and_lists_nodes() {
+        let s = FarmStatus {
+            version: "0.1.0".into(),
+            live_aors: 1,
+            nodes: vec![NodeRow {
+                name: "ast<1>".into(),
+                address: "10.0.0.1:5060".into(),
+                health: "unknown".into(),
+                desired: 1,
+                confirmed: 1,
+                ..Default::default()
+            }],
+            bindings_total: 1,
+            bindings: vec![BindingRow {
+                user: "1001".into(),
+                node: "ast<1>".into(),
+                state: "registered".into(),
+                last_result: "200 OK".into(),
+            }],
+            ..Default::default()
+        };
+        let h = render_html(&s);
+        assert!(h.contains("ast&lt;1&gt;") && !h.contains("ast<1>"), "{h}");
+        assert!(h.contains("http-equiv=\"refresh\""));
+        assert!(h.contains("<td class=\"n confirmed\">1</td>"));
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("10%2B01").as_deref(), Some("10+01"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%2"), None);
+    }
 }

@@ -1,7 +1,7 @@
 //! The driver loop: feeds datagrams, credential lookups and timeouts into the `Mirror`, then
 //! drains its transmits and events (the str0m/quinn sans-IO loop).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,10 +13,14 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::config::{Config, TransportKind};
-use crate::core::mirror::{BindingState, Credential, Event, Mirror, MirrorConfig, Node, Transport};
+use crate::core::mirror::{
+    BindingState, Credential, Event, FarmConfig, Mirror, MirrorConfig, Node, Transport,
+};
 use crate::core::notify::{aor_user, parse_notification};
 use crate::core::sip::{parse_message, response_for, MAX_MESSAGE};
-use crate::runtime::admin::{AdminQuery, BindingRow, NodeRow, StatusSnapshot};
+use crate::runtime::admin::{self, AdminQuery};
+use crate::runtime::ami::{fetch_contact_users, AmiTarget};
+use crate::runtime::inflight::InFlight;
 use crate::runtime::metrics::Metrics;
 use crate::store;
 
@@ -24,6 +28,21 @@ use crate::store;
 struct Lookup {
     user: String,
     result: Option<Credential>,
+}
+
+/// Kamailio's `location` (the complete desired state) and the credentials of its users.
+struct ReconcileSnapshot {
+    /// Taken just before the queries: notifications after it win over the snapshot.
+    at: Instant,
+    live: Vec<(String, Duration)>,
+    credentials: HashMap<String, Credential>,
+}
+
+/// A node's contacts pointing at Kamailio, read over AMI.
+struct AuditSnapshot {
+    node: String,
+    at: Instant,
+    users: HashSet<String>,
 }
 
 pub struct Driver {
@@ -37,7 +56,21 @@ pub struct Driver {
     lookups_tx: mpsc::Sender<Lookup>,
     lookups_rx: mpsc::Receiver<Lookup>,
     lookups_pending: HashSet<String>,
+    /// REGISTERs in flight by branch: latency per node, and the shutdown drain.
+    inflight: InFlight,
+    /// Shutting down: notifications are refused, in-flight transactions finish.
+    draining: bool,
+    reconcile_tx: mpsc::Sender<ReconcileSnapshot>,
+    reconcile_rx: mpsc::Receiver<ReconcileSnapshot>,
+    audit_tx: mpsc::Sender<AuditSnapshot>,
+    audit_rx: mpsc::Receiver<AuditSnapshot>,
+    /// The last reconciliation's credentials and users, while its events are drained.
+    reconcile_creds: HashMap<String, Credential>,
+    reconcile_users: HashSet<String>,
 }
+
+/// How long a shutdown waits for in-flight transactions before exiting anyway.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 impl Driver {
     pub async fn bind(
@@ -77,10 +110,21 @@ impl Driver {
             retry_base: config.sip.retry_base,
             retry_max: config.sip.retry_max,
             user_agent: config.sip.user_agent.clone(),
+            max_inflight_per_node: config.farm.max_inflight_per_node,
+            farm: FarmConfig {
+                probe_interval: (!config.farm.probe_interval.is_zero())
+                    .then_some(config.farm.probe_interval),
+                probe_timeout: config.farm.probe_timeout,
+                probe_failures: config.farm.probe_failures,
+                replay_rate: config.farm.replay_rate,
+            },
             ..MirrorConfig::default()
         };
+        let inflight = InFlight::new(nodes.iter().map(|n| n.addr), config.sip.timer_f);
         let mirror = Mirror::new(mcfg, nodes.clone(), rand::random());
         let (lookups_tx, lookups_rx) = mpsc::channel(4096);
+        let (reconcile_tx, reconcile_rx) = mpsc::channel(1);
+        let (audit_tx, audit_rx) = mpsc::channel(16);
         tracing::info!(
             listen = %config.sip.listen,
             advertise = %config.advertised_addr(),
@@ -98,15 +142,29 @@ impl Driver {
             lookups_tx,
             lookups_rx,
             lookups_pending: HashSet::new(),
+            inflight,
+            draining: false,
+            reconcile_tx,
+            reconcile_rx,
+            audit_tx,
+            audit_rx,
+            reconcile_creds: HashMap::new(),
+            reconcile_users: HashSet::new(),
         })
     }
 
     pub async fn run(
         mut self,
+        mut reload: mpsc::Receiver<Config>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
         let mut buf = vec![0u8; 65_536];
+        // Starts the node probes.
+        self.mirror.handle_timeout(Instant::now());
+        self.spawn_reconciler();
+        self.spawn_auditors();
+        self.flush().await;
         loop {
             let deadline = self
                 .mirror
@@ -136,13 +194,210 @@ impl Driver {
                     self.mirror.handle_timeout(Instant::now());
                 }
                 Some(q) = self.admin_rx.recv() => self.on_admin(q),
+                Some(r) = self.reconcile_rx.recv() => self.on_reconcile(r),
+                Some(a) = self.audit_rx.recv() => self.on_audit(a),
+                Some(c) = reload.recv() => self.on_reload(c),
                 _ = &mut shutdown => {
-                    tracing::info!("shutting down: bindings stay registered on the nodes until they expire");
-                    self.flush().await;
+                    self.drain(&mut buf).await;
                     return Ok(());
                 }
             }
             self.flush().await;
+        }
+    }
+
+    fn on_reconcile(&mut self, r: ReconcileSnapshot) {
+        let first = !self.mirror.is_reconciled();
+        self.mirror.reconcile(r.at, &r.live);
+        let now = Instant::now();
+        let mut removed = 0usize;
+        self.reconcile_users.clear();
+        for (aor, _) in &r.live {
+            let user = aor_user(aor).to_string();
+            // Live in Kamailio but no credential: removed from ps_endpoints/ps_auths.
+            if !r.credentials.contains_key(&user) && self.mirror.is_live(now, &user) {
+                self.mirror.set_credential(now, &user, None);
+                removed += 1;
+            }
+            self.reconcile_users.insert(user);
+        }
+        self.reconcile_creds = r.credentials;
+        Metrics::inc(&self.metrics.reconcile_runs);
+        let level_first = if first {
+            "first reconciliation"
+        } else {
+            "reconciliation"
+        };
+        tracing::info!(
+            live = r.live.len(),
+            removed_users = removed,
+            "{level_first} done"
+        );
+    }
+
+    /// SIGHUP: applies `[[nodes]]` changes. A new node gets every live binding (paced replay);
+    /// a removed node's bindings are forgotten, not unregistered (the node may be gone).
+    fn on_reload(&mut self, new: Config) {
+        let now = Instant::now();
+        let (mut added, mut removed) = (0, 0);
+        // Remove from the highest index down: ids above a removed node shift by one.
+        for i in (0..self.nodes.len()).rev() {
+            if !new.nodes.iter().any(|n| n.name == self.nodes[i].name) && self.nodes.len() > 1 {
+                if let Some(gone) = self.mirror.remove_node(now, i as u16) {
+                    tracing::warn!(node = %gone.name, "node removed from the farm");
+                    self.nodes.remove(i);
+                    self.config.nodes.retain(|n| n.name != gone.name);
+                    removed += 1;
+                }
+            }
+        }
+        for n in &new.nodes {
+            if self.nodes.iter().any(|m| m.name == n.name) {
+                continue;
+            }
+            let node = Node {
+                name: n.name.clone(),
+                addr: n.address,
+                transport: match n.transport {
+                    TransportKind::Udp => Transport::Udp,
+                    TransportKind::Tcp => Transport::Tcp,
+                },
+            };
+            self.mirror.add_node(now, node.clone());
+            tracing::warn!(node = %n.name, address = %n.address, "node added to the farm: replaying live bindings");
+            self.nodes.push(node);
+            self.config.nodes.push(n.clone());
+            self.spawn_auditor(n);
+            added += 1;
+        }
+        if added + removed > 0 {
+            self.inflight =
+                InFlight::new(self.nodes.iter().map(|n| n.addr), self.config.sip.timer_f);
+        }
+        tracing::info!(
+            added,
+            removed,
+            nodes = self.nodes.len(),
+            "configuration reloaded (only [[nodes]] changes apply without a restart)"
+        );
+    }
+
+    fn on_audit(&mut self, a: AuditSnapshot) {
+        let Some(node) = self.nodes.iter().position(|n| n.name == a.node) else {
+            return;
+        };
+        let r = self.mirror.audit(a.at, node as u16, &a.users);
+        let repaired = (r.missing + r.stale) as u64;
+        self.metrics
+            .drift_repaired
+            .fetch_add(repaired, Ordering::Relaxed);
+        if repaired > 0 {
+            tracing::warn!(node = %a.node, missing = r.missing, stale = r.stale, "drift repaired");
+        } else {
+            tracing::debug!(node = %a.node, contacts = a.users.len(), "audit: no drift");
+        }
+    }
+
+    /// Reads the complete desired state every `reconcile_interval`; on a database error keeps
+    /// the current state and retries with backoff (regmirror serves what it knows meanwhile).
+    fn spawn_reconciler(&self) {
+        let pool = self.pool.clone();
+        let tx = self.reconcile_tx.clone();
+        let realm = self.config.sip.domain.clone();
+        let interval = self.config.farm.reconcile_interval;
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            let mut wait = Duration::from_secs(1);
+            loop {
+                let at = Instant::now();
+                let read = async {
+                    let live = store::credentials::live_aors_db_now(&pool).await?;
+                    let creds = store::credentials::live_credentials(&pool, &realm).await?;
+                    Ok::<_, store::StoreError>((live, creds))
+                };
+                match read.await {
+                    Ok((live, creds)) => {
+                        let snapshot = ReconcileSnapshot {
+                            at,
+                            live: live
+                                .into_iter()
+                                .map(|(a, s)| (a, Duration::from_secs(u64::from(s))))
+                                .collect(),
+                            credentials: creds
+                                .into_iter()
+                                .map(|c| {
+                                    (
+                                        c.username.clone(),
+                                        Credential {
+                                            username: c.username,
+                                            secret: c.secret,
+                                        },
+                                    )
+                                })
+                                .collect(),
+                        };
+                        if tx.send(snapshot).await.is_err() {
+                            return;
+                        }
+                        wait = Duration::from_secs(1);
+                        tokio::time::sleep(interval).await;
+                    }
+                    Err(e) => {
+                        Metrics::inc(&metrics.reconcile_errors);
+                        tracing::warn!(error = %e, retry_in = ?wait, "reconciliation failed; keeping the current state");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(interval);
+                    }
+                }
+            }
+        });
+    }
+
+    /// One AMI audit loop per node that has `ami` configured.
+    fn spawn_auditors(&self) {
+        for n in &self.config.nodes {
+            self.spawn_auditor(n);
+        }
+    }
+
+    fn spawn_auditor(&self, n: &crate::config::NodeConfig) {
+        {
+            let (Some(addr), Some(user), Some(secret)) = (n.ami, &n.ami_user, &n.ami_secret) else {
+                return;
+            };
+            let target = AmiTarget {
+                addr,
+                user: user.clone(),
+                secret: secret.0.clone(),
+            };
+            let name = n.name.clone();
+            let tx = self.audit_tx.clone();
+            let contact_host = self.config.kamailio.contact_host.clone();
+            let interval = self.config.farm.audit_interval;
+            let metrics = self.metrics.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(interval).await;
+                    let at = Instant::now();
+                    match fetch_contact_users(&target, &contact_host, Duration::from_secs(20)).await
+                    {
+                        Ok(users) => {
+                            let s = AuditSnapshot {
+                                node: name.clone(),
+                                at,
+                                users,
+                            };
+                            if tx.send(s).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            Metrics::inc(&metrics.ami_errors);
+                            tracing::warn!(node = %name, ami = %target.addr, error = %e, "drift audit skipped");
+                        }
+                    }
+                }
+            });
         }
     }
 
@@ -167,6 +422,9 @@ impl Driver {
             rsip::SipMessage::Response(resp) => {
                 if matches!(resp.status_code.code(), 200..=699) {
                     self.metrics.count_result(resp.status_code.code());
+                    if let Some((node, took)) = self.inflight.on_final(&resp, Instant::now()) {
+                        self.metrics.observe_latency(&self.node_name(node), took);
+                    }
                 }
                 self.mirror.handle_response(Instant::now(), from, &resp);
             }
@@ -182,6 +440,11 @@ impl Driver {
             return;
         }
         let reply = match req.method {
+            rsip::Method::Message if self.draining => {
+                // Kamailio's transaction ends at once instead of retransmitting to a dying socket.
+                Metrics::inc(&self.metrics.notifications_refused);
+                response_for(&req, 503, "Shutting Down")
+            }
             rsip::Method::Options => response_for(&req, 200, "OK"),
             rsip::Method::Message => match parse_notification(&req) {
                 Ok(n) => {
@@ -210,56 +473,117 @@ impl Driver {
     }
 
     fn on_admin(&mut self, q: AdminQuery) {
+        // `unknown` until the node has answered anything (a probe or a REGISTER).
+        let health = |node: u16| match self.mirror.node_health(node) {
+            Some(h) if h.up => "up",
+            Some(h) if h.last_heard.is_some() || h.probe_failures > 0 => "down",
+            _ => "unknown",
+        };
+        self.metrics
+            .replays
+            .store(self.mirror.stats().replayed, Ordering::Relaxed);
         match q {
-            AdminQuery::Status(reply) => {
-                let _ = reply.send(self.snapshot());
+            AdminQuery::Farm { bindings, reply } => {
+                let _ = reply.send(admin::farm_status(
+                    &self.mirror,
+                    Instant::now(),
+                    health,
+                    bindings,
+                ));
+            }
+            AdminQuery::User { user, reply } => {
+                let _ = reply.send(admin::user_status(
+                    &self.mirror,
+                    Instant::now(),
+                    &user,
+                    health,
+                ));
             }
         }
     }
 
-    fn snapshot(&self) -> StatusSnapshot {
-        let mut nodes: Vec<NodeRow> = self
-            .nodes
-            .iter()
-            .map(|n| NodeRow {
-                name: n.name.clone(),
-                address: n.addr.to_string(),
-                ..Default::default()
-            })
-            .collect();
-        let mut bindings = Vec::new();
-        for b in self.mirror.bindings() {
-            let node = &mut nodes[usize::from(b.node)];
-            match b.state {
-                BindingState::Registered => node.registered += 1,
-                BindingState::Registering => node.registering += 1,
-                BindingState::Unregistering => node.unregistering += 1,
-                BindingState::Failed => node.failed += 1,
+    /// Graceful shutdown: refuse notifications, let REGISTERs in flight finish (retransmitting
+    /// as needed) for up to `SHUTDOWN_GRACE`, then return. Never unregisters anything itself:
+    /// the nodes keep every binding until it expires or another instance refreshes it.
+    async fn drain(&mut self, buf: &mut [u8]) {
+        self.draining = true;
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        self.flush().await;
+        self.inflight.sweep(Instant::now());
+        tracing::info!(
+            in_flight = self.inflight.len(),
+            grace = ?SHUTDOWN_GRACE,
+            "shutting down: finishing transactions in flight; bindings stay registered on the nodes"
+        );
+        // A credential lookup still running may be what an in-flight REGISTER waits for.
+        while !(self.inflight.is_empty() && self.lookups_pending.is_empty())
+            && Instant::now() < deadline
+        {
+            let wake = self
+                .mirror
+                .poll_timeout()
+                .map_or(deadline, |t| t.min(deadline));
+            tokio::select! {
+                r = self.socket.recv_from(buf) => {
+                    if let Ok((n, from)) = r {
+                        self.on_datagram(&buf[..n], from).await;
+                    }
+                }
+                Some(l) = self.lookups_rx.recv() => {
+                    self.lookups_pending.remove(&l.user);
+                    self.mirror.set_credential(Instant::now(), &l.user, l.result);
+                }
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                    self.mirror.handle_timeout(Instant::now());
+                }
             }
-            bindings.push(BindingRow {
-                aor: b.aor.to_string(),
-                node: node.name.clone(),
-                state: state_name(b.state),
-                last_result: b.last_result.to_string(),
-            });
+            self.flush().await;
+            self.inflight.sweep(Instant::now());
         }
-        StatusSnapshot { nodes, bindings }
+        tracing::info!(
+            unfinished = self.inflight.len() + self.lookups_pending.len(),
+            "stopped"
+        );
     }
 
     /// Drains the mirror's transmits and events.
     async fn flush(&mut self) {
-        while let Some(t) = self.mirror.poll_transmit() {
-            match t.transport {
-                Transport::Udp => self.send(&t.payload, t.dest).await,
-                Transport::Tcp => {
-                    // TCP nodes are not supported by this shell yet; config validation warns.
-                    Metrics::inc(&self.metrics.send_errors);
+        loop {
+            let mut any = false;
+            while let Some(t) = self.mirror.poll_transmit() {
+                any = true;
+                match t.transport {
+                    Transport::Udp => {
+                        if self.inflight.on_send(&t.payload, t.dest, Instant::now()) {
+                            Metrics::inc(&self.metrics.register_retries);
+                        }
+                        self.send(&t.payload, t.dest).await
+                    }
+                    Transport::Tcp => {
+                        // TCP nodes are not supported by this shell yet; config validation rejects them.
+                        Metrics::inc(&self.metrics.send_errors);
+                    }
                 }
             }
+            // Events may produce transmits (credentials from a reconciliation): go round again.
+            while let Some(ev) = self.mirror.poll_event() {
+                any = true;
+                self.on_event(ev);
+            }
+            if !any {
+                break;
+            }
         }
-        while let Some(ev) = self.mirror.poll_event() {
-            self.on_event(ev);
+        if !self.reconcile_users.is_empty() {
+            self.reconcile_creds.clear();
+            self.reconcile_users.clear();
         }
+        let down = (0..self.nodes.len())
+            .filter(|&i| !self.mirror.node_up(i as u16))
+            .count();
+        self.metrics
+            .nodes_down
+            .store(down as u64, Ordering::Relaxed);
     }
 
     fn on_event(&mut self, ev: Event) {
@@ -278,9 +602,23 @@ impl Driver {
                 tracing::warn!(user = %aor, node = %self.node_name(node), "node rejected the credential; refetching");
                 self.lookup(&aor);
             }
-            Event::CredentialMissing { aor } => self.lookup(&aor),
+            Event::CredentialMissing { aor } => {
+                // Just reconciled: the bulk read already answered for its users.
+                if let Some(c) = self.reconcile_creds.get(&*aor) {
+                    let c = c.clone();
+                    self.mirror.set_credential(Instant::now(), &aor, Some(c));
+                } else if !self.reconcile_users.contains(&*aor) {
+                    self.lookup(&aor);
+                }
+            }
             Event::BindingRemoved { aor, node } => {
                 tracing::info!(user = %aor, node = %self.node_name(node), "binding removed");
+            }
+            Event::NodeDown { node } => {
+                tracing::warn!(node = %self.node_name(node), "node down: its bindings wait for it");
+            }
+            Event::NodeUp { node } => {
+                tracing::info!(node = %self.node_name(node), "node up: replaying its bindings");
             }
         }
     }

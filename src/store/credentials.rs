@@ -90,3 +90,62 @@ pub async fn live_aors(
         })
         .collect())
 }
+
+/// Like [`live_aors`], but the database computes `now` itself (`NOW()` in the same statement):
+/// Kamailio writes `location.expires` as a DATETIME in local time, so comparing it with the
+/// database's own clock avoids any skew or time-zone difference with regmirror's host.
+/// Returns `(aor, seconds until the last contact expires)`.
+pub async fn live_aors_db_now(pool: &MySqlPool) -> Result<Vec<(String, u32)>, StoreError> {
+    let rows: Vec<(String, Option<String>, i64)> = sqlx::query_as(
+        "SELECT `username`, `domain`, TIMESTAMPDIFF(SECOND, NOW(), MAX(`expires`)) \
+         FROM `location` WHERE `expires` > NOW() \
+         GROUP BY `username`, `domain` ORDER BY `username`, `domain`",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(user, domain, secs)| {
+            let aor = match domain {
+                Some(d) if !d.is_empty() => format!("{user}@{d}"),
+                _ => user,
+            };
+            (aor, u32::try_from(secs.max(1)).unwrap_or(u32::MAX))
+        })
+        .collect())
+}
+
+/// Credentials in `realm` of every user with a live contact in `location`, in one query (so a
+/// reconciliation does not do one lookup per AOR). Users absent from the result have no usable
+/// credential any more (removed from `ps_endpoints`/`ps_auths`).
+pub async fn live_credentials(
+    pool: &MySqlPool,
+    realm: &str,
+) -> Result<Vec<StoredCredential>, StoreError> {
+    let rows: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT DISTINCT c.`username`, c.`password`, c.`ha1` FROM `regmirror_credentials` c \
+         JOIN `location` l ON l.`username` = c.`username` \
+         WHERE l.`expires` > NOW() AND c.`realm` = ?",
+    )
+    .bind(realm)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(username, password, ha1)| {
+            let secret = match (password, ha1) {
+                (Some(p), _) if !p.is_empty() => Secret::Password(p),
+                (_, Some(h)) if is_md5_hex(&h) => Secret::Ha1Md5 {
+                    realm: realm.to_string(),
+                    ha1: h.to_ascii_lowercase(),
+                },
+                _ => return None,
+            };
+            Some(StoredCredential {
+                username,
+                realm: realm.to_string(),
+                secret,
+            })
+        })
+        .collect())
+}

@@ -1,0 +1,306 @@
+//! `regmirror status [user]`: asks a running service's admin listener. Exit codes: 0 ok,
+//! 1 usage (bad `--admin` URL), 2 the user has no binding on any node, 3 the service cannot be
+//! reached or answered something unexpected.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use clap::Args;
+use thiserror::Error;
+
+use crate::runtime::admin::{FarmStatus, UserStatus};
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// Show this user's binding on each node (state, last result, next refresh).
+    pub user: Option<String>,
+    /// The service's admin listener.
+    #[arg(long, env = "REGMIRROR_ADMIN", default_value = "http://127.0.0.1:9070")]
+    pub admin: String,
+    /// Print the service's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Error)]
+pub enum HttpError {
+    #[error("invalid admin URL `{0}`: expected http://host:port")]
+    Url(String),
+    #[error("cannot reach {0}: {1}")]
+    Unreachable(String, std::io::Error),
+    #[error("unexpected answer from {0}: {1}")]
+    Protocol(String, String),
+}
+
+impl HttpError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            HttpError::Url(_) => 1,
+            _ => 3,
+        }
+    }
+}
+
+/// `GET path` on `base` (`http://host:port[/prefix]`): status code and body. HTTP/1.0 so the
+/// server closes and no chunked decoding is needed.
+pub fn http_get(base: &str, path: &str, timeout: Duration) -> Result<(u16, String), HttpError> {
+    let rest = base
+        .strip_prefix("http://")
+        .ok_or_else(|| HttpError::Url(base.into()))?;
+    let (hostport, prefix) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    if hostport.is_empty() {
+        return Err(HttpError::Url(base.into()));
+    }
+    let target = if hostport.contains(':') && !hostport.ends_with(']') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:80")
+    };
+    let addr = target
+        .to_socket_addrs()
+        .map_err(|e| HttpError::Unreachable(base.into(), e))?
+        .next()
+        .ok_or_else(|| HttpError::Url(base.into()))?;
+    let unreachable = |e| HttpError::Unreachable(base.into(), e);
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(unreachable)?;
+    s.set_read_timeout(Some(timeout)).map_err(unreachable)?;
+    s.set_write_timeout(Some(timeout)).map_err(unreachable)?;
+    write!(
+        s,
+        "GET {prefix}{path} HTTP/1.0\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(unreachable)?;
+    let mut raw = Vec::new();
+    s.take(16 * 1024 * 1024)
+        .read_to_end(&mut raw)
+        .map_err(unreachable)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| HttpError::Protocol(base.into(), "no HTTP header".into()))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .filter(|_| head.starts_with("HTTP/1."))
+        .ok_or_else(|| HttpError::Protocol(base.into(), "no HTTP status line".into()))?;
+    Ok((code, body.to_string()))
+}
+
+fn encode(user: &str) -> String {
+    user.bytes().fold(String::new(), |mut o, b| {
+        if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
+            o.push(char::from(b));
+        } else {
+            let _ = write!(o, "%{b:02X}");
+        }
+        o
+    })
+}
+
+/// Runs the command, printing to stdout/stderr; returns the exit code.
+pub fn run(args: StatusArgs) -> u8 {
+    let timeout = Duration::from_secs(5);
+    let path = match &args.user {
+        Some(u) => format!("/status/{}.json", encode(u)),
+        None => "/status.json".into(),
+    };
+    let (code, body) = match http_get(&args.admin, &path, timeout) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("regmirror: {e}");
+            return e.exit_code();
+        }
+    };
+    match code {
+        200 => {}
+        400 if args.user.is_some() => {
+            eprintln!("regmirror: invalid user id");
+            return 1;
+        }
+        _ => {
+            eprintln!("regmirror: {} answered {code}: {}", args.admin, body.trim());
+            return 3;
+        }
+    }
+    match &args.user {
+        None => match serde_json::from_str::<FarmStatus>(&body) {
+            Ok(f) => {
+                if args.json {
+                    println!("{body}");
+                } else {
+                    print!("{}", format_farm(&f));
+                }
+                0
+            }
+            Err(e) => {
+                eprintln!("regmirror: unexpected answer from {}: {e}", args.admin);
+                3
+            }
+        },
+        Some(user) => match serde_json::from_str::<UserStatus>(&body) {
+            Ok(u) => {
+                if args.json {
+                    println!("{body}");
+                } else {
+                    print!("{}", format_user(&u));
+                }
+                if u.has_binding() {
+                    0
+                } else {
+                    eprintln!("regmirror: {user} has no binding on any node");
+                    2
+                }
+            }
+            Err(e) => {
+                eprintln!("regmirror: unexpected answer from {}: {e}", args.admin);
+                3
+            }
+        },
+    }
+}
+
+/// Left-aligned columns, two spaces apart.
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut o = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{s:<w$}", w = widths[i]))
+            .collect();
+        let _ = writeln!(o, "{}", line.join("  ").trim_end());
+    }
+    o
+}
+
+pub fn format_farm(f: &FarmStatus) -> String {
+    let mut o = format!(
+        "regmirror {}, up {} s: {} live AOR(s), {} binding(s) on {} node(s)\n",
+        f.version,
+        f.uptime_seconds,
+        f.live_aors,
+        f.bindings_total,
+        f.nodes.len()
+    );
+    let mut rows = vec![[
+        "NODE",
+        "ADDRESS",
+        "HEALTH",
+        "DESIRED",
+        "CONFIRMED",
+        "REGISTERING",
+        "UNREGISTERING",
+        "FAILING",
+        "DRIFT",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for n in &f.nodes {
+        rows.push(vec![
+            n.name.clone(),
+            n.address.clone(),
+            n.health.clone(),
+            n.desired.to_string(),
+            n.confirmed.to_string(),
+            n.registering.to_string(),
+            n.unregistering.to_string(),
+            n.failing.to_string(),
+            n.drift.to_string(),
+        ]);
+    }
+    o.push_str(&table(&rows));
+    o
+}
+
+pub fn format_user(u: &UserStatus) -> String {
+    let mut o = format!(
+        "user {}: {}\n",
+        u.user,
+        if u.live {
+            "live in Kamailio"
+        } else {
+            "not live in Kamailio"
+        }
+    );
+    let mut rows = vec![[
+        "NODE",
+        "HEALTH",
+        "STATE",
+        "LAST RESULT",
+        "NEXT ACTION",
+        "GRANTED",
+        "FAILURES",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for b in &u.nodes {
+        rows.push(vec![
+            b.node.clone(),
+            b.health.clone(),
+            b.state.clone(),
+            b.last_result.clone(),
+            b.next_action_seconds
+                .map_or_else(|| "-".into(), |s| format!("in {s:.0} s")),
+            if b.granted_expires > 0 {
+                format!("{} s", b.granted_expires)
+            } else {
+                "-".into()
+            },
+            b.failures.to_string(),
+        ]);
+    }
+    o.push_str(&table(&rows));
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_urls_are_usage_errors() {
+        for u in ["127.0.0.1:9070", "https://x:1", "http://"] {
+            let e = http_get(u, "/", Duration::from_millis(100)).unwrap_err();
+            assert_eq!(e.exit_code(), 1, "{u}: {e}");
+        }
+    }
+
+    #[test]
+    fn closed_port_is_unreachable() {
+        // Bind then drop: the port is very likely closed right after.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let e = http_get(
+            &format!("http://127.0.0.1:{port}"),
+            "/",
+            Duration::from_millis(500),
+        )
+        .unwrap_err();
+        assert_eq!(e.exit_code(), 3, "{e}");
+    }
+
+    #[test]
+    fn user_ids_are_percent_encoded() {
+        assert_eq!(encode("10+01/x"), "10%2B01%2Fx");
+        assert_eq!(encode("1001"), "1001");
+    }
+}

@@ -1,0 +1,388 @@
+//! Farm resilience (issue 5) against fake registrars on a virtual clock: node health, paced
+//! replay, run-time nodes, reconciliation, drift audit, lossy network.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use regmirror::core::digest::Secret;
+use regmirror::core::mirror::{
+    BindingState, Credential, Event, FarmConfig, MirrorConfig, Transport,
+};
+use regmirror::core::testing::Sim;
+
+const DOMAIN: &str = "regmirror.test";
+const CONTACT: &str = "10.77.0.20:5060";
+
+fn config() -> MirrorConfig {
+    MirrorConfig {
+        domain: DOMAIN.into(),
+        contact_host: CONTACT.into(),
+        local_addr: "10.77.0.30:5070".parse().unwrap(),
+        farm: FarmConfig {
+            probe_interval: Some(secs(5)),
+            probe_timeout: secs(2),
+            probe_failures: 2,
+            replay_rate: 200,
+        },
+        ..MirrorConfig::default()
+    }
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn user(i: usize) -> String {
+    format!("u{i}")
+}
+
+fn cred(user: &str) -> Credential {
+    Credential {
+        username: user.into(),
+        secret: Secret::Password(format!("pw-{user}")),
+    }
+}
+
+/// A sim with `aors` users known to every registrar, all live (notified at the start).
+fn sim_with(nodes: usize, aors: usize, seed: u64) -> Sim {
+    let mut s = Sim::new(config(), nodes, Transport::Udp, seed);
+    for i in 0..aors {
+        let u = user(i);
+        s.add_user(&u, Secret::Password(format!("pw-{u}")));
+    }
+    let now = s.now;
+    for i in 0..aors {
+        let u = user(i);
+        s.mirror
+            .aor_update(now, &u, secs(3600), None, Some(cred(&u)));
+    }
+    s
+}
+
+fn is_register(p: &[u8]) -> bool {
+    p.starts_with(b"REGISTER ")
+}
+
+fn is_options(p: &[u8]) -> bool {
+    p.starts_with(b"OPTIONS ")
+}
+
+/// First time an event matching `f` was recorded, if any.
+fn event_at(s: &Sim, f: impl Fn(&Event) -> bool) -> Option<Instant> {
+    s.events.iter().find(|(_, e)| f(e)).map(|(t, _)| *t)
+}
+
+/// Runs in small steps until `cond` holds; returns when it first held.
+fn run_until_cond(
+    s: &mut Sim,
+    step: Duration,
+    limit: Duration,
+    cond: impl Fn(&Sim) -> bool,
+) -> Option<Instant> {
+    let end = s.now + limit;
+    while s.now < end {
+        if cond(s) {
+            return Some(s.now);
+        }
+        s.run_for(step);
+    }
+    cond(s).then_some(s.now)
+}
+
+#[test]
+fn dead_node_is_marked_down_after_two_probes_and_gets_no_register_storm() {
+    let mut s = sim_with(2, 50, 1);
+    s.run_for(secs(10));
+    assert_eq!(s.mirror.stats().registered, 100);
+    assert!(s.registrars[1].options_received >= 2, "probes go out");
+
+    let died = s.now;
+    s.registrars[1].down = true;
+    s.run_for(secs(20));
+    let down_at = event_at(&s, |e| matches!(e, Event::NodeDown { node: 1 })).expect("node 1 down");
+    // Two probes must fail (2 s each, 5 s apart) before the node is down, so at least 2 s and
+    // at most one interval + 2 x (timeout + interval) after it died.
+    let took = down_at - died;
+    assert!(took >= secs(8) && took <= secs(15), "{took:?}");
+    assert!(s.mirror.stats().probes_failed >= 2);
+    assert!(!s.mirror.node_up(1) && s.mirror.node_up(0));
+    assert!(event_at(&s, |e| matches!(e, Event::NodeDown { node: 0 })).is_none());
+
+    // Ten minutes down: refreshes come due, a new user arrives, another leaves.
+    s.add_user("new1", Secret::Password("pw-new1".into()));
+    let now = s.now;
+    s.mirror
+        .aor_update(now, "new1", secs(3600), None, Some(cred("new1")));
+    s.mirror
+        .aor_update(now, &user(3), Duration::ZERO, None, None);
+    s.run_for(secs(600));
+    let to_dead: Vec<_> = s
+        .sent
+        .iter()
+        .filter(|t| t.node == 1 && t.at > down_at)
+        .collect();
+    assert!(
+        !to_dead.iter().any(|t| is_register(&t.payload)),
+        "no REGISTER to a down node"
+    );
+    // Only probes: one every 7 s (5 s interval + 2 s timeout), 3 sends each (T1 retransmits).
+    let probes = to_dead.iter().filter(|t| is_options(&t.payload)).count();
+    assert!(
+        (200..=300).contains(&probes),
+        "{probes} probe datagrams in 600 s"
+    );
+    // The live node kept working: refreshed, registered the newcomer, unregistered the leaver.
+    let r0 = &s.registrars[0];
+    assert!(r0.contact("new1", s.now).is_some());
+    assert!(r0.contact(&user(3), s.now).is_none());
+    assert_eq!(r0.live_contacts(s.now), 50);
+    assert!(
+        r0.log.iter().filter(|r| r.authorization.is_some()).count() > 100,
+        "refreshes on node 0"
+    );
+}
+
+#[test]
+fn returning_node_with_empty_contacts_gets_every_binding_back_at_the_replay_rate() {
+    let n = 1000;
+    let mut s = sim_with(2, n, 2);
+    s.run_for(secs(30));
+    assert_eq!(s.mirror.stats().registered, 2 * n);
+    // One AOR refreshed by Kamailio lately: it is the first to be replayed.
+    let now = s.now;
+    s.mirror.aor_update(now, &user(777), secs(3600), None, None);
+    s.run_for(secs(1));
+
+    s.registrars[1].down = true;
+    s.run_for(secs(20));
+    assert!(!s.mirror.node_up(1));
+    // The node comes back after a restart that lost astdb.
+    s.registrars[1].restart_empty();
+    s.registrars[1].down = false;
+    let back = s.now;
+    let mark = s.sent.len();
+    let all = run_until_cond(&mut s, Duration::from_millis(100), secs(60), |s| {
+        s.registrars[1].live_contacts(s.now) == n
+    })
+    .expect("every binding replayed");
+    let up_at = event_at(&s, |e| matches!(e, Event::NodeUp { node: 1 })).expect("node up");
+    let detect = up_at - back;
+    let replay = all - up_at;
+    println!(
+        "node back: detected in {detect:?}; {n} bindings replayed in {replay:?} at replay_rate 200/s"
+    );
+    assert!(
+        detect <= secs(6),
+        "up detected by the next probe: {detect:?}"
+    );
+    // 1000 at 200/s = 5 s (+-jitter), plus round trips.
+    assert!(
+        replay >= Duration::from_millis(4500) && replay <= secs(7),
+        "{replay:?}"
+    );
+
+    // Paced: first attempts (first REGISTER of each binding) per 1 s window stay near the rate.
+    let mut seen = HashSet::new();
+    let firsts: Vec<Instant> = s.sent[mark..]
+        .iter()
+        .filter(|t| t.node == 1 && is_register(&t.payload))
+        .filter(|t| {
+            let text = String::from_utf8_lossy(&t.payload);
+            let call_id = text
+                .lines()
+                .find(|l| l.starts_with("Call-ID:"))
+                .map(str::to_string);
+            seen.insert(call_id)
+        })
+        .map(|t| t.at)
+        .collect();
+    assert_eq!(firsts.len(), n, "one replay per binding");
+    for (i, t) in firsts.iter().enumerate() {
+        let in_window = firsts[i..]
+            .iter()
+            .take_while(|u| **u < *t + secs(1))
+            .count();
+        assert!(in_window <= 260, "{in_window} REGISTERs within 1 s");
+    }
+    // Newest changed AOR first.
+    let first = s.sent[mark..]
+        .iter()
+        .find(|t| t.node == 1 && is_register(&t.payload))
+        .expect("a replay");
+    assert!(
+        String::from_utf8_lossy(&first.payload).contains("<sip:u777@regmirror.test>"),
+        "newest first"
+    );
+    assert_eq!(s.mirror.stats().registered, 2 * n);
+}
+
+#[test]
+fn added_node_receives_every_live_binding_and_moves_nothing_else() {
+    let mut s = sim_with(1, 200, 3);
+    // Add the node while the first REGISTERs are still in flight: their responses must still
+    // find their (moved) bindings.
+    s.run_for(Duration::from_micros(1500));
+    assert!(s.mirror.stats().registering > 0);
+    let id = s.add_node();
+    assert_eq!(id, 1);
+    s.run_for(secs(5));
+    assert_eq!(s.registrars[1].live_contacts(s.now), 200);
+    assert_eq!(s.registrars[0].live_contacts(s.now), 200);
+    assert_eq!(s.mirror.stats().registered, 400);
+    assert_eq!(
+        s.mirror.stats().timeouts,
+        0,
+        "no transaction lost by the move"
+    );
+    assert_eq!(s.mirror.stats().stray_responses, 0);
+    // Refreshes on the first node keep their Call-ID across the move.
+    let before = s.registrars[0]
+        .contact("u5", s.now)
+        .unwrap()
+        .call_id
+        .clone();
+    s.run_for(secs(700));
+    let after = s.registrars[0].contact("u5", s.now).unwrap();
+    assert_eq!(after.call_id, before);
+    assert!(after.cseq > 2);
+    assert_eq!(s.mirror.stats().registered, 400);
+
+    // Removing the first node forgets its bindings; the other keeps working.
+    let now = s.now;
+    let gone = s.mirror.remove_node(now, 0).expect("removed");
+    assert_eq!(gone.name, "ast1");
+    assert_eq!(s.mirror.stats().registered, 200);
+    s.run_for(secs(700));
+    assert_eq!(s.registrars[1].live_contacts(s.now), 200);
+    assert_eq!(
+        s.mirror.binding("u5", 0).map(|b| b.state),
+        Some(BindingState::Registered)
+    );
+}
+
+#[test]
+fn reconcile_adds_missing_and_removes_stale_but_keeps_newer_notifications() {
+    let mut s = Sim::new(config(), 2, Transport::Udp, 4);
+    for u in ["a", "b", "c", "d", "e"] {
+        s.add_user(u, Secret::Password(format!("pw-{u}")));
+    }
+    let now = s.now;
+    for u in ["a", "b", "c"] {
+        s.mirror.aor_update(now, u, secs(3600), None, Some(cred(u)));
+    }
+    s.run_for(secs(2));
+    assert_eq!(s.mirror.stats().registered, 6);
+    let snapshot = s.now;
+    s.run_for(secs(1));
+    // A notification newer than the snapshot: not in it, but kept.
+    let now = s.now;
+    s.mirror
+        .aor_update(now, "e", secs(3600), None, Some(cred("e")));
+    s.run_for(secs(1));
+    s.events.clear();
+    s.mirror.reconcile(
+        snapshot,
+        &[
+            ("b".into(), secs(300)),
+            ("d@regmirror.test".into(), secs(600)),
+        ],
+    );
+    // d is new: the mirror asks for its credential.
+    let missing: Vec<_> = s
+        .take_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::CredentialMissing { aor } => Some(aor.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(missing, vec!["d"]);
+    let now = s.now;
+    s.mirror.set_credential(now, "d", Some(cred("d")));
+    s.run_for(secs(2));
+    for r in &s.registrars {
+        let live: HashSet<String> = r.contact_users(s.now, CONTACT);
+        let want: HashSet<String> = ["b", "d", "e"].iter().map(|u| u.to_string()).collect();
+        assert_eq!(live, want);
+    }
+    assert!(s.mirror.is_reconciled());
+    // b lives as long as the table says (300 s from the snapshot), then goes.
+    assert!(s.mirror.is_live(snapshot + secs(299), "b"));
+    assert!(!s.mirror.is_live(snapshot + secs(301), "b"));
+}
+
+#[test]
+fn audit_repairs_missing_and_stale_contacts() {
+    let mut s = Sim::new(config(), 1, Transport::Udp, 5);
+    for u in ["a", "b", "z"] {
+        s.add_user(u, Secret::Password(format!("pw-{u}")));
+    }
+    let now = s.now;
+    for u in ["a", "b"] {
+        s.mirror.aor_update(now, u, secs(3600), None, Some(cred(u)));
+    }
+    s.run_for(secs(2));
+    // Drift: the node lost b, and holds z that nobody registered (left from an earlier run).
+    let now = s.now;
+    let mut z = s.registrars[0].contact("a", now).unwrap().clone();
+    z.uri = format!("sip:z@{CONTACT}");
+    s.registrars[0].contacts.remove("b");
+    s.registrars[0].contacts.insert("z".into(), z);
+    let actual = s.registrars[0].contact_users(now, CONTACT);
+
+    // Before any reconciliation the mirror does not know what is live: it only adds.
+    let r = s.mirror.audit(now, 0, &actual);
+    assert_eq!((r.missing, r.stale), (1, 0));
+    s.run_for(secs(2));
+    assert!(s.registrars[0].contact("b", s.now).is_some());
+    assert!(s.registrars[0].contact("z", s.now).is_some());
+
+    let now = s.now;
+    s.mirror
+        .reconcile(now, &[("a".into(), secs(3000)), ("b".into(), secs(3000))]);
+    let actual = s.registrars[0].contact_users(now, CONTACT);
+    s.events.clear();
+    let r = s.mirror.audit(now, 0, &actual);
+    assert_eq!((r.missing, r.stale), (0, 1));
+    assert!(s
+        .take_events()
+        .iter()
+        .any(|e| matches!(e, Event::CredentialMissing { aor } if &**aor == "z")));
+    let now = s.now;
+    s.mirror.set_credential(now, "z", Some(cred("z")));
+    s.run_for(secs(2));
+    let users = s.registrars[0].contact_users(s.now, CONTACT);
+    assert_eq!(users, ["a", "b"].iter().map(|u| u.to_string()).collect());
+    assert_eq!(s.mirror.stats().drift_repaired, 2);
+    // z is forgotten again once unregistered.
+    assert!(s.mirror.binding("z", 0).is_none());
+    // A clean node: nothing to repair.
+    let now = s.now;
+    let r = s.mirror.audit(now, 0, &users);
+    assert_eq!((r.missing, r.stale), (0, 0));
+}
+
+#[test]
+fn converges_with_5_percent_loss_and_50_ms_delay_through_a_node_restart() {
+    let n = 200;
+    let mut s = sim_with(3, n, 6);
+    s.loss_rate = 0.05;
+    s.latency = Duration::from_millis(50);
+    s.run_for(secs(120));
+    assert_eq!(s.mirror.stats().registered, 3 * n);
+    assert!(
+        event_at(&s, |e| matches!(e, Event::NodeDown { .. })).is_none(),
+        "loss alone never takes a node down"
+    );
+    s.registrars[2].down = true;
+    s.run_for(secs(30));
+    assert!(!s.mirror.node_up(2));
+    s.registrars[2].restart_empty();
+    s.registrars[2].down = false;
+    s.run_for(secs(90));
+    for r in &s.registrars {
+        assert_eq!(r.live_contacts(s.now), n, "{}", r.addr);
+    }
+    assert_eq!(s.mirror.stats().registered, 3 * n);
+    assert_eq!(s.mirror.stats().nodes_down, 0);
+}

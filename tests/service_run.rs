@@ -1,0 +1,475 @@
+//! The real `regmirror run` binary against two UDP fake registrars (the `fake_registrar`
+//! example's `core::testing::FakeRegistrar`, in threads here so the test reads their contact
+//! tables) and a real MariaDB for credentials: run via
+//! `tests/with-mariadb.sh cargo test --test service_run`.
+//!
+//! Asserts: a notification's registration reaches every node, `/metrics` shows the 200s and
+//! latencies, `status [user]` and its exit codes, JSON logs without secrets, an unregister
+//! removes the contact, and SIGTERM lets an in-flight registration finish, exits 0 and leaves
+//! every contact in place. With `chromium` installed it also screenshots the status page
+//! (`tests/status-page.sh`, artifact under `target/artifacts/`).
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use regmirror::core::digest::Secret;
+use regmirror::core::testing::FakeRegistrar;
+
+const REALM: &str = "regmirror.test";
+const USERS: [&str; 3] = ["7100", "7101", "7102"];
+
+struct Registrar {
+    addr: SocketAddr,
+    reg: Arc<Mutex<FakeRegistrar>>,
+    /// Milliseconds to wait before answering (a slow node).
+    delay_ms: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Registrar {
+    fn start() -> Registrar {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let addr = socket.local_addr().unwrap();
+        let mut reg = FakeRegistrar::new(addr, REALM);
+        for u in USERS {
+            reg.add_user(u, Secret::Password(format!("secret{u}")));
+        }
+        let reg = Arc::new(Mutex::new(reg));
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, d, s) = (reg.clone(), delay_ms.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65_536];
+            while !s.load(Ordering::Relaxed) {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                let delay = d.load(Ordering::Relaxed);
+                if delay > 0 {
+                    std::thread::sleep(Duration::from_millis(delay));
+                }
+                let out = r.lock().unwrap().handle(Instant::now(), &buf[..n]);
+                for resp in out {
+                    let _ = socket.send_to(&resp, from);
+                }
+            }
+        });
+        Registrar {
+            addr,
+            reg,
+            delay_ms,
+            stop,
+        }
+    }
+
+    fn has_contact(&self, user: &str) -> bool {
+        self.reg
+            .lock()
+            .unwrap()
+            .contact(user, Instant::now())
+            .is_some()
+    }
+
+    /// Expires of every REGISTER received for `user`.
+    fn expires_seen(&self, user: &str) -> Vec<u32> {
+        let r = self.reg.lock().unwrap();
+        r.log
+            .iter()
+            .filter(|l| l.user == user)
+            .map(|l| l.expires)
+            .collect()
+    }
+}
+
+impl Drop for Registrar {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn free_port_udp() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_port_tcp() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_regmirror"));
+    // The developer's environment must not leak into the service under test.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("REGMIRROR__") || k == "REGMIRROR_CONFIG" || k == "RUST_LOG" {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn provision(url: &str, user: &str) {
+    let _ = bin()
+        .args(["user", "remove", user])
+        .env("REGMIRROR_DATABASE_URL", url)
+        .output();
+    let mut child = bin()
+        .args(["user", "add", user, "--realm", REALM, "--password-stdin"])
+        .env("REGMIRROR_DATABASE_URL", url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "secret{user}").unwrap();
+    assert!(child.wait().unwrap().success(), "provision {user}");
+}
+
+fn status(admin: &str, args: &[&str]) -> Output {
+    bin()
+        .arg("status")
+        .args(args)
+        .env("REGMIRROR_ADMIN", admin)
+        .output()
+        .unwrap()
+}
+
+fn out(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn http(admin: &str, path: &str) -> (u16, String) {
+    regmirror::cli::status::http_get(admin, path, Duration::from_secs(5))
+        .unwrap_or((0, String::new()))
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Sends Kamailio's notification from 127.0.0.1 (trusted) and returns the status code.
+fn notify(sip: SocketAddr, aor: &str, expires: u32, seq: u32) -> u16 {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let local = s.local_addr().unwrap();
+    let event = if expires == 0 { "delete" } else { "save" };
+    let msg = format!(
+        "MESSAGE sip:regmirror@{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-t{seq}\r\n\
+         From: <sip:kamailio@{REALM}>;tag=k{seq}\r\nTo: <sip:regmirror@{sip}>\r\nCall-ID: n{seq}@test\r\n\
+         CSeq: {seq} MESSAGE\r\nMax-Forwards: 70\r\nX-RegMirror-Event: {event}\r\nX-RegMirror-AOR: {aor}@{REALM}\r\n\
+         X-RegMirror-Expires: {expires}\r\nContent-Length: 0\r\n\r\n"
+    );
+    s.send_to(msg.as_bytes(), sip).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.recv(&mut buf).expect("an answer to the notification");
+    let text = String::from_utf8_lossy(&buf[..n]);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+struct Service {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn service_registers_reports_and_shuts_down_gracefully() {
+    let Some(db) = common::url("REGMIRROR_TEST_REGMIRROR_URL") else {
+        return;
+    };
+    let Some(prov) = common::url("REGMIRROR_TEST_PROVISIONER_URL") else {
+        return;
+    };
+    for u in USERS {
+        provision(&prov, u);
+    }
+    let (r1, r2) = (Registrar::start(), Registrar::start());
+    let sip: SocketAddr = format!("127.0.0.1:{}", free_port_udp()).parse().unwrap();
+    let admin_port = free_port_tcp();
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let dir = std::env::temp_dir().join(format!("regmirror-service-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("regmirror.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[sip]
+listen = "{sip}"
+domain = "{REALM}"
+t1 = "100ms"
+[kamailio]
+trusted = ["127.0.0.1"]
+contact_host = "127.0.0.1:5060"
+[[nodes]]
+name = "ast1"
+address = "{}"
+[[nodes]]
+name = "ast2"
+address = "{}"
+[database]
+url = "mysql://placeholder@127.0.0.1/x"
+[admin]
+listen = "127.0.0.1:{admin_port}"
+[log]
+format = "json"
+level = "regmirror=debug,info"
+"#,
+            r1.addr, r2.addr
+        ),
+    )
+    .unwrap();
+
+    // Before the service runs: `status` cannot reach it.
+    let o = status(&admin, &[]);
+    assert_eq!(o.status.code(), Some(3), "{}", out(&o));
+
+    let log = dir.join("stderr.log");
+    let child = bin()
+        .args(["run", "--config"])
+        .arg(&cfg)
+        // The password-bearing URL comes from the environment, as in production.
+        .env("REGMIRROR__DATABASE__URL", &db)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut svc = Service { child, log };
+    wait_for("/readyz", Duration::from_secs(10), || {
+        http(&admin, "/readyz").0 == 200
+    });
+
+    // Registration reaches every node.
+    assert_eq!(notify(sip, "7100", 3600, 1), 200);
+    assert_eq!(notify(sip, "7101", 3600, 2), 200);
+    wait_for(
+        "7100 and 7101 on both nodes",
+        Duration::from_secs(10),
+        || {
+            ["7100", "7101"]
+                .iter()
+                .all(|u| r1.has_contact(u) && r2.has_contact(u))
+        },
+    );
+
+    // status <user>: registered on every node, exit 0.
+    wait_for("status 7100 registered", Duration::from_secs(5), || {
+        let o = status(&admin, &["7100"]);
+        o.status.code() == Some(0) && out(&o).matches("registered").count() >= 2
+    });
+    let o = status(&admin, &["7100"]);
+    let text = out(&o);
+    assert!(
+        text.contains("ast1") && text.contains("ast2") && text.contains("200 OK"),
+        "{text}"
+    );
+    let o = status(&admin, &["7100", "--json"]);
+    let u: regmirror::runtime::admin::UserStatus =
+        serde_json::from_slice(&o.stdout).expect("status --json");
+    assert!(
+        u.live && u.nodes.iter().all(|b| b.state == "registered"),
+        "{u:?}"
+    );
+    assert!(
+        u.nodes
+            .iter()
+            .all(|b| b.next_action_seconds.is_some_and(|s| s > 60.0)),
+        "{u:?}"
+    );
+
+    // Farm summary.
+    let o = status(&admin, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    let f: regmirror::runtime::admin::FarmStatus =
+        serde_json::from_str(&http(&admin, "/status.json").1).unwrap();
+    assert_eq!(f.live_aors, 2);
+    for n in &f.nodes {
+        assert_eq!(
+            (n.desired, n.confirmed, n.failing, n.drift),
+            (2, 2, 0, 0),
+            "{n:?}"
+        );
+        // Both fake registrars answered probes and REGISTERs.
+        assert_eq!(n.health, "up");
+    }
+
+    // Unknown user and bad usage.
+    assert_eq!(status(&admin, &["nosuchuser"]).status.code(), Some(2));
+    assert_eq!(status(&admin, &["bad user"]).status.code(), Some(1));
+    assert_eq!(status("localhost:1", &[]).status.code(), Some(1));
+
+    // /metrics after real traffic: challenges and 200s, latency per node, bindings gauge.
+    let (code, m) = http(&admin, "/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metric(&m, "regmirror_register_responses_total{code=\"200\"}") >= 4.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "regmirror_register_responses_total{code=\"401\"}") >= 2.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "regmirror_notifications_total{result=\"accepted\"}") >= 2.0,
+        "{m}"
+    );
+    for node in ["ast1", "ast2"] {
+        assert!(
+            metric(
+                &m,
+                &format!("regmirror_register_latency_seconds_count{{node=\"{node}\"}}")
+            ) >= 2.0,
+            "{m}"
+        );
+        assert_eq!(
+            metric(
+                &m,
+                &format!("regmirror_bindings{{node=\"{node}\",state=\"registered\"}}")
+            ),
+            2.0,
+            "{m}"
+        );
+    }
+
+    // The status page, in a real browser when there is one.
+    status_page(&admin);
+
+    // Unregister: the contact goes from both nodes, `status` says no binding (exit 2).
+    assert_eq!(notify(sip, "7101", 0, 3), 200);
+    wait_for("7101 gone", Duration::from_secs(10), || {
+        !r1.has_contact("7101") && !r2.has_contact("7101")
+    });
+    wait_for("status 7101 exit 2", Duration::from_secs(5), || {
+        status(&admin, &["7101"]).status.code() == Some(2)
+    });
+
+    // Graceful shutdown with a registration in flight on slow nodes.
+    r1.delay_ms.store(300, Ordering::Relaxed);
+    r2.delay_ms.store(300, Ordering::Relaxed);
+    assert_eq!(notify(sip, "7102", 3600, 4), 200);
+    std::thread::sleep(Duration::from_millis(100));
+    let t0 = Instant::now();
+    let pid = svc.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let end = Instant::now() + Duration::from_secs(6);
+    let exit = loop {
+        if let Some(s) = svc.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < end, "regmirror did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(exit.code(), Some(0), "exit after SIGTERM");
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    for r in [&r1, &r2] {
+        assert!(r.has_contact("7100"), "SIGTERM must leave 7100 in place");
+        assert!(
+            r.has_contact("7102"),
+            "the in-flight registration must finish"
+        );
+        for u in ["7100", "7102"] {
+            assert!(
+                !r.expires_seen(u).contains(&0),
+                "{u} was unregistered: {:?}",
+                r.expires_seen(u)
+            );
+        }
+        assert!(r.expires_seen("7101").contains(&0));
+    }
+
+    // Logs: JSON, one line per state change with user/node/state/reason, no secret.
+    let logs = std::fs::read_to_string(&svc.log).unwrap();
+    for u in USERS {
+        assert!(
+            !logs.contains(&format!("secret{u}")),
+            "a password reached the log"
+        );
+    }
+    assert!(
+        !logs.contains("regmirror-test-pw"),
+        "the database password reached the log"
+    );
+    let mut changes = 0;
+    for line in BufReader::new(logs.as_bytes()).lines() {
+        let line = line.unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let f = &v["fields"];
+        if f["message"] == "binding" {
+            assert!(
+                f["user"].is_string() && f["node"].is_string() && f["reason"].is_string(),
+                "{line}"
+            );
+            changes += 1;
+        }
+    }
+    assert!(changes >= 6, "state changes logged: {changes}\n{logs}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `tests/status-page.sh` (headless Chromium: screenshot + DOM assertions) when Chromium
+/// is installed; `REGMIRROR_REQUIRE_CHROMIUM=1` makes its absence a failure.
+fn status_page(admin: &str) {
+    let have = Command::new("sh")
+        .args(["-c", "command -v chromium"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        assert!(
+            std::env::var("REGMIRROR_REQUIRE_CHROMIUM").as_deref() != Ok("1"),
+            "chromium missing but REGMIRROR_REQUIRE_CHROMIUM=1"
+        );
+        eprintln!("skipped: status page screenshot (no chromium)");
+        return;
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    let o = Command::new("bash")
+        .arg(format!("{root}/tests/status-page.sh"))
+        .args([admin, "service-status.png", "ast1=2", "ast2=2"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "status-page.sh: {}", out(&o));
+}
