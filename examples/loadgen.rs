@@ -5,7 +5,12 @@
 //! ```text
 //! cargo run --release --example loadgen -- [--aors 100000] [--nodes 3] [--inflight 512]
 //!     [--echo-secs 3] [--echo-window 64] [--rcvbuf BYTES] [--registrar-rcvbuf BYTES]
-//!     [--no-echo] [--timeout-secs 100]
+//!     [--no-echo] [--timeout-secs 100] [--replay-rate R [--replay-secs 60]]
+//! ```
+//! With `--replay-rate` (which implies `--nodes 1` for the first phase): the AORs are registered
+//! on one node, then `Mirror::add_node` adds a second, empty one and the paced replay onto it is
+//! timed (0 = unpaced).
+//! ```text
 //! ```
 //! Credentials are pre-seeded with `aor_update(.., Some(credential))` (no database). Prints one
 //! `key value` line per figure; see BENCHMARKS.md.
@@ -67,6 +72,10 @@ struct Args {
     /// SO_RCVBUF of the mirror's socket and of the registrars' (None = system default).
     rcvbuf: Option<usize>,
     registrar_rcvbuf: Option<usize>,
+    /// Replay mode: register on one node, then add an empty node paced at this rate (0 = unpaced).
+    replay_rate: Option<u32>,
+    /// Stop measuring the replay after this long (slow pacings are extrapolated).
+    replay_secs: u64,
     timeout: Duration,
 }
 
@@ -79,6 +88,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         echo_window: 64,
         rcvbuf: None,
         registrar_rcvbuf: None,
+        replay_rate: None,
+        replay_secs: 60,
         timeout: Duration::from_secs(100),
     };
     while let Some(k) = it.next() {
@@ -96,6 +107,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--echo-window" => a.echo_window = n,
             "--rcvbuf" => a.rcvbuf = Some(n),
             "--registrar-rcvbuf" => a.registrar_rcvbuf = Some(n),
+            "--replay-rate" => a.replay_rate = Some(n as u32),
+            "--replay-secs" => a.replay_secs = n as u64,
             "--timeout-secs" => a.timeout = Duration::from_secs(n as u64),
             _ => return Err(format!("unknown option {k}")),
         }
@@ -151,10 +164,11 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
 
     // Fake registrars in a child process so this process's RSS and CPU are the mirror's.
     let exe = std::env::current_exe()?;
+    let registrar_count = if a.replay_rate.is_some() { 2 } else { a.nodes };
     let mut child = Command::new(exe)
         .args([
             "registrars",
-            &a.nodes.to_string(),
+            &registrar_count.to_string(),
             &a.aors.to_string(),
             &a.registrar_rcvbuf.unwrap_or(0).to_string(),
         ])
@@ -183,7 +197,7 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     print!("{rest}");
     let r = result?;
 
-    let bindings = (a.aors * a.nodes) as f64;
+    let bindings = r.registered.max(1) as f64;
     let regs_per_s = r.registered as f64 / r.wall.as_secs_f64();
     let per_cpu = r.registered as f64 / r.cpu.as_secs_f64();
     println!("registered_bindings {}", r.registered);
@@ -269,7 +283,7 @@ async fn drive(a: &Args, addrs: &[SocketAddr]) -> Result<Outcome, Box<dyn std::e
         set_rcvbuf(&socket, n)?;
     }
     let local = socket.local_addr()?;
-    let nodes: Vec<Node> = addrs
+    let mut nodes: Vec<Node> = addrs
         .iter()
         .enumerate()
         .map(|(i, addr)| Node {
@@ -278,6 +292,11 @@ async fn drive(a: &Args, addrs: &[SocketAddr]) -> Result<Outcome, Box<dyn std::e
             transport: Transport::Udp,
         })
         .collect();
+    let spare = if a.replay_rate.is_some() {
+        nodes.pop()
+    } else {
+        None
+    };
     let names: Vec<String> = (0..a.aors).map(|i| format!("u{i}")).collect();
     let mut buf = vec![0u8; 65_536];
 
@@ -295,6 +314,11 @@ async fn drive(a: &Args, addrs: &[SocketAddr]) -> Result<Outcome, Box<dyn std::e
         max_inflight_per_node: a.inflight,
         ..MirrorConfig::default()
     };
+    let mut cfg = cfg;
+    if let Some(r) = a.replay_rate {
+        cfg.farm.replay_rate = r;
+    }
+    let first_nodes = nodes.len();
     let mut mirror = Mirror::new(cfg, nodes, 1);
     let now = Instant::now();
     for n in &names {
@@ -310,7 +334,7 @@ async fn drive(a: &Args, addrs: &[SocketAddr]) -> Result<Outcome, Box<dyn std::e
         );
     }
     let seed = t0.elapsed();
-    let want = a.aors * a.nodes;
+    let want = a.aors * first_nodes;
     let mut registered = 0usize;
     let mut failed = 0usize;
     let deadline = t0 + a.timeout;
@@ -335,6 +359,9 @@ async fn drive(a: &Args, addrs: &[SocketAddr]) -> Result<Outcome, Box<dyn std::e
         flush(&mut mirror, &socket, &mut registered, &mut failed).await;
     }
     let wall = t0.elapsed();
+    if let Some(node) = spare {
+        replay(a, &mut mirror, &socket, &mut buf, node).await?;
+    }
     let cpu = cpu_time(libc::RUSAGE_THREAD) - cpu0;
     let process_cpu = cpu_time(libc::RUSAGE_SELF) - pcpu0;
     drop(names);
@@ -364,6 +391,86 @@ async fn drive(a: &Args, addrs: &[SocketAddr]) -> Result<Outcome, Box<dyn std::e
     })
 }
 
+/// Adds `node` (its registrar is empty) and times the paced replay of every live AOR onto it.
+async fn replay(
+    a: &Args,
+    mirror: &mut Mirror,
+    socket: &tokio::net::UdpSocket,
+    buf: &mut [u8],
+    node: Node,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let before = mirror.stats();
+    let cpu0 = cpu_time(libc::RUSAGE_THREAD);
+    let t0 = Instant::now();
+    let id = mirror.add_node(t0, node);
+    let mut done = 0usize;
+    let mut failed = 0usize;
+    let deadline = t0 + Duration::from_secs(a.replay_secs);
+    loop {
+        while let Some(t) = mirror.poll_transmit() {
+            send(socket, &t.payload, t.dest).await;
+        }
+        while let Some(e) = mirror.poll_event() {
+            if let Event::BindingChanged { node, state, .. } = e {
+                match state {
+                    BindingState::Registered if node == id => done += 1,
+                    BindingState::Failed if node == id => failed += 1,
+                    _ => {}
+                }
+            }
+        }
+        if done >= a.aors || Instant::now() >= deadline {
+            break;
+        }
+        let wake = mirror.poll_timeout().map_or(deadline, |t| t.min(deadline));
+        tokio::select! {
+            r = socket.recv_from(buf) => {
+                let (n, from) = r?;
+                on_datagram(mirror, &buf[..n], from);
+                for _ in 0..256 {
+                    match socket.try_recv_from(buf) {
+                        Ok((n, from)) => on_datagram(mirror, &buf[..n], from),
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                mirror.handle_timeout(Instant::now());
+            }
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_time(libc::RUSAGE_THREAD) - cpu0).as_secs_f64();
+    let s = mirror.stats();
+    let rate = done as f64 / secs;
+    println!(
+        "replay_rate_configured {}",
+        mirror.config().farm.replay_rate
+    );
+    println!("replay_registered {done} of {}", a.aors);
+    println!("replay_failed_events {failed}");
+    println!("replay_s {secs:.3}");
+    println!("replay_registrations_per_s {rate:.0}");
+    println!(
+        "replay_projected_s_for_all {:.1}",
+        a.aors as f64 / rate.max(f64::MIN_POSITIVE)
+    );
+    println!("replay_retransmits {}", s.retransmits - before.retransmits);
+    println!("replay_timeouts {}", s.timeouts - before.timeouts);
+    println!("replay_mirror_cpu_s {cpu:.3}");
+    Ok(())
+}
+
+async fn send(socket: &tokio::net::UdpSocket, payload: &[u8], dest: SocketAddr) {
+    let r = match socket.try_send_to(payload, dest) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => socket.send_to(payload, dest).await,
+        r => r,
+    };
+    if let Err(e) = r {
+        eprintln!("loadgen: send to {dest}: {e}");
+    }
+}
+
 fn on_datagram(mirror: &mut Mirror, bytes: &[u8], from: SocketAddr) {
     if let Ok(rsip::SipMessage::Response(resp)) = parse_message(bytes) {
         mirror.handle_response(Instant::now(), from, &resp);
@@ -377,15 +484,7 @@ async fn flush(
     failed: &mut usize,
 ) {
     while let Some(t) = mirror.poll_transmit() {
-        let r = match socket.try_send_to(&t.payload, t.dest) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                socket.send_to(&t.payload, t.dest).await
-            }
-            r => r,
-        };
-        if let Err(e) = r {
-            eprintln!("loadgen: send to {}: {e}", t.dest);
-        }
+        send(socket, &t.payload, t.dest).await;
     }
     while let Some(e) = mirror.poll_event() {
         if let Event::BindingChanged { state, .. } = e {
