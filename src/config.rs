@@ -65,6 +65,9 @@ pub struct SipConfig {
     pub retry_base: Duration,
     #[serde(with = "humantime_serde")]
     pub retry_max: Duration,
+    /// Kernel receive/send buffer of the SIP socket in bytes (the kernel caps it at
+    /// net.core.rmem_max): response bursts from a large farm overflow the default.
+    pub socket_buffer: usize,
 }
 
 impl Default for SipConfig {
@@ -80,6 +83,7 @@ impl Default for SipConfig {
             timer_f: Duration::from_secs(32),
             retry_base: Duration::from_secs(30),
             retry_max: Duration::from_secs(1800),
+            socket_buffer: 4 << 20,
         }
     }
 }
@@ -161,7 +165,7 @@ impl Default for FarmSettings {
             probe_timeout: Duration::from_secs(2),
             probe_failures: 2,
             replay_rate: 200,
-            max_inflight_per_node: 512,
+            max_inflight_per_node: 128,
             reconcile_interval: Duration::from_secs(60),
             audit_interval: Duration::from_secs(30),
         }
@@ -319,6 +323,12 @@ impl Config {
             return Err(invalid(
                 "sip.retry_max",
                 "retry_base must be > 0 and retry_max >= retry_base",
+            ));
+        }
+        if !(65_536..=268_435_456).contains(&s.socket_buffer) {
+            return Err(invalid(
+                "sip.socket_buffer",
+                "must be between 65536 and 268435456 bytes",
             ));
         }
         if s.advertise.is_none() && s.listen.ip().is_unspecified() {

@@ -159,6 +159,9 @@ impl Health {
     }
 }
 
+/// How late a pacer may be and still send the slots it missed.
+const CATCH_UP: Duration = Duration::from_millis(10);
+
 /// Spreads a replay at `rate` per second with +-50% jitter per gap (the mean rate holds).
 #[derive(Debug, Default)]
 pub(crate) struct Pacer {
@@ -175,10 +178,11 @@ impl Pacer {
             return false;
         }
         let gap = Duration::from_secs(1).mul_f64(rng.gen_range(0.5..1.5) / f64::from(rate));
-        // From the booked slot, not `now`, so a late wake-up does not slow the mean rate; but
-        // after an idle spell start afresh instead of bursting to catch up.
+        // From the booked slot, not `now`, so a late wake-up does not slow the mean rate (a
+        // timer wakes about once a millisecond: at 1,000/s and more, each wake sends the slots
+        // it missed, up to 10 ms worth); after an idle spell start afresh instead of bursting.
         let base = match self.next_at {
-            Some(t) if now.saturating_duration_since(t) <= gap => t,
+            Some(t) if now.saturating_duration_since(t) <= gap.max(CATCH_UP) => t,
             _ => now,
         };
         self.next_at = Some(base + gap);

@@ -82,13 +82,15 @@ struct Line<'a> {
     /// Full (not compact) name as received, e.g. `Call-ID`.
     name: &'a str,
     /// Value with surrounding whitespace removed; folded lines joined by a single space.
-    value: String,
+    value: std::borrow::Cow<'a, str>,
 }
 
 /// A header section split into its start line and checked header lines.
 struct Head<'a> {
     start: &'a str,
     lines: Vec<Line<'a>>,
+    /// Every line was already `Name: value` as rsip wants it.
+    verbatim: bool,
 }
 
 /// Splits and checks `head` (the text before the blank line, without it).
@@ -97,6 +99,7 @@ fn parse_head(head: &str) -> Result<Head<'_>, WireError> {
     let start = raw.next().unwrap_or("");
     check_start_line(start)?;
     let mut lines: Vec<Line<'_>> = Vec::new();
+    let mut verbatim = true;
     for (i, l) in raw.enumerate() {
         let n = i + 2; // 1-based, counting the start line
         if l.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
@@ -105,12 +108,14 @@ fn parse_head(head: &str) -> Result<Head<'_>, WireError> {
         if l.starts_with([' ', '\t']) {
             // Line folding (RFC 3261 7.3.1): continuation of the previous value.
             let prev = lines.last_mut().ok_or(WireError::HeaderLine(n))?;
+            verbatim = false;
             let cont = l.trim_matches([' ', '\t']);
             if !cont.is_empty() {
-                if !prev.value.is_empty() {
-                    prev.value.push(' ');
+                let v = prev.value.to_mut();
+                if !v.is_empty() {
+                    v.push(' ');
                 }
-                prev.value.push_str(cont);
+                v.push_str(cont);
             }
             continue;
         }
@@ -122,12 +127,24 @@ fn parse_head(head: &str) -> Result<Head<'_>, WireError> {
         if lines.len() == MAX_HEADERS {
             return Err(WireError::TooManyHeaders);
         }
+        let full = expand_compact(name);
+        let value = l[colon + 1..].trim_matches([' ', '\t']);
+        if full.len() != colon
+            || l.len() != colon + 2 + value.len()
+            || l.as_bytes().get(colon + 1) != Some(&b' ')
+        {
+            verbatim = false;
+        }
         lines.push(Line {
-            name: expand_compact(name),
-            value: l[colon + 1..].trim_matches([' ', '\t']).to_string(),
+            name: full,
+            value: value.into(),
         });
     }
-    Ok(Head { start, lines })
+    Ok(Head {
+        start,
+        lines,
+        verbatim,
+    })
 }
 
 /// `Method SP Request-URI SP SIP/2.0` or `SIP/2.0 SP 3DIGIT SP Reason-Phrase`.
@@ -161,7 +178,7 @@ impl Head<'_> {
         self.lines
             .iter()
             .filter(move |l| l.name.eq_ignore_ascii_case(name))
-            .map(|l| l.value.as_str())
+            .map(|l| l.value.as_ref())
     }
 
     /// The single value of a header that must appear at most once.
@@ -263,14 +280,19 @@ pub fn parse_message(bytes: &[u8]) -> Result<SipMessage, WireError> {
             .ok_or(WireError::InvalidHeader("Content-Length"))?;
     }
 
-    let mut clean = String::with_capacity(text.len());
-    clean.push_str(head.start);
-    clean.push_str("\r\n");
-    for l in &head.lines {
-        let _ = write!(clean, "{}: {}\r\n", l.name, l.value);
-    }
-    clean.push_str("\r\n");
-    clean.push_str(body);
+    let clean: std::borrow::Cow<'_, str> = if head.verbatim {
+        text[..head_end + 4 + body.len()].into()
+    } else {
+        let mut clean = String::with_capacity(text.len());
+        clean.push_str(head.start);
+        clean.push_str("\r\n");
+        for l in &head.lines {
+            let _ = write!(clean, "{}: {}\r\n", l.name, l.value);
+        }
+        clean.push_str("\r\n");
+        clean.push_str(body);
+        clean.into()
+    };
     let msg = SipMessage::try_from(clean.as_bytes())
         .map_err(|e| WireError::Rsip(truncate(&e.to_string(), 200)))?;
     // rsip 0.4's Request-URI tokenizer is not bounded by the line: `OPTIONS 0 SIP/2.0\r\n://0

@@ -78,8 +78,7 @@ impl Driver {
         metrics: Arc<Metrics>,
         admin_rx: mpsc::Receiver<AdminQuery>,
     ) -> anyhow::Result<Driver> {
-        let socket = UdpSocket::bind(config.sip.listen)
-            .await
+        let socket = bind_udp(config.sip.listen, config.sip.socket_buffer)
             .map_err(|e| anyhow::anyhow!("cannot bind SIP socket {}: {e}", config.sip.listen))?;
         // Lazy: regmirror starts and serves what it knows even while the database is down.
         let pool = MySqlPoolOptions::new()
@@ -692,6 +691,24 @@ pub fn state_name(s: BindingState) -> &'static str {
         BindingState::Unregistering => "unregistering",
         BindingState::Failed => "failed",
     }
+}
+
+/// Binds the SIP socket with larger kernel buffers: a burst of responses from a large farm
+/// overflows the default receive buffer and every lost datagram costs a retransmission.
+fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: the kernel caps the sizes at net.core.{r,w}mem_max.
+    let _ = s.set_recv_buffer_size(buffer);
+    let _ = s.set_send_buffer_size(buffer);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    tracing::debug!(
+        recv_buffer = s.recv_buffer_size().unwrap_or(0),
+        send_buffer = s.send_buffer_size().unwrap_or(0),
+        "SIP socket buffers"
+    );
+    UdpSocket::from_std(s.into())
 }
 
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
