@@ -388,12 +388,6 @@ impl Config {
                     "must be a concrete ip:port",
                 ));
             }
-            if n.transport == TransportKind::Tcp {
-                return Err(invalid(
-                    format!("nodes[{i}].transport"),
-                    "tcp is not supported by this release; use udp",
-                ));
-            }
         }
         if !self.database.url.starts_with("mysql://")
             && !self.database.url.starts_with("mariadb://")
@@ -510,6 +504,16 @@ url = "mysql://regmirror:hunter2@db/regmirror"
         assert_eq!(c.sip.register_expires, 600);
         assert_eq!(c.nodes[0].transport, TransportKind::Udp);
         assert_eq!(c.advertised_addr(), "10.0.0.5:5070".parse().unwrap());
+    }
+
+    #[test]
+    fn tcp_nodes_are_accepted() {
+        let c = Config::from_toml(&GOOD.replace(
+            "address = \"10.0.0.31:5060\"",
+            "address = \"10.0.0.31:5060\"\ntransport = \"tcp\"",
+        ))
+        .unwrap();
+        assert_eq!(c.nodes[0].transport, TransportKind::Tcp);
     }
 
     #[test]

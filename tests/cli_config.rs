@@ -121,8 +121,8 @@ fn each_bad_input_gets_its_own_message_and_exit_1() {
             "`nodes[1].address`",
         ),
         (
-            ex.replace("transport = \"udp\"", "transport = \"tcp\""),
-            "`nodes[0].transport`",
+            ex.replace("transport = \"udp\"", "transport = \"sctp\""),
+            "variant constructor sctp",
         ),
         (
             ex.replace("url = \"mysql://", "url = \"postgres://"),

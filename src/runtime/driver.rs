@@ -22,6 +22,7 @@ use crate::runtime::admin::{self, AdminQuery};
 use crate::runtime::ami::{fetch_contact_users, AmiTarget};
 use crate::runtime::inflight::InFlight;
 use crate::runtime::metrics::Metrics;
+use crate::runtime::tcp::{Frame, TcpLinks};
 use crate::store;
 
 /// Result of a credential lookup done off the driver task.
@@ -67,6 +68,9 @@ pub struct Driver {
     /// The last reconciliation's credentials and users, while its events are drained.
     reconcile_creds: HashMap<String, Credential>,
     reconcile_users: HashSet<String>,
+    /// Connections to TCP nodes, and the messages read from them.
+    tcp: TcpLinks,
+    tcp_rx: mpsc::Receiver<Frame>,
 }
 
 /// How long a shutdown waits for in-flight transactions before exiting anyway.
@@ -124,6 +128,7 @@ impl Driver {
         let (lookups_tx, lookups_rx) = mpsc::channel(4096);
         let (reconcile_tx, reconcile_rx) = mpsc::channel(1);
         let (audit_tx, audit_rx) = mpsc::channel(16);
+        let (tcp, tcp_rx) = TcpLinks::new(config.sip.listen.ip());
         tracing::info!(
             listen = %config.sip.listen,
             advertise = %config.advertised_addr(),
@@ -149,6 +154,8 @@ impl Driver {
             audit_rx,
             reconcile_creds: HashMap::new(),
             reconcile_users: HashSet::new(),
+            tcp,
+            tcp_rx,
         })
     }
 
@@ -189,6 +196,7 @@ impl Driver {
                     self.lookups_pending.remove(&l.user);
                     self.mirror.set_credential(Instant::now(), &l.user, l.result);
                 }
+                Some(f) = self.tcp_rx.recv() => self.on_stream_frame(f),
                 _ = sleep_until_opt(deadline) => {
                     self.mirror.handle_timeout(Instant::now());
                 }
@@ -272,6 +280,7 @@ impl Driver {
         if added + removed > 0 {
             self.inflight =
                 InFlight::new(self.nodes.iter().map(|n| n.addr), self.config.sip.timer_f);
+            self.tcp.retain(self.nodes.iter().map(|n| n.addr));
         }
         tracing::info!(
             added,
@@ -418,16 +427,49 @@ impl Driver {
             }
         };
         match msg {
-            rsip::SipMessage::Response(resp) => {
-                if matches!(resp.status_code.code(), 200..=699) {
-                    self.metrics.count_result(resp.status_code.code());
-                    if let Some((node, took)) = self.inflight.on_final(&resp, Instant::now()) {
-                        self.metrics.observe_latency(&self.node_name(node), took);
-                    }
-                }
-                self.mirror.handle_response(Instant::now(), from, &resp);
-            }
+            rsip::SipMessage::Response(resp) => self.on_response(resp, from),
             rsip::SipMessage::Request(req) => self.on_request(req, from).await,
+        }
+    }
+
+    fn on_response(&mut self, resp: rsip::Response, from: SocketAddr) {
+        if matches!(resp.status_code.code(), 200..=699) {
+            self.metrics.count_result(resp.status_code.code());
+            if let Some((node, took)) = self.inflight.on_final(&resp, Instant::now()) {
+                self.metrics.observe_latency(&self.node_name(node), took);
+            }
+        }
+        self.mirror.handle_response(Instant::now(), from, &resp);
+    }
+
+    /// A message read from a TCP node's connection (already framed, keepalives skipped).
+    /// Responses go to the core as if they were datagrams from the node. A node's OPTIONS is
+    /// answered 200 on the same connection (a keepalive check); other requests 405, ACK nothing:
+    /// notifications come from Kamailio over UDP only.
+    fn on_stream_frame(&mut self, f: Frame) {
+        let msg = match parse_message(&f.bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                Metrics::inc(&self.metrics.datagrams_malformed);
+                tracing::debug!(node = %f.node, reason = %e, "malformed message on TCP dropped");
+                return;
+            }
+        };
+        let reply = match msg {
+            rsip::SipMessage::Response(resp) => return self.on_response(resp, f.node),
+            rsip::SipMessage::Request(req) => match req.method {
+                rsip::Method::Ack => return,
+                rsip::Method::Options => response_for(&req, 200, "OK"),
+                _ => response_for(&req, 405, "Method Not Allowed"),
+            },
+        };
+        self.send_tcp(f.node, reply);
+    }
+
+    fn send_tcp(&mut self, dest: SocketAddr, payload: Vec<u8>) {
+        if let Err(e) = self.tcp.send(dest, payload) {
+            Metrics::inc(&self.metrics.send_errors);
+            tracing::debug!(%dest, error = ?e, "TCP send failed");
         }
     }
 
@@ -532,6 +574,7 @@ impl Driver {
                     self.lookups_pending.remove(&l.user);
                     self.mirror.set_credential(Instant::now(), &l.user, l.result);
                 }
+                Some(f) = self.tcp_rx.recv() => self.on_stream_frame(f),
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
                     self.mirror.handle_timeout(Instant::now());
                 }
@@ -559,8 +602,8 @@ impl Driver {
                         self.send(&t.payload, t.dest).await
                     }
                     Transport::Tcp => {
-                        // TCP nodes are not supported by this shell yet; config validation rejects them.
-                        Metrics::inc(&self.metrics.send_errors);
+                        self.inflight.on_send(&t.payload, t.dest, Instant::now());
+                        self.send_tcp(t.dest, t.payload);
                     }
                 }
             }
@@ -572,6 +615,11 @@ impl Driver {
             if !any {
                 break;
             }
+        }
+        // Sends the TCP links accepted, then dropped when the connect failed.
+        let late = self.tcp.take_dropped();
+        if late > 0 {
+            self.metrics.send_errors.fetch_add(late, Ordering::Relaxed);
         }
         if !self.reconcile_users.is_empty() {
             self.reconcile_creds.clear();

@@ -1,11 +1,13 @@
-//! The thin async shell around the sans-IO core: one UDP socket, the driver loop, credential
-//! lookups in the database, and the admin listener. All protocol decisions live in `crate::core`.
+//! The thin async shell around the sans-IO core: one UDP socket (plus one connection per TCP
+//! node, `tcp`), the driver loop, credential lookups in the database, and the admin listener.
+//! All protocol decisions live in `crate::core`.
 
 pub mod admin;
 pub mod ami;
 pub mod driver;
 pub mod inflight;
 pub mod metrics;
+pub mod tcp;
 
 use std::sync::Arc;
 
