@@ -1,0 +1,361 @@
+//! The real `regmirror run` binary against a fake registrar on TCP (`core::testing::FakeRegistrar`
+//! behind a TCP listener with stream framing, as in the `fake_registrar` example's `--tcp` mode)
+//! and a real MariaDB for credentials: run via `tests/with-mariadb.sh cargo test --test service_tcp`.
+//!
+//! Asserts: the registration reaches the node over TCP (Via `SIP/2.0/TCP`, digest round trip on
+//! one connection), the registrar closing every connection does not lose the binding (the next
+//! refresh opens a new connection and is answered 200), and the logs hold no password.
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use regmirror::core::digest::Secret;
+use regmirror::core::sip::{is_keepalive, split_stream};
+use regmirror::core::testing::FakeRegistrar;
+
+const REALM: &str = "regmirror.test";
+const USER: &str = "7200";
+
+/// What the registrar saw on its connections: (connection number, first line, Via line).
+type Seen = Arc<Mutex<Vec<(usize, String, String)>>>;
+
+struct TcpRegistrar {
+    addr: SocketAddr,
+    reg: Arc<Mutex<FakeRegistrar>>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+    seen: Seen,
+}
+
+impl TcpRegistrar {
+    fn start() -> TcpRegistrar {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut reg = FakeRegistrar::new(addr, REALM);
+        reg.add_user(USER, Secret::Password(format!("secret{USER}")));
+        // A short grant: regmirror refreshes after MIN_REFRESH (5 s), within the test's time.
+        reg.min_expires = 5;
+        reg.max_expires = 10;
+        let reg = Arc::new(Mutex::new(reg));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let seen: Seen = Arc::default();
+        let (r, c, s) = (reg.clone(), conns.clone(), seen.clone());
+        std::thread::spawn(move || {
+            for (n, conn) in listener.incoming().enumerate() {
+                let Ok(conn) = conn else { return };
+                c.lock().unwrap().push(conn.try_clone().unwrap());
+                let (r, s) = (r.clone(), s.clone());
+                std::thread::spawn(move || serve(n + 1, conn, &r, &s));
+            }
+        });
+        TcpRegistrar {
+            addr,
+            reg,
+            conns,
+            seen,
+        }
+    }
+
+    fn has_contact(&self, user: &str) -> bool {
+        self.reg
+            .lock()
+            .unwrap()
+            .contact(user, Instant::now())
+            .is_some()
+    }
+
+    /// REGISTERs for `user` answered 200, as (connection number) in arrival order.
+    fn registers_ok_on(&self) -> Vec<usize> {
+        let seen = self.seen.lock().unwrap();
+        let reg = self.reg.lock().unwrap();
+        let oks = reg
+            .log
+            .iter()
+            .filter(|l| l.user == USER && l.answered == 200)
+            .count();
+        // Every REGISTER is logged in order by both: pair the 200s with their connections.
+        let registers: Vec<usize> = seen
+            .iter()
+            .filter(|(_, line, _)| line.starts_with("REGISTER "))
+            .map(|(c, _, _)| *c)
+            .collect();
+        let answered: Vec<u16> = reg
+            .log
+            .iter()
+            .filter(|l| l.user == USER)
+            .map(|l| l.answered)
+            .collect();
+        assert_eq!(
+            answered.iter().filter(|&&a| a == 200).count(),
+            oks,
+            "log mismatch"
+        );
+        registers
+            .into_iter()
+            .zip(answered)
+            .filter(|(_, a)| *a == 200)
+            .map(|(c, _)| c)
+            .collect()
+    }
+
+    fn connections(&self) -> usize {
+        self.conns.lock().unwrap().len()
+    }
+
+    /// The node closes every connection (as a restarting Asterisk would).
+    fn close_all(&self) {
+        for c in self.conns.lock().unwrap().iter() {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+fn serve(
+    n: usize,
+    mut conn: TcpStream,
+    reg: &Mutex<FakeRegistrar>,
+    seen: &Mutex<Vec<(usize, String, String)>>,
+) {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 65_536];
+    loop {
+        let Ok(k) = conn.read(&mut chunk) else { return };
+        if k == 0 {
+            return;
+        }
+        buf.extend_from_slice(&chunk[..k]);
+        while let Ok(Some(len)) = split_stream(&buf) {
+            let frame: Vec<u8> = buf.drain(..len).collect();
+            if is_keepalive(&frame) {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&frame);
+            let first = text.lines().next().unwrap_or_default().to_string();
+            let via = text
+                .lines()
+                .find(|l| l.starts_with("Via:"))
+                .unwrap_or_default()
+                .to_string();
+            seen.lock().unwrap().push((n, first, via));
+            let out = reg.lock().unwrap().handle(Instant::now(), &frame);
+            for resp in out {
+                if conn.write_all(&resp).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn free_port_udp() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_port_tcp() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_regmirror"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("REGMIRROR__") || k == "REGMIRROR_CONFIG" || k == "RUST_LOG" {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn provision(url: &str, user: &str) {
+    let _ = bin()
+        .args(["user", "remove", user])
+        .env("REGMIRROR_DATABASE_URL", url)
+        .output();
+    let mut child = bin()
+        .args(["user", "add", user, "--realm", REALM, "--password-stdin"])
+        .env("REGMIRROR_DATABASE_URL", url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "secret{user}").unwrap();
+    assert!(child.wait().unwrap().success(), "provision {user}");
+}
+
+fn http(admin: &str, path: &str) -> (u16, String) {
+    regmirror::cli::status::http_get(admin, path, Duration::from_secs(5))
+        .unwrap_or((0, String::new()))
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Kamailio's notification from 127.0.0.1 (trusted, over UDP); returns the status code.
+fn notify(sip: SocketAddr, aor: &str, expires: u32, seq: u32) -> u16 {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let local = s.local_addr().unwrap();
+    let msg = format!(
+        "MESSAGE sip:regmirror@{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-tcp{seq}\r\n\
+         From: <sip:kamailio@{REALM}>;tag=k{seq}\r\nTo: <sip:regmirror@{sip}>\r\nCall-ID: tcp{seq}@test\r\n\
+         CSeq: {seq} MESSAGE\r\nMax-Forwards: 70\r\nX-RegMirror-Event: save\r\nX-RegMirror-AOR: {aor}@{REALM}\r\n\
+         X-RegMirror-Expires: {expires}\r\nContent-Length: 0\r\n\r\n"
+    );
+    s.send_to(msg.as_bytes(), sip).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.recv(&mut buf).expect("an answer to the notification");
+    String::from_utf8_lossy(&buf[..n])
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+struct Service {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn registers_over_tcp_and_survives_the_node_closing_the_connection() {
+    let Some(db) = common::url("REGMIRROR_TEST_REGMIRROR_URL") else {
+        return;
+    };
+    let Some(prov) = common::url("REGMIRROR_TEST_PROVISIONER_URL") else {
+        return;
+    };
+    provision(&prov, USER);
+    let node = TcpRegistrar::start();
+    let sip: SocketAddr = format!("127.0.0.1:{}", free_port_udp()).parse().unwrap();
+    let admin_port = free_port_tcp();
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let dir = std::env::temp_dir().join(format!("regmirror-service-tcp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("regmirror.toml");
+    // Probes off: the refresh alone has to reopen the connection.
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[sip]
+listen = "{sip}"
+domain = "{REALM}"
+[kamailio]
+trusted = ["127.0.0.1"]
+contact_host = "127.0.0.1:5060"
+[[nodes]]
+name = "ast-tcp"
+address = "{}"
+transport = "tcp"
+[farm]
+probe_interval = "0s"
+[database]
+url = "mysql://placeholder@127.0.0.1/x"
+[admin]
+listen = "127.0.0.1:{admin_port}"
+[log]
+format = "json"
+level = "regmirror=debug,info"
+"#,
+            node.addr
+        ),
+    )
+    .unwrap();
+    let log = dir.join("stderr.log");
+    let child = bin()
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("REGMIRROR__DATABASE__URL", &db)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let svc = Service { child, log };
+    wait_for("/readyz", Duration::from_secs(10), || {
+        http(&admin, "/readyz").0 == 200
+    });
+
+    // The registration reaches the node over TCP: challenge and answer on one connection.
+    assert_eq!(notify(sip, USER, 3600, 1), 200);
+    wait_for(
+        "the contact on the TCP node",
+        Duration::from_secs(10),
+        || node.has_contact(USER),
+    );
+    {
+        let seen = node.seen.lock().unwrap();
+        let regs: Vec<_> = seen
+            .iter()
+            .filter(|(_, l, _)| l.starts_with("REGISTER "))
+            .collect();
+        assert!(regs.len() >= 2, "challenge round trip: {seen:?}");
+        for (c, _, via) in &regs {
+            assert_eq!(*c, 1, "one connection: {seen:?}");
+            assert!(via.starts_with("Via: SIP/2.0/TCP "), "{via}");
+        }
+    }
+    assert_eq!(node.connections(), 1);
+    assert_eq!(node.registers_ok_on(), vec![1]);
+
+    // The node closes the connection; the binding's refresh (granted 10 s, refreshed after
+    // 5 s) reconnects and is answered 200 on the new connection.
+    node.close_all();
+    wait_for(
+        "a refresh answered 200 on a new connection",
+        Duration::from_secs(20),
+        || node.registers_ok_on().iter().any(|&c| c >= 2),
+    );
+    assert!(node.connections() >= 2);
+    // The binding outlives the first grant: refreshes keep landing.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(node.has_contact(USER), "binding lost after the reconnect");
+
+    let (code, m) = http(&admin, "/status.json");
+    assert_eq!(code, 200);
+    let f: regmirror::runtime::admin::FarmStatus = serde_json::from_str(&m).unwrap();
+    assert_eq!(
+        (f.nodes[0].desired, f.nodes[0].confirmed, f.nodes[0].failing),
+        (1, 1, 0),
+        "{f:?}"
+    );
+
+    // Logs: no password, and the connection's life is visible.
+    let logs = std::fs::read_to_string(&svc.log).unwrap();
+    assert!(
+        !logs.contains(&format!("secret{USER}")),
+        "a password reached the log"
+    );
+    assert!(
+        !logs.contains("regmirror-test-pw"),
+        "the database password reached the log"
+    );
+    assert!(logs.contains("TCP connection to node up"), "{logs}");
+    assert!(logs.contains("TCP connection to node closed"), "{logs}");
+    drop(svc);
+    let _ = std::fs::remove_dir_all(&dir);
+}
