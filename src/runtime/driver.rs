@@ -663,6 +663,10 @@ impl Driver {
             }
             Event::NodeDown { node } => {
                 tracing::warn!(node = %self.node_name(node), "node down: its bindings wait for it");
+                // A silent TCP connection may be half-open: the next probe opens a fresh one.
+                if let Some(n) = self.nodes.get(usize::from(node)) {
+                    self.tcp.close(n.addr);
+                }
             }
             Event::NodeUp { node } => {
                 tracing::info!(node = %self.node_name(node), "node up: replaying its bindings");

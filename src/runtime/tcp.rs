@@ -112,6 +112,11 @@ impl TcpLinks {
         self.dropped.swap(0, Ordering::Relaxed)
     }
 
+    /// Closes `node`'s connection (the node stopped answering); the next send reconnects.
+    pub fn close(&mut self, node: SocketAddr) {
+        self.links.remove(&node);
+    }
+
     /// Closes the links of nodes no longer in the farm.
     pub fn retain(&mut self, nodes: impl IntoIterator<Item = SocketAddr>) {
         let keep: std::collections::HashSet<SocketAddr> = nodes.into_iter().collect();
@@ -184,7 +189,7 @@ async fn run_link(
         backoff = BACKOFF_MIN;
         state.store(UP, Ordering::Relaxed);
         tracing::info!(node = %node, "TCP connection to node up");
-        let reason = serve(node, stream, first, &mut rx, &frames).await;
+        let reason = serve(node, stream, first, &mut rx, &frames, &dropped).await;
         match reason {
             Closed::Driver => return,
             Closed::Peer(why) => {
@@ -210,6 +215,12 @@ async fn connect(
     let stream = socket.connect(node).await?;
     // SIP requests are small and latency matters more than packing.
     stream.set_nodelay(true)?;
+    // A node that vanished without a FIN is found in about a minute, not after the kernel's
+    // two-hour default (NodeDown closes the link sooner when probes run).
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10));
+    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&ka);
     Ok(stream)
 }
 
@@ -250,9 +261,11 @@ async fn serve(
     first: Vec<u8>,
     rx: &mut mpsc::Receiver<Vec<u8>>,
     frames: &mpsc::Sender<Frame>,
+    dropped: &std::sync::atomic::AtomicU64,
 ) -> Closed {
     let (mut rd, mut wr) = stream.into_split();
     if let Err(e) = write(&mut wr, &first).await {
+        dropped.fetch_add(1, Ordering::Relaxed);
         return Closed::Peer(e);
     }
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
@@ -262,6 +275,7 @@ async fn serve(
             p = rx.recv() => {
                 let Some(p) = p else { return Closed::Driver };
                 if let Err(e) = write(&mut wr, &p).await {
+                    dropped.fetch_add(1, Ordering::Relaxed);
                     return Closed::Peer(e);
                 }
             }
@@ -335,6 +349,27 @@ From: <sip:a@b>;tag=1\r\nTo: <sip:a@b>;tag=2\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\
         let (mut conn, _) = listener.accept().await.unwrap();
         conn.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"REQ2");
+    }
+
+    #[tokio::test]
+    async fn close_drops_the_connection_and_the_next_send_reconnects() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (mut links, _frames) = TcpLinks::new("127.0.0.1".parse().unwrap());
+        links.send(addr, b"A".to_vec()).unwrap();
+        let (mut first, _) = listener.accept().await.unwrap();
+        let mut got = [0u8; 1];
+        first.read_exact(&mut got).await.unwrap();
+        links.close(addr);
+        let n = tokio::time::timeout(Duration::from_secs(2), first.read(&mut got)).await;
+        assert!(
+            matches!(n, Ok(Ok(0)) | Ok(Err(_))),
+            "old connection still open"
+        );
+        links.send(addr, b"B".to_vec()).unwrap();
+        let (mut second, _) = listener.accept().await.unwrap();
+        second.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"B");
     }
 
     #[tokio::test]
