@@ -2,6 +2,7 @@
 # Render kamailio-env.cfg from the environment, check the config, run Kamailio in the foreground.
 #   SIP_ADDR SIP_PORT      the one SIP socket (Asterisk trusts INVITEs from exactly there)
 #   REGMIRROR_ADDR         ip:port notifications go to
+#   REGMIRROR_ADDR2        optional second regmirror (HA): notified as well
 #   AUTH_REALM             digest realm (same as Asterisk's)
 #   DB_HOST DB_PORT DB_NAME DB_USER DB_PASSWORD
 #   ANTIFLOOD_EXEMPT       CIDR exempt from pike/auth-failure bans ("" = none)
@@ -21,6 +22,9 @@ env_cfg=/etc/kamailio/kamailio-env.cfg
     echo "#!substdef \"!SIP_ADDR!$SIP_ADDR!g\""
     echo "#!substdef \"!SIP_PORT!$SIP_PORT!g\""
     echo "#!substdef \"!REGMIRROR_ADDR!$REGMIRROR_ADDR!g\""
+    if [ -n "${REGMIRROR_ADDR2:-}" ]; then
+        echo "#!substdef \"!REGMIRROR2_ADDR!$REGMIRROR_ADDR2!g\""
+    fi
     echo "#!substdef \"!AUTH_REALM!$AUTH_REALM!g\""
     echo "#!substdef \"!ANTIFLOOD_EXEMPT_NET!$ANTIFLOOD_EXEMPT!g\""
     echo "#!define DBURL \"mysql://$DB_USER:$DB_PASSWORD@$DB_HOST:$DB_PORT/$DB_NAME\""

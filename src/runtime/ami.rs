@@ -126,6 +126,8 @@ pub fn our_contact_user(uri: &str, contact_host: &str) -> Option<String> {
 #[derive(Debug, Default)]
 pub struct ContactsCollector {
     pub users: HashSet<String>,
+    /// `(user, contact object id)` of every contact of ours (the id is the astdb key).
+    pub ids: Vec<(String, String)>,
     /// Every contact listed, ours or not.
     pub listed: usize,
     pub done: bool,
@@ -149,6 +151,9 @@ impl ContactsCollector {
         if m.is("Event", "ContactList") {
             self.listed += 1;
             if let Some(u) = m.get("Uri").and_then(|u| our_contact_user(u, contact_host)) {
+                if let Some(id) = m.get("ObjectName") {
+                    self.ids.push((u.clone(), id.to_string()));
+                }
                 self.users.insert(u);
             }
         } else if m.is("Event", "ContactListComplete") {
@@ -213,7 +218,82 @@ pub async fn fetch_contact_users(
         .map_err(|_| AmiError::Timeout(timeout))?
 }
 
+/// Deletes the contacts of `user` that point at `contact_host` straight from the node's contact
+/// store (AMI `DBDel` of `registrar/contact/<id>`; needs a `system` write permission). For a
+/// user whose credential is gone: the node can no longer authenticate regmirror's unregister,
+/// so the contact would otherwise linger until it expires. Returns how many were deleted.
+pub async fn remove_contacts(
+    target: &AmiTarget,
+    contact_host: &str,
+    user: &str,
+    timeout: Duration,
+) -> Result<usize, AmiError> {
+    tokio::time::timeout(timeout, async {
+        let mut c = login(target).await?;
+        let col = list_contacts(&mut c, contact_host).await?;
+        let mut removed = 0;
+        for (i, (_, id)) in col.ids.iter().filter(|(u, _)| u == user).enumerate() {
+            let action_id = format!("rm-del-{i}");
+            c.send(&action(&[
+                ("Action", "DBDel"),
+                ("ActionID", &action_id),
+                ("Family", "registrar/contact"),
+                ("Key", id),
+            ]))
+            .await?;
+            loop {
+                let m = c.next().await?;
+                if m.get("ActionID") != Some(action_id.as_str()) {
+                    continue;
+                }
+                if m.is("Response", "Success") {
+                    removed += 1;
+                    break;
+                }
+                // Gone already (the contact expired or another instance deleted it).
+                let msg = m.get("Message").unwrap_or("");
+                if msg.to_ascii_lowercase().contains("not found") {
+                    break;
+                }
+                return Err(AmiError::ActionFailed(msg.to_string()));
+            }
+        }
+        logoff(&mut c).await;
+        Ok(removed)
+    })
+    .await
+    .map_err(|_| AmiError::Timeout(timeout))?
+}
+
 async fn fetch_inner(target: &AmiTarget, contact_host: &str) -> Result<HashSet<String>, AmiError> {
+    let mut c = login(target).await?;
+    let col = list_contacts(&mut c, contact_host).await?;
+    logoff(&mut c).await;
+    Ok(col.users)
+}
+
+async fn list_contacts(c: &mut Conn, contact_host: &str) -> Result<ContactsCollector, AmiError> {
+    c.send(&action(&[
+        ("Action", "PJSIPShowContacts"),
+        ("ActionID", "rm-contacts"),
+    ]))
+    .await?;
+    let mut col = ContactsCollector::default();
+    while !col.done {
+        let m = c.next().await?;
+        col.feed(&m, "rm-contacts", contact_host)?;
+    }
+    Ok(col)
+}
+
+async fn logoff(c: &mut Conn) {
+    // Best effort: Asterisk closes the session on its side anyway.
+    let _ = c
+        .send(&action(&[("Action", "Logoff"), ("ActionID", "rm-logoff")]))
+        .await;
+}
+
+async fn login(target: &AmiTarget) -> Result<Conn, AmiError> {
     let stream = TcpStream::connect(target.addr)
         .await
         .map_err(|e| AmiError::Io(e.to_string()))?;
@@ -264,21 +344,7 @@ async fn fetch_inner(target: &AmiTarget, contact_host: &str) -> Result<HashSet<S
             m.get("Message").unwrap_or("no reason given").to_string(),
         ));
     }
-    c.send(&action(&[
-        ("Action", "PJSIPShowContacts"),
-        ("ActionID", "rm-contacts"),
-    ]))
-    .await?;
-    let mut col = ContactsCollector::default();
-    while !col.done {
-        let m = c.next().await?;
-        col.feed(&m, "rm-contacts", contact_host)?;
-    }
-    // Best effort: Asterisk closes the session on its side anyway.
-    let _ = c
-        .send(&action(&[("Action", "Logoff"), ("ActionID", "rm-logoff")]))
-        .await;
-    Ok(col.users)
+    Ok(c)
 }
 
 #[cfg(test)]
@@ -473,5 +539,62 @@ ListItems: 3\r\n\
         assert!(seen.contains(
             "Action: Login\r\nActionID: rm-login\r\nUsername: regmirror\r\nSecret: pw\r\n"
         ));
+    }
+
+    /// `remove_contacts` lists, then deletes only the named user's contacts of ours by id.
+    #[tokio::test]
+    async fn remove_contacts_deletes_the_users_contact_by_id() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(b"Asterisk Call Manager/9.0.0\r\n")
+                .await
+                .unwrap();
+            let mut inbox = Vec::new();
+            let mut seen = String::new();
+            let mut chunk = [0u8; 1024];
+            loop {
+                let n = s.read(&mut chunk).await.unwrap();
+                if n == 0 {
+                    return seen;
+                }
+                inbox.extend_from_slice(&chunk[..n]);
+                while let Some(m) = take_message(&mut inbox).unwrap() {
+                    let id = m.get("ActionID").unwrap_or("").to_string();
+                    let reply = match m.get("Action").unwrap_or("") {
+                        "Login" => {
+                            TRANSCRIPT[..TRANSCRIPT.find("Event: FullyBooted").unwrap()].to_string()
+                        }
+                        "PJSIPShowContacts" => TRANSCRIPT[TRANSCRIPT
+                            .find("Response: Success\r\nActionID: rm-contacts")
+                            .unwrap()..]
+                            .to_string(),
+                        "DBDel" => {
+                            seen.push_str(&format!(
+                                "DBDel {} {}\n",
+                                m.get("Family").unwrap_or(""),
+                                m.get("Key").unwrap_or("")
+                            ));
+                            format!("Response: Success\r\nActionID: {id}\r\nMessage: Key deleted successfully\r\n\r\n")
+                        }
+                        _ => return seen,
+                    };
+                    s.write_all(reply.as_bytes()).await.unwrap();
+                }
+            }
+        });
+        let t = AmiTarget {
+            addr,
+            user: "regmirror".into(),
+            secret: "pw".into(),
+        };
+        let n = remove_contacts(&t, "10.77.0.20:5060", "1003", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        let seen = server.await.unwrap();
+        // 1002's contact is not ours (another host); 1001 is ours but not asked for.
+        assert_eq!(seen, "DBDel registrar/contact 1003;@9f8e7d6c\n");
     }
 }

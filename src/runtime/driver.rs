@@ -19,7 +19,7 @@ use crate::core::mirror::{
 use crate::core::notify::{aor_user, parse_notification};
 use crate::core::sip::{parse_message, response_for, MAX_MESSAGE};
 use crate::runtime::admin::{self, AdminQuery};
-use crate::runtime::ami::{fetch_contact_users, AmiTarget};
+use crate::runtime::ami::{fetch_contact_users, remove_contacts, AmiTarget};
 use crate::runtime::inflight::InFlight;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::tcp::{Frame, TcpLinks};
@@ -194,6 +194,9 @@ impl Driver {
                 }
                 Some(l) = self.lookups_rx.recv() => {
                     self.lookups_pending.remove(&l.user);
+                    if l.result.is_none() {
+                        self.remove_over_ami(&l.user);
+                    }
                     self.mirror.set_credential(Instant::now(), &l.user, l.result);
                 }
                 Some(f) = self.tcp_rx.recv() => self.on_stream_frame(f),
@@ -224,6 +227,7 @@ impl Driver {
             // Live in Kamailio but no credential: removed from ps_endpoints/ps_auths.
             if !r.credentials.contains_key(&user) && self.mirror.is_live(now, &user) {
                 self.mirror.set_credential(now, &user, None);
+                self.remove_over_ami(&user);
                 removed += 1;
             }
             self.reconcile_users.insert(user);
@@ -359,6 +363,38 @@ impl Driver {
                 }
             }
         });
+    }
+
+    /// A user without a credential any more: the nodes cannot authenticate its unregister, so
+    /// delete its contacts (ours only) through AMI on every node that has `ami` configured.
+    fn remove_over_ami(&self, user: &str) {
+        for n in &self.config.nodes {
+            let (Some(addr), Some(ami_user), Some(secret)) = (n.ami, &n.ami_user, &n.ami_secret)
+            else {
+                continue;
+            };
+            let target = AmiTarget {
+                addr,
+                user: ami_user.clone(),
+                secret: secret.0.clone(),
+            };
+            let (node, user) = (n.name.clone(), user.to_string());
+            let contact_host = self.config.kamailio.contact_host.clone();
+            let metrics = self.metrics.clone();
+            tokio::spawn(async move {
+                match remove_contacts(&target, &contact_host, &user, Duration::from_secs(20)).await
+                {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::warn!(user = %user, node = %node, contacts = n, "removed user: contact deleted over AMI")
+                    }
+                    Err(e) => {
+                        Metrics::inc(&metrics.ami_errors);
+                        tracing::warn!(user = %user, node = %node, error = %e, "removed user: AMI contact deletion failed");
+                    }
+                }
+            });
+        }
     }
 
     /// One AMI audit loop per node that has `ami` configured.
@@ -572,6 +608,9 @@ impl Driver {
                 }
                 Some(l) = self.lookups_rx.recv() => {
                     self.lookups_pending.remove(&l.user);
+                    if l.result.is_none() {
+                        self.remove_over_ami(&l.user);
+                    }
                     self.mirror.set_credential(Instant::now(), &l.user, l.result);
                 }
                 Some(f) = self.tcp_rx.recv() => self.on_stream_frame(f),
