@@ -90,18 +90,7 @@ impl Driver {
             .acquire_timeout(config.database.connect_timeout)
             .connect_lazy(&config.database.url)
             .map_err(|e| anyhow::anyhow!("database.url: {e}"))?;
-        let nodes: Vec<Node> = config
-            .nodes
-            .iter()
-            .map(|n| Node {
-                name: n.name.clone(),
-                addr: n.address,
-                transport: match n.transport {
-                    TransportKind::Udp => Transport::Udp,
-                    TransportKind::Tcp => Transport::Tcp,
-                },
-            })
-            .collect();
+        let nodes: Vec<Node> = config.nodes.iter().map(node_of).collect();
         let mcfg = MirrorConfig {
             domain: config.sip.domain.clone(),
             contact_host: config.kamailio.contact_host.clone(),
@@ -192,13 +181,7 @@ impl Driver {
                         Err(e) => tracing::warn!(error = %e, "recv failed"),
                     }
                 }
-                Some(l) = self.lookups_rx.recv() => {
-                    self.lookups_pending.remove(&l.user);
-                    if l.result.is_none() {
-                        self.remove_over_ami(&l.user);
-                    }
-                    self.mirror.set_credential(Instant::now(), &l.user, l.result);
-                }
+                Some(l) = self.lookups_rx.recv() => self.on_lookup(l),
                 Some(f) = self.tcp_rx.recv() => self.on_stream_frame(f),
                 _ = sleep_until_opt(deadline) => {
                     self.mirror.handle_timeout(Instant::now());
@@ -246,6 +229,16 @@ impl Driver {
         );
     }
 
+    fn on_lookup(&mut self, l: Lookup) {
+        self.lookups_pending.remove(&l.user);
+        if l.result.is_none() {
+            // The user is gone: the nodes cannot authenticate its unregister any more.
+            self.remove_over_ami(&l.user);
+        }
+        self.mirror
+            .set_credential(Instant::now(), &l.user, l.result);
+    }
+
     /// SIGHUP: applies `[[nodes]]` changes. A new node gets every live binding (paced replay);
     /// a removed node's bindings are forgotten, not unregistered (the node may be gone).
     fn on_reload(&mut self, new: Config) {
@@ -266,14 +259,7 @@ impl Driver {
             if self.nodes.iter().any(|m| m.name == n.name) {
                 continue;
             }
-            let node = Node {
-                name: n.name.clone(),
-                addr: n.address,
-                transport: match n.transport {
-                    TransportKind::Udp => Transport::Udp,
-                    TransportKind::Tcp => Transport::Tcp,
-                },
-            };
+            let node = node_of(n);
             self.mirror.add_node(now, node.clone());
             tracing::warn!(node = %n.name, address = %n.address, "node added to the farm: replaying live bindings");
             self.nodes.push(node);
@@ -606,13 +592,7 @@ impl Driver {
                         self.on_datagram(&buf[..n], from).await;
                     }
                 }
-                Some(l) = self.lookups_rx.recv() => {
-                    self.lookups_pending.remove(&l.user);
-                    if l.result.is_none() {
-                        self.remove_over_ami(&l.user);
-                    }
-                    self.mirror.set_credential(Instant::now(), &l.user, l.result);
-                }
+                Some(l) = self.lookups_rx.recv() => self.on_lookup(l),
                 Some(f) = self.tcp_rx.recv() => self.on_stream_frame(f),
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
                     self.mirror.handle_timeout(Instant::now());
@@ -781,6 +761,18 @@ pub fn state_name(s: BindingState) -> &'static str {
         BindingState::Registered => "registered",
         BindingState::Unregistering => "unregistering",
         BindingState::Failed => "failed",
+    }
+}
+
+/// The core's view of a configured node.
+fn node_of(n: &crate::config::NodeConfig) -> Node {
+    Node {
+        name: n.name.clone(),
+        addr: n.address,
+        transport: match n.transport {
+            TransportKind::Udp => Transport::Udp,
+            TransportKind::Tcp => Transport::Tcp,
+        },
     }
 }
 
