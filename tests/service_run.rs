@@ -9,9 +9,10 @@
 //! every contact in place. With `chromium` installed it also screenshots the status page
 //! (`tests/status-page.sh`, artifact under `target/artifacts/`).
 mod common;
+use common::{bin, free_port_tcp, free_port_udp, provision};
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -96,49 +97,6 @@ impl Drop for Registrar {
     }
 }
 
-fn free_port_udp() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_port_tcp() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_regmirror"));
-    // The developer's environment must not leak into the service under test.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("REGMIRROR__") || k == "REGMIRROR_CONFIG" || k == "RUST_LOG" {
-            c.env_remove(k);
-        }
-    }
-    c
-}
-
-fn provision(url: &str, user: &str) {
-    let _ = bin()
-        .args(["user", "remove", user])
-        .env("REGMIRROR_DATABASE_URL", url)
-        .output();
-    let mut child = bin()
-        .args(["user", "add", user, "--realm", REALM, "--password-stdin"])
-        .env("REGMIRROR_DATABASE_URL", url)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "secret{user}").unwrap();
-    assert!(child.wait().unwrap().success(), "provision {user}");
-}
-
 fn status(admin: &str, args: &[&str]) -> Output {
     bin()
         .arg("status")
@@ -221,7 +179,7 @@ fn service_registers_reports_and_shuts_down_gracefully() {
         return;
     };
     for u in USERS {
-        provision(&prov, u);
+        provision(&prov, REALM, u);
     }
     let (r1, r2) = (Registrar::start(), Registrar::start());
     let sip: SocketAddr = format!("127.0.0.1:{}", free_port_udp()).parse().unwrap();

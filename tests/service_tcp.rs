@@ -6,11 +6,12 @@
 //! one connection), the registrar closing every connection does not lose the binding (the next
 //! refresh opens a new connection and is answered 200), and the logs hold no password.
 mod common;
+use common::{bin, free_port_tcp, free_port_udp, provision};
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -151,48 +152,6 @@ fn serve(
     }
 }
 
-fn free_port_udp() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_port_tcp() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_regmirror"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("REGMIRROR__") || k == "REGMIRROR_CONFIG" || k == "RUST_LOG" {
-            c.env_remove(k);
-        }
-    }
-    c
-}
-
-fn provision(url: &str, user: &str) {
-    let _ = bin()
-        .args(["user", "remove", user])
-        .env("REGMIRROR_DATABASE_URL", url)
-        .output();
-    let mut child = bin()
-        .args(["user", "add", user, "--realm", REALM, "--password-stdin"])
-        .env("REGMIRROR_DATABASE_URL", url)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "secret{user}").unwrap();
-    assert!(child.wait().unwrap().success(), "provision {user}");
-}
-
 fn http(admin: &str, path: &str) -> (u16, String) {
     regmirror::cli::status::http_get(admin, path, Duration::from_secs(5))
         .unwrap_or((0, String::new()))
@@ -250,7 +209,7 @@ fn registers_over_tcp_and_survives_the_node_closing_the_connection() {
     let Some(prov) = common::url("REGMIRROR_TEST_PROVISIONER_URL") else {
         return;
     };
-    provision(&prov, USER);
+    provision(&prov, REALM, USER);
     let node = TcpRegistrar::start();
     let sip: SocketAddr = format!("127.0.0.1:{}", free_port_udp()).parse().unwrap();
     let admin_port = free_port_tcp();

@@ -2,8 +2,56 @@
 //! through `tests/with-mariadb.sh cargo test --test db_...`.
 #![allow(dead_code)]
 
+use std::io::Write;
+use std::net::{TcpListener, UdpSocket};
+use std::process::{Command, Stdio};
+
 use md5::{Digest, Md5};
 use sqlx::mysql::MySqlPool;
+
+pub fn free_port_udp() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn free_port_tcp() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The built `regmirror` binary, with the developer's environment kept out of it.
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_regmirror"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("REGMIRROR__") || k == "REGMIRROR_CONFIG" || k == "RUST_LOG" {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+/// (Re)creates `user` in `realm` with password `secret<user>` through the CLI.
+pub fn provision(url: &str, realm: &str, user: &str) {
+    let _ = bin()
+        .args(["user", "remove", user])
+        .env("REGMIRROR_DATABASE_URL", url)
+        .output();
+    let mut child = bin()
+        .args(["user", "add", user, "--realm", realm, "--password-stdin"])
+        .env("REGMIRROR_DATABASE_URL", url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "secret{user}").unwrap();
+    assert!(child.wait().unwrap().success(), "provision {user}");
+}
 
 /// The URL in `var`, or `None` (test skipped) when unset. With
 /// `REGMIRROR_REQUIRE_DB=1` a missing URL fails the test instead.
