@@ -12,6 +12,8 @@
 #   benches/e2e/run.sh                    # both modes, rates 100 150 200 300 500, ~10 min
 #   MODES=tutorial RATES="100 200" benches/e2e/run.sh
 #
+# Modes: regmirror (the compose default: HA pair regmirror + regmirror2, both notified),
+#        regmirror1 (one instance), tutorial (no regmirror; Kamailio WITH_TUTORIAL).
 # Env: MODES ("regmirror tutorial"), RATES ("100 150 200 300 500"), STEP_SECS (10),
 #      CONVERGE_MAX (60 s after a burst), STALL_SECS (20: stop waiting when no node count moved
 #      for that long), OUT (target/e2ebench/<time>), KEEP_STACK=1 (do not tear down at the end).
@@ -49,15 +51,19 @@ trap cleanup EXIT
 total_users=0
 for r in $RATES; do total_users=$((total_users + r * STEP_SECS)); done
 
+# Container ids (plain `docker exec` in the polling loops: compose v1 takes ~1 s per call).
+declare -A CID
+cids() { for s in mariadb kamailio ast1 ast2 tester; do CID[$s]=$(compose ps -q "$s"); done; }
+
 # Count the block's contacts (sip:<user>@<kamailio>) on one node.
 node_count() { # node lo hi
-    compose exec -T "$1" asterisk -rx "pjsip show contacts" 2>/dev/null \
+    "$DOCKER" exec "${CID[$1]}" asterisk -rx "pjsip show contacts" 2>/dev/null \
         | grep -oE 'sip:[0-9]+@10\.77\.0\.20:5060' | cut -d: -f2 | cut -d@ -f1 | sort -u \
         | awk -v lo="$2" -v hi="$3" '$1 >= lo && $1 <= hi' | wc -l
 }
 
 location_count() { # lo hi
-    compose exec -T mariadb mariadb -N regmirror -e \
+    "$DOCKER" exec "${CID[mariadb]}" mariadb -N regmirror -e \
         "SELECT COUNT(DISTINCT username) FROM location WHERE CAST(username AS UNSIGNED) BETWEEN $1 AND $2" \
         | tr -d '[:space:]'
 }
@@ -90,11 +96,15 @@ stack_up() { # mode
             "$STACK" up mariadb kamailio ast1 ast2 tester >>"$OUT/stack.log" 2>&1
         # Demo only: the plaintext-password view the tutorial needs (see the file).
         compose exec -T mariadb mariadb regmirror <"$HERE/tutorial-grant.sql"
+    elif [ "$1" = regmirror1 ]; then
+        # one regmirror instance instead of the HA pair
+        KAMAILIO_REGMIRROR_ADDR2= "$STACK" up mariadb kamailio ast1 ast2 regmirror tester >>"$OUT/stack.log" 2>&1
     else
         "$STACK" up >>"$OUT/stack.log" 2>&1
     fi
-    compose exec -T tester mkdir -p /tmp/e2e
-    "$DOCKER" cp "$HERE/register-rtd.xml" "$(compose ps -q tester)":/tmp/e2e/register-rtd.xml
+    cids
+    "$DOCKER" exec "${CID[tester]}" mkdir -p /tmp/e2e
+    "$DOCKER" cp "$HERE/register-rtd.xml" "${CID[tester]}":/tmp/e2e/register-rtd.xml
     # let dispatcher's first OPTIONS probes mark both nodes up
     sleep 6
 }
@@ -115,12 +125,12 @@ lo, hi = int(sys.argv[1]), int(sys.argv[2])
 print('SEQUENTIAL')
 for i in range(lo, hi + 1):
     print(f'{i};pw{i};3600')
-" "$lo" "$hi" | compose exec -T tester sh -c "cat > /tmp/e2e/users-$mode-$rate.csv"
+" "$lo" "$hi" | "$DOCKER" exec -i "${CID[tester]}" sh -c "cat > /tmp/e2e/users-$mode-$rate.csv"
     log "$mode: $n registrations at $rate/s (users $lo..$hi)"
     cpu_sample "$dir/docker-stats.txt" &
     local sampler=$!
     t0=$(now_ms)
-    compose exec -T tester sh -c "mkdir -p /tmp/e2e/$mode-$rate && cd /tmp/e2e/$mode-$rate && \
+    "$DOCKER" exec "${CID[tester]}" sh -c "mkdir -p /tmp/e2e/$mode-$rate && cd /tmp/e2e/$mode-$rate && \
         sipp -sf /tmp/e2e/register-rtd.xml -inf /tmp/e2e/users-$mode-$rate.csv \
         -r $rate -rp 1000 -m $n -l 10000 -i 10.77.0.50 -p 5061 -s regmirror.test 10.77.0.20:5060 \
         -nostdin -timeout $((STEP_SECS + 45)) -trace_rtt -rtt_freq 1 -trace_stat -fd 1 -stf stat.csv \
@@ -128,9 +138,9 @@ for i in range(lo, hi + 1):
     t1=$(now_ms)
     wait "$sampler" || true
     for f in stat.csv rc errors.log; do
-        compose exec -T tester sh -c "cat /tmp/e2e/$mode-$rate/$f 2>/dev/null" >"$dir/$f" || true
+        "$DOCKER" exec "${CID[tester]}" sh -c "cat /tmp/e2e/$mode-$rate/$f 2>/dev/null" >"$dir/$f" || true
     done
-    compose exec -T tester sh -c "cat /tmp/e2e/$mode-$rate/*_rtt.csv 2>/dev/null" >"$dir/rtt.csv" || true
+    "$DOCKER" exec "${CID[tester]}" sh -c "cat /tmp/e2e/$mode-$rate/*_rtt.csv 2>/dev/null" >"$dir/rtt.csv" || true
 
     # Convergence: until both nodes hold every binding Kamailio accepted, or nothing moved for
     # STALL_SECS, or CONVERGE_MAX.
