@@ -15,7 +15,8 @@
 # Modes: regmirror (the compose default: HA pair regmirror + regmirror2, both notified),
 #        regmirror1 (one instance), tutorial (no regmirror; Kamailio WITH_TUTORIAL).
 # Env: MODES ("regmirror tutorial"), RATES ("100 150 200 300 500"), STEP_SECS (10),
-#      CONVERGE_MAX (60 s after a burst), STALL_SECS (20: stop waiting when no node count moved
+#      REGMIRROR_FARM=example (regmirror.example.toml's farm periods: probe 5 s, reconcile 60 s,
+#      audit 30 s, instead of the compose test periods 1 s / 15 s / 10 s), CONVERGE_MAX (60 s after a burst), STALL_SECS (20: stop waiting when no node count moved
 #      for that long), OUT (target/e2ebench/<time>), KEEP_STACK=1 (do not tear down at the end).
 # Results: $OUT/results.csv, $OUT/results.md, raw SIPp files and docker stats per step.
 # Not part of tests/run-all.sh: it is a benchmark. It always ends with `scripts/stack down`.
@@ -101,6 +102,22 @@ stack_up() { # mode
         KAMAILIO_REGMIRROR_ADDR2= "$STACK" up mariadb kamailio ast1 ast2 regmirror tester >>"$OUT/stack.log" 2>&1
     else
         "$STACK" up >>"$OUT/stack.log" 2>&1
+    fi
+    if [ "$1" != tutorial ] && [ "${REGMIRROR_FARM:-compose}" = example ]; then
+        # regmirror.example.toml's farm periods instead of the compose file's test periods
+        # (probe 1 s, reconcile 15 s, AMI audit 10 s: each audit lists every contact of a node).
+        local svc c
+        for svc in regmirror regmirror2; do
+            c=$(compose ps -q "$svc")
+            [ -n "$c" ] || continue
+            "$DOCKER" cp "$c":/etc/regmirror/regmirror.toml "$OUT/regmirror.toml"
+            sed -i -e 's/^probe_interval = .*/probe_interval = "5s"/' -e 's/^probe_timeout = .*/probe_timeout = "2s"/' \
+                -e 's/^reconcile_interval = .*/reconcile_interval = "60s"/' \
+                -e 's/^audit_interval = .*/audit_interval = "30s"/' "$OUT/regmirror.toml"
+            "$DOCKER" cp "$OUT/regmirror.toml" "$c":/etc/regmirror/regmirror.toml
+            "$DOCKER" restart "$c" >/dev/null
+        done
+        "$STACK" wait
     fi
     cids
     "$DOCKER" exec "${CID[tester]}" mkdir -p /tmp/e2e
