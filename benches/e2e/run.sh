@@ -9,14 +9,15 @@
 # many reached each Asterisk node (`pjsip show contacts`) and how long that took after the burst,
 # and the containers' CPU (`docker stats`) in the middle of the burst.
 #
-#   benches/e2e/run.sh                    # both modes, rates 100 150 200 300 500, ~10 min
+#   benches/e2e/run.sh                    # three modes, rates 100 150 200 300 500, ~8-10 min
 #   MODES=tutorial RATES="100 200" benches/e2e/run.sh
 #
 # Modes: regmirror (the compose default: HA pair regmirror + regmirror2, both notified),
 #        regmirror1 (one instance), tutorial (no regmirror; Kamailio WITH_TUTORIAL).
-# Env: MODES ("regmirror tutorial"), RATES ("100 150 200 300 500"), STEP_SECS (10),
-#      REGMIRROR_FARM=example (regmirror.example.toml's farm periods: probe 5 s, reconcile 60 s,
-#      audit 30 s, instead of the compose test periods 1 s / 15 s / 10 s), CONVERGE_MAX (60 s after a burst), STALL_SECS (stop waiting when no node count moved for that
+# Env: MODES ("tutorial regmirror1 regmirror"), RATES ("100 150 200 300 500"), STEP_SECS (10),
+#      REGMIRROR_FARM (example: regmirror.example.toml's farm periods, probe 5 s, reconcile 60 s,
+#      audit 30 s; compose: the compose file's test periods 1 s / 15 s / 10 s), CONVERGE_MAX (150 s
+#      after a burst), STALL_SECS (stop waiting when no node count moved for that
 #      long; default 20, 70 for regmirror with REGMIRROR_FARM=example: one reconcile period), OUT (target/e2ebench/<time>), KEEP_STACK=1 (do not tear down at the end).
 # Results: $OUT/results.csv, $OUT/results.md, raw SIPp files and docker stats per step.
 # Not part of tests/run-all.sh: it is a benchmark. It always ends with `scripts/stack down`.
@@ -26,10 +27,11 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 HERE="$ROOT/benches/e2e"
 STACK="$ROOT/scripts/stack"
 DOCKER=${DOCKER:-/usr/bin/docker}
-MODES=${MODES:-"regmirror tutorial"}
+MODES=${MODES:-"tutorial regmirror1 regmirror"}
 RATES=${RATES:-"100 150 200 300 500"}
 STEP_SECS=${STEP_SECS:-10}
-CONVERGE_MAX=${CONVERGE_MAX:-60}
+CONVERGE_MAX=${CONVERGE_MAX:-150}
+export REGMIRROR_FARM=${REGMIRROR_FARM:-example}
 STALL_SECS=${STALL_SECS:-}
 OUT=${OUT:-"$ROOT/target/e2ebench/$(date -u +%Y%m%d-%H%M%S)"}
 PROVISIONER_DB_PASSWORD=${PROVISIONER_DB_PASSWORD:-provisioner-demo}
