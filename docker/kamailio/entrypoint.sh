@@ -8,6 +8,8 @@
 #   ANTIFLOOD_EXEMPT       CIDR exempt from pike/auth-failure bans ("" = none)
 #   REG_MIN_EXPIRES REG_MAX_EXPIRES UL_TIMER_INTERVAL FARM_FR_TIMEOUT AUTH_FAIL_LIMIT (optional)
 #   KAMAILIO_SHM_MB KAMAILIO_PKG_MB  memory
+#   TUTORIAL=1             benchmark only: WITH_TUTORIAL (Kamailio REGISTERs on the nodes itself,
+#                          from TUTORIAL_PORT, default 5080) instead of notifying regmirror
 set -euo pipefail
 : "${SIP_ADDR:=$(hostname -i | awk '{print $1}')}" "${SIP_PORT:=5060}"
 : "${REGMIRROR_ADDR:=10.77.0.40:5070}" "${AUTH_REALM:=regmirror.test}"
@@ -27,6 +29,7 @@ env_cfg=/etc/kamailio/kamailio-env.cfg
     fi
     echo "#!substdef \"!AUTH_REALM!$AUTH_REALM!g\""
     echo "#!substdef \"!ANTIFLOOD_EXEMPT_NET!$ANTIFLOOD_EXEMPT!g\""
+    if [ -n "${TUTORIAL_PORT:-}" ]; then echo "#!substdef \"!TUTORIAL_PORT!$TUTORIAL_PORT!g\""; fi
     echo "#!define DBURL \"mysql://$DB_USER:$DB_PASSWORD@$DB_HOST:$DB_PORT/$DB_NAME\""
     for v in REG_MIN_EXPIRES REG_MAX_EXPIRES UL_TIMER_INTERVAL FARM_FR_TIMEOUT FR_TIMER AUTH_FAIL_LIMIT \
              DS_FARM_ALG; do
@@ -39,8 +42,12 @@ chmod 640 "$env_cfg"
 mkdir -p /run/kamailio
 chown kamailio:kamailio /run/kamailio
 
-kamailio -c -f /etc/kamailio/kamailio.cfg >/dev/null 2>/tmp/kamailio-check.log || {
+# -A: defined before the cfg is read, so the switch section can test it.
+defs=()
+if [ "${TUTORIAL:-0}" = 1 ]; then defs+=(-A WITH_TUTORIAL); fi
+
+kamailio -c "${defs[@]}" -f /etc/kamailio/kamailio.cfg >/dev/null 2>/tmp/kamailio-check.log || {
     cat /tmp/kamailio-check.log >&2; exit 1; }
 
-exec kamailio -DD -E -f /etc/kamailio/kamailio.cfg -u kamailio -g kamailio \
+exec kamailio -DD -E "${defs[@]}" -f /etc/kamailio/kamailio.cfg -u kamailio -g kamailio \
     -m "$KAMAILIO_SHM_MB" -M "$KAMAILIO_PKG_MB" "$@"

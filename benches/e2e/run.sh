@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# Issue 7 part 4: end-to-end REGISTER load through the compose topology, regmirror against the
+# classic tutorial design (Kamailio REGISTERs on the nodes itself: kamailio.cfg WITH_TUTORIAL).
+#
+# For each mode: a fresh stack, N users provisioned in bulk (through the provisioner account),
+# then SIPp in the tester registers a fresh block of users through Kamailio at each rate for
+# STEP_SECS seconds. Per step it records what the phone saw (failed registrations, p50/p99 of
+# first REGISTER -> 200 OK), how many of the block Kamailio accepted (its `location` table), how
+# many reached each Asterisk node (`pjsip show contacts`) and how long that took after the burst,
+# and the containers' CPU (`docker stats`) in the middle of the burst.
+#
+#   benches/e2e/run.sh                    # three modes, rates 100 150 200 300 500, ~8-10 min
+#   MODES=tutorial RATES="100 200" benches/e2e/run.sh
+#
+# Modes: regmirror (the compose default: HA pair regmirror + regmirror2, both notified),
+#        regmirror1 (one instance), tutorial (no regmirror; Kamailio WITH_TUTORIAL).
+# Env: MODES ("tutorial regmirror1 regmirror"), RATES ("100 150 200 300 500"), STEP_SECS (10),
+#      REGMIRROR_FARM (example: regmirror.example.toml's farm periods, probe 5 s, reconcile 60 s,
+#      audit 30 s; compose: the compose file's test periods 1 s / 15 s / 10 s), CONVERGE_MAX (150 s
+#      after a burst), STALL_SECS (stop waiting when no node count moved for that
+#      long; default 20, 70 for regmirror with REGMIRROR_FARM=example: one reconcile period), OUT (target/e2ebench/<time>), KEEP_STACK=1 (do not tear down at the end).
+# Results: $OUT/results.csv, $OUT/results.md, raw SIPp files and docker stats per step.
+# Not part of tests/run-all.sh: it is a benchmark. It always ends with `scripts/stack down`.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+HERE="$ROOT/benches/e2e"
+STACK="$ROOT/scripts/stack"
+DOCKER=${DOCKER:-/usr/bin/docker}
+MODES=${MODES:-"tutorial regmirror1 regmirror"}
+RATES=${RATES:-"100 150 200 300 500"}
+STEP_SECS=${STEP_SECS:-10}
+CONVERGE_MAX=${CONVERGE_MAX:-150}
+export REGMIRROR_FARM=${REGMIRROR_FARM:-example}
+STALL_SECS=${STALL_SECS:-}
+OUT=${OUT:-"$ROOT/target/e2ebench/$(date -u +%Y%m%d-%H%M%S)"}
+PROVISIONER_DB_PASSWORD=${PROVISIONER_DB_PASSWORD:-provisioner-demo}
+BASE=300000
+export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-regmirror}
+
+mkdir -p "$OUT"
+log() { echo "e2ebench $(date -u +%T): $*" | tee -a "$OUT/run.log" >&2; }
+compose() { "$STACK" compose "$@"; }
+now_ms() { date +%s%3N; }
+
+cleanup() {
+    if [ "${KEEP_STACK:-0}" != 1 ]; then
+        log "tearing the stack down"
+        "$STACK" down >>"$OUT/stack.log" 2>&1 || true
+    fi
+}
+trap cleanup EXIT
+
+total_users=0
+for r in $RATES; do total_users=$((total_users + r * STEP_SECS)); done
+
+# Container ids (plain `docker exec` in the polling loops: compose v1 takes ~1 s per call).
+declare -A CID
+cids() { for s in mariadb kamailio ast1 ast2 tester; do CID[$s]=$(compose ps -q "$s"); done; }
+
+# Count the block's contacts (sip:<user>@<kamailio>) on one node.
+node_count() { # node lo hi
+    "$DOCKER" exec "${CID[$1]}" asterisk -rx "pjsip show contacts" 2>/dev/null \
+        | { grep -oE 'sip:[0-9]+@10\.77\.0\.20:5060' || true; } | cut -d: -f2 | cut -d@ -f1 | sort -u \
+        | awk -v lo="$2" -v hi="$3" '$1 >= lo && $1 <= hi' | wc -l
+}
+
+location_count() { # lo hi
+    "$DOCKER" exec "${CID[mariadb]}" mariadb -N regmirror -e \
+        "SELECT COUNT(DISTINCT username) FROM location WHERE CAST(username AS UNSIGNED) BETWEEN $1 AND $2" \
+        | tr -d '[:space:]'
+}
+
+provision() { # first count
+    log "provisioning $2 users from $1 (bulk, provisioner account)"
+    python3 - "$1" "$2" >"$OUT/users.sql" <<'PY'
+import sys
+first, count = int(sys.argv[1]), int(sys.argv[2])
+for start in range(first, first + count, 1000):
+    ids = range(start, min(start + 1000, first + count))
+    print("INSERT INTO ps_aors (id, max_contacts, remove_existing, qualify_frequency) VALUES "
+          + ",".join(f"('{i}',1,'yes',0)" for i in ids) + ";")
+    print("INSERT INTO ps_auths (id, auth_type, username, realm, password) VALUES "
+          + ",".join(f"('{i}','userpass','{i}','regmirror.test','pw{i}')" for i in ids) + ";")
+    print("INSERT INTO ps_endpoints (id, aors, auth, context, disallow, allow, direct_media, "
+          "rewrite_contact, rtp_symmetric, force_rport, dtmf_mode, identify_by) VALUES "
+          + ",".join(f"('{i}','{i}','{i}','phones','all','ulaw,alaw','no','no','yes','no',"
+                     f"'rfc4733','username')" for i in ids) + ";")
+PY
+    compose exec -T -e MYSQL_PWD="$PROVISIONER_DB_PASSWORD" tester \
+        mariadb -h 10.77.0.10 -u provisioner regmirror <"$OUT/users.sql"
+}
+
+stack_up() { # mode
+    "$STACK" down >>"$OUT/stack.log" 2>&1 || true
+    if [ "$1" = tutorial ]; then
+        # No regmirror at all; Kamailio forwards REGISTERs itself (kamailio.cfg WITH_TUTORIAL).
+        KAMAILIO_TUTORIAL=1 KAMAILIO_REGMIRROR_ADDR2= SKIP_CARGO=1 \
+            "$STACK" up mariadb kamailio ast1 ast2 tester >>"$OUT/stack.log" 2>&1
+        # Demo only: the plaintext-password view the tutorial needs (see the file).
+        compose exec -T mariadb mariadb regmirror <"$HERE/tutorial-grant.sql"
+    elif [ "$1" = regmirror1 ]; then
+        # one regmirror instance instead of the HA pair
+        KAMAILIO_REGMIRROR_ADDR2= "$STACK" up mariadb kamailio ast1 ast2 regmirror tester >>"$OUT/stack.log" 2>&1
+    else
+        "$STACK" up >>"$OUT/stack.log" 2>&1
+    fi
+    if [ "$1" != tutorial ] && [ "${REGMIRROR_FARM:-compose}" = example ]; then
+        # regmirror.example.toml's farm periods instead of the compose file's test periods
+        # (probe 1 s, reconcile 15 s, AMI audit 10 s: each audit lists every contact of a node).
+        local svc c
+        for svc in regmirror regmirror2; do
+            c=$(compose ps -q "$svc")
+            [ -n "$c" ] || continue
+            "$DOCKER" cp "$c":/etc/regmirror/regmirror.toml "$OUT/regmirror.toml"
+            sed -i -e 's/^probe_interval = .*/probe_interval = "5s"/' -e 's/^probe_timeout = .*/probe_timeout = "2s"/' \
+                -e 's/^reconcile_interval = .*/reconcile_interval = "60s"/' \
+                -e 's/^audit_interval = .*/audit_interval = "30s"/' "$OUT/regmirror.toml"
+            "$DOCKER" cp "$OUT/regmirror.toml" "$c":/etc/regmirror/regmirror.toml
+            "$DOCKER" restart "$c" >/dev/null
+        done
+        "$STACK" wait
+    fi
+    cids
+    "$DOCKER" exec "${CID[tester]}" mkdir -p /tmp/e2e
+    "$DOCKER" cp "$HERE/register-rtd.xml" "${CID[tester]}":/tmp/e2e/register-rtd.xml
+    # let dispatcher's first OPTIONS probes mark both nodes up
+    sleep 6
+}
+
+cpu_sample() { # file
+    sleep $((STEP_SECS / 2))
+    "$DOCKER" stats --no-stream --format '{{.Name}};{{.CPUPerc}};{{.MemUsage}}' >"$1" 2>/dev/null || true
+}
+
+run_step() { # mode rate lo
+    local mode=$1 rate=$2 lo=$3 n=$(($2 * STEP_SECS)) hi dir t0 t1 accepted a1 a2 conv
+    hi=$((lo + n - 1))
+    dir="$OUT/$mode-$rate"
+    mkdir -p "$dir"
+    python3 -c "
+import sys
+lo, hi = int(sys.argv[1]), int(sys.argv[2])
+print('SEQUENTIAL')
+for i in range(lo, hi + 1):
+    print(f'{i};pw{i};3600')
+" "$lo" "$hi" | "$DOCKER" exec -i "${CID[tester]}" sh -c "cat > /tmp/e2e/users-$mode-$rate.csv"
+    log "$mode: $n registrations at $rate/s (users $lo..$hi)"
+    cpu_sample "$dir/docker-stats.txt" &
+    local sampler=$!
+    t0=$(now_ms)
+    "$DOCKER" exec "${CID[tester]}" sh -c "mkdir -p /tmp/e2e/$mode-$rate && cd /tmp/e2e/$mode-$rate && \
+        sipp -sf /tmp/e2e/register-rtd.xml -inf /tmp/e2e/users-$mode-$rate.csv \
+        -r $rate -rp 1000 -m $n -l 10000 -i 10.77.0.50 -p 5061 -s regmirror.test 10.77.0.20:5060 \
+        -nostdin -timeout $((STEP_SECS + 45)) -trace_rtt -rtt_freq 1 -trace_stat -fd 1 -stf stat.csv \
+        -trace_err -error_file errors.log >sipp.out 2>&1; echo \$? > rc" || true
+    t1=$(now_ms)
+    wait "$sampler" || true
+    for f in stat.csv rc errors.log; do
+        "$DOCKER" exec "${CID[tester]}" sh -c "cat /tmp/e2e/$mode-$rate/$f 2>/dev/null" >"$dir/$f" || true
+    done
+    "$DOCKER" exec "${CID[tester]}" sh -c "cat /tmp/e2e/$mode-$rate/*_rtt.csv 2>/dev/null" >"$dir/rtt.csv" || true
+
+    # Convergence: until both nodes hold every binding Kamailio accepted, or nothing moved for
+    # STALL_SECS, or CONVERGE_MAX.
+    local start last_change prev="" waited ok=0 stall=${STALL_SECS:-20}
+    # regmirror repairs what its retries missed at the next reconcile: wait past one
+    if [ -z "$STALL_SECS" ] && [ "$mode" != tutorial ] && [ "${REGMIRROR_FARM:-compose}" = example ]; then stall=70; fi
+    start=$(now_ms); last_change=$start
+    while :; do
+        accepted=$(location_count "$lo" "$hi")
+        a1=$(node_count ast1 "$lo" "$hi"); a2=$(node_count ast2 "$lo" "$hi")
+        waited=$(($(now_ms) - start))
+        if [ "$a1" -ge "$accepted" ] && [ "$a2" -ge "$accepted" ]; then ok=1; break; fi
+        if [ "$a1/$a2/$accepted" != "$prev" ]; then prev="$a1/$a2/$accepted"; last_change=$(now_ms); fi
+        if [ $(($(now_ms) - last_change)) -ge $((stall * 1000)) ] || [ "$waited" -ge $((CONVERGE_MAX * 1000)) ]; then
+            break
+        fi
+        sleep 1
+    done
+    if [ $ok = 1 ]; then conv=$(awk -v ms="$waited" 'BEGIN{printf "%.1f", ms/1000}'); else conv="no(${waited}ms)"; fi
+    log "$mode $rate/s: accepted $accepted, ast1 $a1, ast2 $a2, converged $conv s after the burst"
+    python3 "$HERE/step_summary.py" "$dir" "$mode" "$rate" "$n" "$((t1 - t0))" "$accepted" "$a1" "$a2" "$conv" \
+        >>"$OUT/results.csv"
+    tail -1 "$OUT/results.csv" | tee -a "$OUT/run.log" >&2
+}
+
+echo "mode,rate,sent,ok,failed,burst_s,p50_ms,p99_ms,max_ms,accepted,ast1,ast2,converge_s,cpu_mariadb,cpu_kamailio,cpu_ast1,cpu_ast2,cpu_regmirror,cpu_regmirror2" \
+    >"$OUT/results.csv"
+log "machine: $(nproc) cpu, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
+for mode in $MODES; do
+    log "mode $mode: stack up"
+    stack_up "$mode"
+    provision "$BASE" "$total_users"
+    lo=$BASE
+    for r in $RATES; do
+        run_step "$mode" "$r" "$lo"
+        lo=$((lo + r * STEP_SECS))
+    done
+    compose logs --no-color kamailio >"$OUT/kamailio-$mode.log" 2>&1 || true
+    compose exec -T kamailio kamcmd -s unix:/run/kamailio/kamailio_ctl core.shmmem >"$OUT/kamailio-shm-$mode.txt" 2>&1 || true
+done
+python3 "$HERE/step_summary.py" --table "$OUT/results.csv" >"$OUT/results.md"
+cat "$OUT/results.md"
+log "results in $OUT"
