@@ -9,7 +9,7 @@
 //! every contact in place. With `chromium` installed it also screenshots the status page
 //! (`tests/status-page.sh`, artifact under `target/artifacts/`).
 mod common;
-use common::{bin, free_port_tcp, free_port_udp, provision};
+use common::{bin, free_port_tcp, free_port_udp, http, provision, wait_for};
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
@@ -112,22 +112,6 @@ fn out(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-fn http(admin: &str, path: &str) -> (u16, String) {
-    regmirror::cli::status::http_get(admin, path, Duration::from_secs(5))
-        .unwrap_or((0, String::new()))
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 /// Sends Kamailio's notification from 127.0.0.1 (trusted) and returns the status code.

@@ -6,7 +6,7 @@
 //! one connection), the registrar closing every connection does not lose the binding (the next
 //! refresh opens a new connection and is answered 200), and the logs hold no password.
 mod common;
-use common::{bin, free_port_tcp, free_port_udp, provision};
+use common::{bin, free_port_tcp, free_port_udp, http, provision, wait_for};
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -150,22 +150,6 @@ fn serve(
             }
         }
     }
-}
-
-fn http(admin: &str, path: &str) -> (u16, String) {
-    regmirror::cli::status::http_get(admin, path, Duration::from_secs(5))
-        .unwrap_or((0, String::new()))
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 /// Kamailio's notification from 127.0.0.1 (trusted, over UDP); returns the status code.

@@ -186,17 +186,23 @@ impl Conn {
             if let Some(m) = take_message(&mut self.buf)? {
                 return Ok(m);
             }
-            let mut chunk = [0u8; 8192];
-            let n = self
-                .stream
-                .read(&mut chunk)
-                .await
-                .map_err(|e| AmiError::Io(e.to_string()))?;
-            if n == 0 {
-                return Err(AmiError::Io("closed by Asterisk".into()));
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
+            self.fill("closed by Asterisk").await?;
         }
+    }
+
+    /// Appends what the socket has to `buf`; EOF is an error saying `closed`.
+    async fn fill(&mut self, closed: &str) -> Result<(), AmiError> {
+        let mut chunk = [0u8; 8192];
+        let n = self
+            .stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| AmiError::Io(e.to_string()))?;
+        if n == 0 {
+            return Err(AmiError::Io(closed.into()));
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<(), AmiError> {
@@ -313,16 +319,7 @@ async fn login(target: &AmiTarget) -> Result<Conn, AmiError> {
         if c.buf.len() > 1024 {
             return Err(AmiError::Protocol("no banner"));
         }
-        let mut chunk = [0u8; 1024];
-        let n = c
-            .stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| AmiError::Io(e.to_string()))?;
-        if n == 0 {
-            return Err(AmiError::Io("closed before the banner".into()));
-        }
-        c.buf.extend_from_slice(&chunk[..n]);
+        c.fill("closed before the banner").await?;
     }
     c.send(&action(&[
         ("Action", "Login"),

@@ -36,6 +36,24 @@ pub fn bin() -> Command {
     c
 }
 
+/// GET on the admin listener: (status, body), (0, "") when unreachable.
+pub fn http(admin: &str, path: &str) -> (u16, String) {
+    regmirror::cli::status::http_get(admin, path, std::time::Duration::from_secs(5))
+        .unwrap_or((0, String::new()))
+}
+
+/// Polls `f` every 50 ms until it holds; panics naming `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
 /// (Re)creates `user` in `realm` with password `secret<user>` through the CLI.
 pub fn provision(url: &str, realm: &str, user: &str) {
     let _ = bin()
