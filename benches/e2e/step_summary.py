@@ -189,7 +189,7 @@ def sql_profile(d, registrations):
             if cmd in COMMANDS:
                 key = (who, normalize(arg))
                 shapes[key] = shapes.get(key, 0) + 1
-    print(f"SQL profile of {d}: {n} phone registrations\n")
+    print(f"SQL profile of {d.rstrip('/').rsplit('/', 1)[-1]}: {n} phone registrations\n")
     print("| client | statements | per registration | round trips (all commands) | by command |")
     print("| --- | ---: | ---: | ---: | --- |")
     tot_st = tot_rt = 0
