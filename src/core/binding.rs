@@ -4,7 +4,6 @@
 use std::fmt;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -131,10 +130,24 @@ pub(crate) enum Phase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AuthSent {
     None,
-    /// Reused a nonce from an earlier transaction (nc > 1): a plain 401 may just mean it expired.
+    /// Preemptive answer with the node's latest nonce, received for another transaction: a
+    /// plain 401 may just mean it expired or belongs to another realm.
+    Preemptive,
+    /// Reused the nonce that challenged this attempt (after a 423): same as `Preemptive`.
     Cached,
     /// First answer to a nonce just received: a plain 401 means the credential is wrong.
     Fresh,
+}
+
+/// How the binding's next request in the current attempt authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuthNext {
+    /// Not challenged in this attempt: answer preemptively while the node's nonce is young.
+    Preemptive,
+    /// Answer the challenge that just arrived.
+    Fresh,
+    /// Challenged earlier in this attempt: keep answering with the node's nonce, whatever its age.
+    Again,
 }
 
 /// The in-flight transaction. Boxed so idle bindings stay small.
@@ -149,26 +162,28 @@ pub(crate) struct Txn {
     pub payload: Vec<u8>,
 }
 
-/// The digest state kept between transactions so refreshes can reuse the nonce.
+/// The latest challenge a node sent for one realm, shared by every binding on that node.
+/// Asterisk's nonce depends on time, source address and realm only, not on the user, so any
+/// binding of the realm may answer it until it expires (RFC 7616 3.4: nonce-count per nonce).
 #[derive(Debug)]
-pub(crate) struct AuthCache {
-    /// realm/opaque/algorithm/qop, shared between bindings of a node (nonce left empty).
-    pub template: Arc<Challenge>,
-    pub nonce: Box<str>,
-    pub cnonce: u64,
-    pub nc: u32,
+pub(crate) struct NodeNonce {
+    /// Every challenge of the response in this realm (one per algorithm), nonces included.
+    pub challenges: Vec<Challenge>,
     /// The challenge came in a 407.
     pub proxy: bool,
+    pub received: Instant,
+    /// Last nonce-count sent with it, by any binding.
+    pub nc: u32,
 }
 
-impl AuthCache {
-    pub fn challenge(&self) -> Challenge {
-        Challenge {
-            nonce: self.nonce.to_string(),
-            ..(*self.template).clone()
-        }
+impl NodeNonce {
+    pub fn realm(&self) -> &str {
+        self.challenges.first().map_or("", |c| c.realm.as_str())
     }
 }
+
+/// Realms remembered per node; a farm normally has one.
+pub(crate) const NODE_REALMS: usize = 8;
 
 /// One (AOR, node) binding. Around 100 bytes; the AOR name and credential live in the AOR.
 #[derive(Debug)]
@@ -178,8 +193,6 @@ pub(crate) struct Binding {
     /// Refresh (Registered) or retry (Backoff) time.
     pub action_at: Option<Instant>,
     pub txn: Option<Box<Txn>>,
-    /// Last challenge answered (boxed: most of the time only its nonce is per binding).
-    pub auth: Option<Box<AuthCache>>,
     pub cseq: u32,
     /// Expiry granted by the node on the last 200.
     pub granted: u32,
@@ -190,6 +203,9 @@ pub(crate) struct Binding {
     pub rounds: u8,
     pub phase: Phase,
     pub op: Op,
+    /// 1 + index of the node's `NodeNonce` that last challenged this binding (0 = none yet).
+    pub realm: u8,
+    pub auth_next: AuthNext,
     /// The node confirmed the binding and no failure happened since.
     pub confirmed: bool,
     /// The node may hold a binding (so forgetting it needs an unregister).
@@ -203,7 +219,6 @@ impl Default for Binding {
             scheduled: None,
             action_at: None,
             txn: None,
-            auth: None,
             cseq: 0,
             granted: 0,
             min_expires: 0,
@@ -211,6 +226,8 @@ impl Default for Binding {
             rounds: 0,
             phase: Phase::Absent,
             op: Op::Register,
+            realm: 0,
+            auth_next: AuthNext::Preemptive,
             confirmed: false,
             server_bound: false,
             last: LastResult::None,

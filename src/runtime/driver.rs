@@ -109,6 +109,7 @@ impl Driver {
                 probe_timeout: config.farm.probe_timeout,
                 probe_failures: config.farm.probe_failures,
                 replay_rate: config.farm.replay_rate,
+                nonce_reuse: config.farm.nonce_reuse,
             },
             ..MirrorConfig::default()
         };
