@@ -549,6 +549,14 @@ fn credential_rejected_then_corrected() {
     assert_eq!(s.mirror.stats().credential_rejected, 3);
     // Each node: no auth, fresh answer rejected; then waiting, not hammering.
     assert!(s.registrars.iter().all(|r| r.log.len() == 2));
+    // The driver refetches after a rejection; the same wrong secret back changes nothing
+    // (no immediate retry loop of REGISTER, 401, database query).
+    let now = s.now;
+    s.mirror
+        .set_credential(now, "1001", Some(cred("1001", "wrong")));
+    s.run_for(ms(500));
+    assert!(s.registrars.iter().all(|r| r.log.len() == 2));
+    assert_eq!(states(&s, "1001"), vec![Some(BindingState::Failed); 3]);
     let now = s.now;
     s.mirror
         .set_credential(now, "1001", Some(cred("1001", "s3cret")));

@@ -438,6 +438,9 @@ impl Mirror {
         match credential {
             Some(c) => {
                 let a = &mut self.aors[slot as usize];
+                // The driver refetches after a rejection; getting the same secret back must
+                // not restart the attempt, or a node that keeps refusing it is hammered.
+                let changed = a.credential.as_ref() != Some(&c);
                 a.credential = Some(c);
                 a.removed = false;
                 a.missing_reported = false;
@@ -445,14 +448,12 @@ impl Mirror {
                 for node in 0..n {
                     let idx = slot as usize * n + node;
                     let b = &self.bindings[idx];
-                    if b.phase == Phase::Backoff
-                        && matches!(
-                            b.last,
-                            LastResult::CredentialRejected
-                                | LastResult::NoCredential
-                                | LastResult::NoUsableChallenge
-                        )
-                    {
+                    let retry_now = match b.last {
+                        LastResult::NoCredential => true,
+                        LastResult::CredentialRejected | LastResult::NoUsableChallenge => changed,
+                        _ => false,
+                    };
+                    if b.phase == Phase::Backoff && retry_now {
                         let op = b.op;
                         self.start_op(now, idx, op);
                     }
