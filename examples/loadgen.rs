@@ -27,7 +27,7 @@ use regmirror::core::digest::Secret;
 use regmirror::core::mirror::{
     BindingState, Credential, Event, Mirror, MirrorConfig, Node, Transport,
 };
-use regmirror::core::sip::parse_message;
+use regmirror::core::sip::{parse_incoming, Incoming};
 use regmirror::core::testing::FakeRegistrar;
 
 /// Live heap bytes, so the mirror's footprint can be told apart from allocator slack.
@@ -472,8 +472,12 @@ async fn send(socket: &tokio::net::UdpSocket, payload: &[u8], dest: SocketAddr) 
 }
 
 fn on_datagram(mirror: &mut Mirror, bytes: &[u8], from: SocketAddr) {
-    if let Ok(rsip::SipMessage::Response(resp)) = parse_message(bytes) {
-        mirror.handle_response(Instant::now(), from, &resp);
+    match parse_incoming(bytes) {
+        Ok(Incoming::Response(info)) => mirror.handle_response_info(Instant::now(), from, &info),
+        Ok(Incoming::Message(rsip::SipMessage::Response(resp))) => {
+            mirror.handle_response(Instant::now(), from, &resp)
+        }
+        _ => {}
     }
 }
 

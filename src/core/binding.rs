@@ -12,6 +12,7 @@ use rsip::headers::UntypedHeader;
 use rsip::Header;
 
 use super::digest::Challenge;
+use super::sip::HeaderKind;
 use super::transaction::NonInviteClient;
 
 /// What the binding is doing, as shown to operators.
@@ -330,7 +331,7 @@ pub fn valid_user(user: &str) -> bool {
 }
 
 /// The fields of a response to a REGISTER that the state machine needs.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct ResponseInfo<'a> {
     pub code: u16,
     pub branch: Option<&'a str>,
@@ -353,35 +354,50 @@ impl<'a> ResponseInfo<'a> {
             ..Default::default()
         };
         for h in resp.headers.iter() {
-            match h {
-                Header::Via(v) if info.branch.is_none() => info.branch = via_branch(v.value()),
-                Header::CallId(c) => info.call_id = Some(c.value().trim()),
-                Header::CSeq(c) => {
-                    let mut parts = c.value().split_ascii_whitespace();
-                    info.cseq = parts.next().and_then(|n| n.parse().ok());
-                    info.cseq_is_register = parts
-                        .next()
-                        .is_some_and(|m| m.eq_ignore_ascii_case("REGISTER"));
-                }
-                Header::WwwAuthenticate(w) => info.www_authenticate.push(w.value()),
-                Header::ProxyAuthenticate(p) => info.proxy_authenticate.push(p.value()),
-                Header::MinExpires(m) => info.min_expires = leading_u32(m.value()),
-                Header::RetryAfter(r) => info.retry_after = leading_u32(r.value()),
-                Header::Expires(e) => info.expires = leading_u32(e.value()),
-                Header::Contact(c) => info.contacts.push(c.value()),
-                Header::Other(name, value) => {
-                    // Compact forms rsip does not map.
-                    match name.as_str() {
-                        "v" if info.branch.is_none() => info.branch = via_branch(value),
-                        "i" => info.call_id = Some(value.trim()),
-                        "m" => info.contacts.push(value),
-                        _ => {}
-                    }
-                }
-                _ => {}
-            }
+            let (kind, value) = match h {
+                Header::Via(v) => (HeaderKind::Via, v.value()),
+                Header::CallId(c) => (HeaderKind::CallId, c.value()),
+                Header::CSeq(c) => (HeaderKind::CSeq, c.value()),
+                Header::WwwAuthenticate(w) => (HeaderKind::WwwAuthenticate, w.value()),
+                Header::ProxyAuthenticate(p) => (HeaderKind::ProxyAuthenticate, p.value()),
+                Header::MinExpires(m) => (HeaderKind::MinExpires, m.value()),
+                Header::RetryAfter(r) => (HeaderKind::RetryAfter, r.value()),
+                Header::Expires(e) => (HeaderKind::Expires, e.value()),
+                Header::Contact(c) => (HeaderKind::Contact, c.value()),
+                // Compact forms rsip does not map.
+                Header::Other(name, value) => match name.as_str() {
+                    "v" => (HeaderKind::Via, value.as_str()),
+                    "i" => (HeaderKind::CallId, value.as_str()),
+                    "m" => (HeaderKind::Contact, value.as_str()),
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            info.add_header(kind, value);
         }
         info
+    }
+
+    /// Takes in one header, in message order (shared by the rsip path and `sip::parse_incoming`).
+    pub(crate) fn add_header(&mut self, kind: HeaderKind, value: &'a str) {
+        match kind {
+            HeaderKind::Via if self.branch.is_none() => self.branch = via_branch(value),
+            HeaderKind::CallId => self.call_id = Some(value.trim()),
+            HeaderKind::CSeq => {
+                let mut parts = value.split_ascii_whitespace();
+                self.cseq = parts.next().and_then(|n| n.parse().ok());
+                self.cseq_is_register = parts
+                    .next()
+                    .is_some_and(|m| m.eq_ignore_ascii_case("REGISTER"));
+            }
+            HeaderKind::WwwAuthenticate => self.www_authenticate.push(value),
+            HeaderKind::ProxyAuthenticate => self.proxy_authenticate.push(value),
+            HeaderKind::MinExpires => self.min_expires = leading_u32(value),
+            HeaderKind::RetryAfter => self.retry_after = leading_u32(value),
+            HeaderKind::Expires => self.expires = leading_u32(value),
+            HeaderKind::Contact => self.contacts.push(value),
+            _ => {}
+        }
     }
 
     /// Parsed Digest challenges of the 401 (`www`) or 407 kind; unparseable ones are skipped.

@@ -450,12 +450,21 @@ impl Mirror {
 
     /// A response from the network. Responses that match no transaction in flight are counted.
     pub fn handle_response(&mut self, now: Instant, from: SocketAddr, response: &rsip::Response) {
+        self.handle_response_info(now, from, &ResponseInfo::from_response(response));
+    }
+
+    /// [`Mirror::handle_response`] for a response already read by `sip::parse_incoming`.
+    pub fn handle_response_info(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        info: &ResponseInfo<'_>,
+    ) {
         self.ensure_started(now);
-        let info = ResponseInfo::from_response(response);
-        if self.match_probe(now, from, &info) {
+        if self.match_probe(now, from, info) {
             return;
         }
-        let Some(idx) = self.match_transaction(from, &info) else {
+        let Some(idx) = self.match_transaction(from, info) else {
             self.counters.stray_responses += 1;
             // Any answer at all says the node is alive.
             if let Some(node) = self.nodes.iter().position(|n| n.node.addr == from) {
@@ -475,7 +484,7 @@ impl Mirror {
             return;
         };
         self.forget_relocated(txn.id);
-        self.on_final(now, idx, *txn, &info);
+        self.on_final(now, idx, *txn, info);
         self.emit_change(idx, before, None);
         self.schedule(idx);
         self.maybe_free_aor(now, (idx / self.nodes.len()) as u32);

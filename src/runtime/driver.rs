@@ -13,11 +13,12 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::config::{Config, TransportKind};
+use crate::core::binding::ResponseInfo;
 use crate::core::mirror::{
     BindingState, Credential, Event, FarmConfig, Mirror, MirrorConfig, Node, Transport,
 };
 use crate::core::notify::{aor_user, parse_notification};
-use crate::core::sip::{parse_message, response_for, MAX_MESSAGE};
+use crate::core::sip::{parse_incoming, parse_message, response_for, Incoming, MAX_MESSAGE};
 use crate::runtime::admin::{self, AdminQuery};
 use crate::runtime::ami::{fetch_contact_users, remove_contacts, AmiTarget};
 use crate::runtime::inflight::InFlight;
@@ -440,7 +441,7 @@ impl Driver {
         if bytes.iter().all(|b| b.is_ascii_whitespace()) {
             return; // CRLF keepalive
         }
-        let msg = match parse_message(bytes) {
+        let msg = match parse_incoming(bytes) {
             Ok(m) => m,
             Err(e) => {
                 Metrics::inc(&self.metrics.datagrams_malformed);
@@ -449,19 +450,22 @@ impl Driver {
             }
         };
         match msg {
-            rsip::SipMessage::Response(resp) => self.on_response(resp, from),
-            rsip::SipMessage::Request(req) => self.on_request(req, from).await,
+            Incoming::Response(info) => self.on_response(&info, from),
+            Incoming::Message(rsip::SipMessage::Response(resp)) => {
+                self.on_response(&ResponseInfo::from_response(&resp), from)
+            }
+            Incoming::Message(rsip::SipMessage::Request(req)) => self.on_request(req, from).await,
         }
     }
 
-    fn on_response(&mut self, resp: rsip::Response, from: SocketAddr) {
-        if matches!(resp.status_code.code(), 200..=699) {
-            self.metrics.count_result(resp.status_code.code());
-            if let Some((node, took)) = self.inflight.on_final(&resp, Instant::now()) {
+    fn on_response(&mut self, resp: &ResponseInfo<'_>, from: SocketAddr) {
+        if matches!(resp.code, 200..=699) {
+            self.metrics.count_result(resp.code);
+            if let Some((node, took)) = self.inflight.on_final(resp, Instant::now()) {
                 self.metrics.observe_latency(&self.node_name(node), took);
             }
         }
-        self.mirror.handle_response(Instant::now(), from, &resp);
+        self.mirror.handle_response_info(Instant::now(), from, resp);
     }
 
     /// A message read from a TCP node's connection (already framed, keepalives skipped).
@@ -478,7 +482,9 @@ impl Driver {
             }
         };
         let reply = match msg {
-            rsip::SipMessage::Response(resp) => return self.on_response(resp, f.node),
+            rsip::SipMessage::Response(resp) => {
+                return self.on_response(&ResponseInfo::from_response(&resp), f.node)
+            }
             rsip::SipMessage::Request(req) => match req.method {
                 rsip::Method::Ack => return,
                 rsip::Method::Options => response_for(&req, 200, "OK"),
