@@ -2,7 +2,6 @@
 //! reads from responses. The decisions that tie bindings to AOR life live in `mirror`.
 
 use std::fmt;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -272,52 +271,96 @@ pub struct RegisterRequest<'a> {
 
 impl RegisterRequest<'_> {
     /// Serialises the request. Inputs were validated (`valid_user`, config) so plain formatting
-    /// cannot inject headers.
+    /// cannot inject headers. Written piece by piece: this runs for every transaction.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut s = String::with_capacity(512 + self.authorization.map_or(0, |(_, a)| a.len()));
+        let mut s = Vec::with_capacity(512 + self.authorization.map_or(0, |(_, a)| a.len()));
         let transport = if self.tcp { "TCP" } else { "UDP" };
-        // Writing to a String cannot fail.
-        let _ = write!(
-            s,
-            "REGISTER sip:{domain} SIP/2.0\r\n\
-             Via: SIP/2.0/{transport} {local};branch={branch};rport\r\n\
-             Max-Forwards: 70\r\n\
-             From: <sip:{user}@{domain}>;tag={tag}\r\n\
-             To: <sip:{user}@{domain}>\r\n\
-             Call-ID: {call_id}\r\n\
-             CSeq: {cseq} REGISTER\r\n",
-            domain = self.domain,
-            local = self.local_addr,
-            branch = self.branch,
-            user = self.user,
-            tag = self.from_tag,
-            call_id = self.call_id,
-            cseq = self.cseq,
+        let put = |s: &mut Vec<u8>, parts: &[&str]| {
+            for p in parts {
+                s.extend_from_slice(p.as_bytes());
+            }
+        };
+        put(
+            &mut s,
+            &[
+                "REGISTER sip:",
+                self.domain,
+                " SIP/2.0\r\nVia: SIP/2.0/",
+                transport,
+                " ",
+            ],
         );
-        if self.expires == 0 {
-            let _ = write!(
-                s,
-                "Contact: <sip:{}@{}>;expires=0\r\n",
-                self.user, self.contact_host
-            );
-        } else {
-            let _ = write!(s, "Contact: <sip:{}@{}>\r\n", self.user, self.contact_host);
-        }
-        let _ = write!(s, "Expires: {}\r\n", self.expires);
+        // Writing to a Vec cannot fail.
+        let _ = std::io::Write::write_fmt(&mut s, format_args!("{}", self.local_addr));
+        let (mut cseq, mut expires) = (Decimal::default(), Decimal::default());
+        put(
+            &mut s,
+            &[
+                ";branch=",
+                self.branch,
+                ";rport\r\nMax-Forwards: 70\r\nFrom: <sip:",
+                self.user,
+                "@",
+                self.domain,
+                ">;tag=",
+                self.from_tag,
+                "\r\nTo: <sip:",
+                self.user,
+                "@",
+                self.domain,
+                ">\r\nCall-ID: ",
+                self.call_id,
+                "\r\nCSeq: ",
+                cseq.of(self.cseq),
+                " REGISTER\r\nContact: <sip:",
+                self.user,
+                "@",
+                self.contact_host,
+                if self.expires == 0 {
+                    ">;expires=0\r\nExpires: "
+                } else {
+                    ">\r\nExpires: "
+                },
+                expires.of(self.expires),
+                "\r\n",
+            ],
+        );
         if let Some((proxy, value)) = self.authorization {
             let name = if proxy {
-                "Proxy-Authorization"
+                "Proxy-Authorization: "
             } else {
-                "Authorization"
+                "Authorization: "
             };
-            let _ = write!(s, "{name}: {value}\r\n");
+            put(&mut s, &[name, value, "\r\n"]);
         }
-        let _ = write!(
-            s,
-            "User-Agent: {}\r\nContent-Length: 0\r\n\r\n",
-            self.user_agent
+        put(
+            &mut s,
+            &[
+                "User-Agent: ",
+                self.user_agent,
+                "\r\nContent-Length: 0\r\n\r\n",
+            ],
         );
-        s.into_bytes()
+        s
+    }
+}
+
+/// Decimal digits of a `u32` on the stack.
+#[derive(Default)]
+struct Decimal([u8; 10]);
+
+impl Decimal {
+    fn of(&mut self, mut v: u32) -> &str {
+        let mut i = self.0.len();
+        loop {
+            i -= 1;
+            self.0[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        std::str::from_utf8(&self.0[i..]).unwrap_or("0")
     }
 }
 
@@ -600,6 +643,53 @@ mod tests {
                 refresh_delay(&mut rng, 2, Duration::from_secs(36)),
                 MIN_REFRESH
             );
+        }
+    }
+
+    #[test]
+    fn register_bytes_match_the_formatted_reference() {
+        for (tcp, expires, cseq, auth) in [
+            (false, 600, 1, None),
+            (
+                true,
+                0,
+                4_294_967_295,
+                Some((false, "Digest username=\"u\"")),
+            ),
+            (false, 3600, 10, Some((true, "Digest x=1"))),
+        ] {
+            let r = RegisterRequest {
+                domain: "regmirror.test",
+                user: "1001",
+                contact_host: "10.77.0.20:5060",
+                local_addr: "[::1]:5070".parse().unwrap(),
+                tcp,
+                branch: "z9hG4bKdeadbeef0000000100000002",
+                call_id: "deadbeef-1-0-0",
+                from_tag: "deadbeef1n0g0",
+                cseq,
+                expires,
+                authorization: auth,
+                user_agent: "regmirror/0.1.0",
+            };
+            let mut want = format!(
+                "REGISTER sip:regmirror.test SIP/2.0\r\nVia: SIP/2.0/{} [::1]:5070;branch=z9hG4bKdeadbeef0000000100000002;rport\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:1001@regmirror.test>;tag=deadbeef1n0g0\r\n\
+                 To: <sip:1001@regmirror.test>\r\nCall-ID: deadbeef-1-0-0\r\nCSeq: {cseq} REGISTER\r\n\
+                 Contact: <sip:1001@10.77.0.20:5060>{}\r\nExpires: {expires}\r\n",
+                if tcp { "TCP" } else { "UDP" },
+                if expires == 0 { ";expires=0" } else { "" },
+            );
+            if let Some((proxy, v)) = auth {
+                let name = if proxy {
+                    "Proxy-Authorization"
+                } else {
+                    "Authorization"
+                };
+                want.push_str(&format!("{name}: {v}\r\n"));
+            }
+            want.push_str("User-Agent: regmirror/0.1.0\r\nContent-Length: 0\r\n\r\n");
+            assert_eq!(String::from_utf8(r.to_bytes()).unwrap(), want);
         }
     }
 

@@ -29,7 +29,7 @@ pub use super::binding::{BindingState, LastResult};
 use super::digest::{self, Challenge, RequestInfo, Secret};
 pub use super::farm::FarmConfig;
 use super::farm::{Health, HealthAction, Pacer, Probe};
-use super::transaction::{branch, parse_branch, NonInviteClient, TimerAction, Timers};
+use super::transaction::{branch, parse_branch, Id, NonInviteClient, TimerAction, Timers};
 
 pub type NodeId = u16;
 
@@ -271,6 +271,8 @@ impl NodeState {
 
 pub struct Mirror {
     cfg: MirrorConfig,
+    /// `sip:<domain>`, the REGISTERs' Request-URI (and digest uri).
+    request_uri: String,
     timers: Timers,
     nodes: Vec<NodeState>,
     rng: StdRng,
@@ -321,6 +323,7 @@ impl Mirror {
             .map(|(i, node)| NodeState::new(node, i as u32))
             .collect();
         Mirror {
+            request_uri: format!("sip:{}", config.domain),
             cfg: config,
             timers,
             next_node_uid: nodes.len() as u32,
@@ -1375,7 +1378,7 @@ impl Mirror {
             Op::Register => self.cfg.register_expires.max(b.min_expires),
             Op::Unregister => 0,
         };
-        let uri = format!("sip:{}", self.cfg.domain);
+        let uri = self.request_uri.as_str();
         let mut auth = AuthSent::None;
         let mut auth_value = None;
         let mut proxy = false;
@@ -1386,7 +1389,7 @@ impl Mirror {
                 let cnonce = format!("{:016x}", ac.cnonce);
                 let req = RequestInfo {
                     method: "REGISTER",
-                    uri: &uri,
+                    uri,
                     body: b"",
                 };
                 if let Ok(v) =
@@ -1407,7 +1410,7 @@ impl Mirror {
         let br = branch(self.prefix, idx as u32, id);
         let uid = self.nodes[idx % n].uid;
         let call_id = call_id(self.prefix, slot, uid, a.gen);
-        let tag = format!("{:08x}{:x}n{:x}g{:x}", self.prefix, slot, uid, a.gen);
+        let tag = from_tag(self.prefix, slot, uid, a.gen);
         let tcp = node.transport == Transport::Tcp;
         let payload = RegisterRequest {
             domain: &self.cfg.domain,
@@ -1415,9 +1418,9 @@ impl Mirror {
             contact_host: &self.cfg.contact_host,
             local_addr: self.cfg.local_addr,
             tcp,
-            branch: &br,
-            call_id: &call_id,
-            from_tag: &tag,
+            branch: br.as_str(),
+            call_id: call_id.as_str(),
+            from_tag: tag.as_str(),
             cseq: b.cseq,
             expires,
             authorization: auth_value.as_deref().map(|v| (proxy, v)),
@@ -1465,7 +1468,7 @@ impl Mirror {
         let gen = self.aors[idx / n].gen;
         let got = info.call_id?;
         let expected = call_id(self.prefix, idx / n, self.nodes[idx % n].uid, gen);
-        (got == expected).then_some(idx)
+        (got == expected.as_str()).then_some(idx)
     }
 
     fn on_final(&mut self, now: Instant, idx: usize, txn: Txn, info: &ResponseInfo<'_>) {
@@ -1767,8 +1770,28 @@ impl Mirror {
 }
 
 /// Call-ID of a binding: stable for its AOR slot, node and slot generation.
-fn call_id(prefix: u32, slot: usize, node_uid: u32, gen: u32) -> String {
-    format!("{prefix:08x}-{slot:x}-{node_uid:x}-{gen:x}")
+fn call_id(prefix: u32, slot: usize, node_uid: u32, gen: u32) -> Id {
+    let mut id = Id::new();
+    id.hex(prefix.into(), 8)
+        .push("-")
+        .hex(slot as u64, 0)
+        .push("-")
+        .hex(node_uid.into(), 0)
+        .push("-")
+        .hex(gen.into(), 0);
+    id
+}
+
+/// From tag of a binding: `{prefix:08x}{slot:x}n{node_uid:x}g{gen:x}`.
+fn from_tag(prefix: u32, slot: usize, node_uid: u32, gen: u32) -> Id {
+    let mut id = Id::new();
+    id.hex(prefix.into(), 8)
+        .hex(slot as u64, 0)
+        .push("n")
+        .hex(node_uid.into(), 0)
+        .push("g")
+        .hex(gen.into(), 0);
+    id
 }
 
 /// The user part of an AOR (`user`, `user@domain`, `sip:user@domain`), if it is a valid one.
