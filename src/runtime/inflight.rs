@@ -101,7 +101,7 @@ impl InFlight {
 /// The Call-ID of one of our requests (we always write the long form).
 fn call_id_of(bytes: &[u8]) -> Option<&str> {
     const KEY: &[u8] = b"\r\nCall-ID: ";
-    let start = bytes.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let start = memchr::memmem::find(bytes, KEY)? + KEY.len();
     let rest = &bytes[start..];
     let end = rest.iter().position(|b| *b == b'\r').unwrap_or(rest.len());
     std::str::from_utf8(&rest[..end])
@@ -114,7 +114,7 @@ fn call_id_of(bytes: &[u8]) -> Option<&str> {
 /// is the first).
 fn branch_of(bytes: &[u8]) -> Option<&str> {
     const KEY: &[u8] = b";branch=";
-    let start = bytes.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let start = memchr::memmem::find(bytes, KEY)? + KEY.len();
     let rest = &bytes[start..];
     let end = rest
         .iter()
