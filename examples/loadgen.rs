@@ -29,6 +29,9 @@ use regmirror::core::mirror::{
 };
 use regmirror::core::sip::{parse_incoming, Incoming};
 use regmirror::core::testing::FakeRegistrar;
+use regmirror::runtime::mmsg::{self, RecvBatch};
+use std::os::fd::AsRawFd;
+use tokio::io::Interest;
 
 /// Live heap bytes, so the mirror's footprint can be told apart from allocator slack.
 struct Counting;
@@ -79,6 +82,8 @@ struct Args {
     timeout: Duration,
     /// Use `FakeRegistrar` (rsip, nonce table, retransmission cache) instead of `QuickRegistrar`.
     full_registrar: bool,
+    /// Plain `recv_from`/`send_to` per datagram instead of `recvmmsg`/`sendmmsg` batches.
+    no_mmsg: bool,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -94,6 +99,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         replay_secs: 60,
         timeout: Duration::from_secs(100),
         full_registrar: false,
+        no_mmsg: false,
     };
     while let Some(k) = it.next() {
         if k == "--no-echo" {
@@ -102,6 +108,10 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         }
         if k == "--full-registrar" {
             a.full_registrar = true;
+            continue;
+        }
+        if k == "--no-mmsg" {
+            a.no_mmsg = true;
             continue;
         }
         let v = it.next().ok_or(format!("{k} needs a value"))?;
@@ -346,9 +356,39 @@ async fn drive(a: &Args, addrs: &[SocketAddr]) -> Result<Outcome, Box<dyn std::e
     let mut registered = 0usize;
     let mut failed = 0usize;
     let deadline = t0 + a.timeout;
-    flush(&mut mirror, &socket, &mut registered, &mut failed).await;
+    let mut io = Io {
+        mmsg: !a.no_mmsg,
+        recv: RecvBatch::new(),
+        out: Vec::new(),
+    };
+    flush(&mut mirror, &socket, &mut io, &mut registered, &mut failed).await;
     while registered < want && Instant::now() < deadline {
         let wake = mirror.poll_timeout().map_or(deadline, |t| t.min(deadline));
+        if io.mmsg {
+            // As `runtime::driver` with batched I/O: up to 8 recvmmsg batches per wake.
+            tokio::select! {
+                r = socket.readable() => {
+                    r?;
+                    for _ in 0..8 {
+                        let fd = socket.as_raw_fd();
+                        let rb = &mut io.recv;
+                        match socket.try_io(Interest::READABLE, || rb.recv(fd)) {
+                            Ok(_) => {
+                                for (d, from) in io.recv.iter() {
+                                    on_datagram(&mut mirror, d, from);
+                                }
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                    mirror.handle_timeout(Instant::now());
+                }
+            }
+            flush(&mut mirror, &socket, &mut io, &mut registered, &mut failed).await;
+            continue;
+        }
         tokio::select! {
             r = socket.recv_from(&mut buf) => {
                 let (n, from) = r?;
@@ -364,7 +404,7 @@ async fn drive(a: &Args, addrs: &[SocketAddr]) -> Result<Outcome, Box<dyn std::e
                 mirror.handle_timeout(Instant::now());
             }
         }
-        flush(&mut mirror, &socket, &mut registered, &mut failed).await;
+        flush(&mut mirror, &socket, &mut io, &mut registered, &mut failed).await;
     }
     let wall = t0.elapsed();
     if let Some(node) = spare {
@@ -479,6 +519,34 @@ async fn send(socket: &tokio::net::UdpSocket, payload: &[u8], dest: SocketAddr) 
     }
 }
 
+/// Sends `out` in `sendmmsg` batches, waiting for writability when the socket is full.
+async fn send_all(socket: &tokio::net::UdpSocket, out: &[regmirror::core::mirror::Transmit]) {
+    let mut msgs: Vec<(&[u8], SocketAddr)> = Vec::with_capacity(mmsg::BATCH);
+    let mut i = 0;
+    while i < out.len() {
+        msgs.clear();
+        msgs.extend(
+            out[i..]
+                .iter()
+                .take(mmsg::BATCH)
+                .map(|t| (t.payload.as_slice(), t.dest)),
+        );
+        let fd = socket.as_raw_fd();
+        match socket.try_io(Interest::WRITABLE, || mmsg::send_batch(fd, &msgs)) {
+            Ok(n) => i += n.max(1),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if socket.writable().await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                eprintln!("loadgen: send to {}: {e}", out[i].dest);
+                i += 1;
+            }
+        }
+    }
+}
+
 fn on_datagram(mirror: &mut Mirror, bytes: &[u8], from: SocketAddr) {
     match parse_incoming(bytes) {
         Ok(Incoming::Response(info)) => mirror.handle_response_info(Instant::now(), from, &info),
@@ -489,12 +557,25 @@ fn on_datagram(mirror: &mut Mirror, bytes: &[u8], from: SocketAddr) {
     }
 }
 
+/// The loop's I/O mode and buffers.
+struct Io {
+    mmsg: bool,
+    recv: RecvBatch,
+    out: Vec<regmirror::core::mirror::Transmit>,
+}
+
 async fn flush(
     mirror: &mut Mirror,
     socket: &tokio::net::UdpSocket,
+    io: &mut Io,
     registered: &mut usize,
     failed: &mut usize,
 ) {
+    if io.mmsg {
+        io.out.extend(std::iter::from_fn(|| mirror.poll_transmit()));
+        send_all(socket, &io.out).await;
+        io.out.clear();
+    }
     while let Some(t) = mirror.poll_transmit() {
         send(socket, &t.payload, t.dest).await;
     }
