@@ -427,3 +427,18 @@ proptest! {
         exercise_digest(&format!("Digest {}", body.join(&sep)));
     }
 }
+
+/// The fake registrar's answers (Asterisk's layout) are clean, so the driver reads them without
+/// rsip.
+#[test]
+fn registrar_answers_take_the_fast_path() {
+    use regmirror::core::testing::FakeRegistrar;
+    let now = std::time::Instant::now();
+    let mut reg = FakeRegistrar::new("10.77.0.11:5060".parse().unwrap(), "regmirror.test");
+    reg.add_user("1001", Secret::Password("pw".into()));
+    let req = "REGISTER sip:regmirror.test SIP/2.0\r\nVia: SIP/2.0/UDP 10.77.0.30:5070;branch=z9hG4bKdeadbeef0000000100000002;rport\r\n\
+Max-Forwards: 70\r\nFrom: <sip:1001@regmirror.test>;tag=x\r\nTo: <sip:1001@regmirror.test>\r\nCall-ID: deadbeef-1-0-0\r\n\
+CSeq: 1 REGISTER\r\nContact: <sip:1001@10.77.0.20:5060>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n";
+    let r401 = reg.handle(now, req.as_bytes()).pop().unwrap();
+    assert!(check_incoming(&r401), "{}", String::from_utf8_lossy(&r401));
+}
