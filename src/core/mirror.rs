@@ -29,7 +29,7 @@ pub use super::binding::{BindingState, LastResult};
 use super::digest::{self, Challenge, RequestInfo, Secret};
 pub use super::farm::FarmConfig;
 use super::farm::{Health, HealthAction, Pacer, Probe};
-use super::transaction::{branch, parse_branch, NonInviteClient, TimerAction, Timers};
+use super::transaction::{branch, parse_branch, Id, NonInviteClient, TimerAction, Timers};
 
 pub type NodeId = u16;
 
@@ -286,6 +286,8 @@ impl NodeState {
 
 pub struct Mirror {
     cfg: MirrorConfig,
+    /// `sip:<domain>`, the REGISTERs' Request-URI (and digest uri).
+    request_uri: String,
     timers: Timers,
     nodes: Vec<NodeState>,
     rng: StdRng,
@@ -336,6 +338,7 @@ impl Mirror {
             .map(|(i, node)| NodeState::new(node, i as u32))
             .collect();
         Mirror {
+            request_uri: format!("sip:{}", config.domain),
             cfg: config,
             timers,
             next_node_uid: nodes.len() as u32,
@@ -466,12 +469,21 @@ impl Mirror {
 
     /// A response from the network. Responses that match no transaction in flight are counted.
     pub fn handle_response(&mut self, now: Instant, from: SocketAddr, response: &rsip::Response) {
+        self.handle_response_info(now, from, &ResponseInfo::from_response(response));
+    }
+
+    /// [`Mirror::handle_response`] for a response already read by `sip::parse_incoming`.
+    pub fn handle_response_info(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        info: &ResponseInfo<'_>,
+    ) {
         self.ensure_started(now);
-        let info = ResponseInfo::from_response(response);
-        if self.match_probe(now, from, &info) {
+        if self.match_probe(now, from, info) {
             return;
         }
-        let Some(idx) = self.match_transaction(from, &info) else {
+        let Some(idx) = self.match_transaction(from, info) else {
             self.counters.stray_responses += 1;
             // Any answer at all says the node is alive.
             if let Some(node) = self.nodes.iter().position(|n| n.node.addr == from) {
@@ -491,7 +503,7 @@ impl Mirror {
             return;
         };
         self.forget_relocated(txn.id);
-        self.on_final(now, idx, *txn, &info);
+        self.on_final(now, idx, *txn, info);
         self.emit_change(idx, before, None);
         self.schedule(idx);
         self.maybe_free_aor(now, (idx / self.nodes.len()) as u32);
@@ -1393,7 +1405,7 @@ impl Mirror {
         let br = branch(self.prefix, idx as u32, id);
         let uid = self.nodes[idx % n].uid;
         let call_id = call_id(self.prefix, slot, uid, a.gen);
-        let tag = format!("{:08x}{:x}n{:x}g{:x}", self.prefix, slot, uid, a.gen);
+        let tag = from_tag(self.prefix, slot, uid, a.gen);
         let tcp = node.transport == Transport::Tcp;
         let payload = RegisterRequest {
             domain: &self.cfg.domain,
@@ -1401,9 +1413,9 @@ impl Mirror {
             contact_host: &self.cfg.contact_host,
             local_addr: self.cfg.local_addr,
             tcp,
-            branch: &br,
-            call_id: &call_id,
-            from_tag: &tag,
+            branch: br.as_str(),
+            call_id: call_id.as_str(),
+            from_tag: tag.as_str(),
             cseq: b.cseq,
             expires,
             authorization: auth_value.as_deref().map(|v| (proxy, v)),
@@ -1451,7 +1463,7 @@ impl Mirror {
         let gen = self.aors[idx / n].gen;
         let got = info.call_id?;
         let expected = call_id(self.prefix, idx / n, self.nodes[idx % n].uid, gen);
-        (got == expected).then_some(idx)
+        (got == expected.as_str()).then_some(idx)
     }
 
     fn on_final(&mut self, now: Instant, idx: usize, txn: Txn, info: &ResponseInfo<'_>) {
@@ -1649,10 +1661,9 @@ impl Mirror {
         };
         let nc = entry.nc.wrapping_add(1).max(1);
         let cnonce = format!("{:016x}", self.rng.gen::<u64>());
-        let uri = format!("sip:{}", self.cfg.domain);
         let req = RequestInfo {
             method: "REGISTER",
-            uri: &uri,
+            uri: self.request_uri.as_str(),
             body: b"",
         };
         let Ok(v) = digest::authorization(ch, &cred.username, &cred.secret, req, nc, &cnonce)
@@ -1825,8 +1836,28 @@ impl Mirror {
 }
 
 /// Call-ID of a binding: stable for its AOR slot, node and slot generation.
-fn call_id(prefix: u32, slot: usize, node_uid: u32, gen: u32) -> String {
-    format!("{prefix:08x}-{slot:x}-{node_uid:x}-{gen:x}")
+fn call_id(prefix: u32, slot: usize, node_uid: u32, gen: u32) -> Id {
+    let mut id = Id::new();
+    id.hex(prefix.into(), 8)
+        .push("-")
+        .hex(slot as u64, 0)
+        .push("-")
+        .hex(node_uid.into(), 0)
+        .push("-")
+        .hex(gen.into(), 0);
+    id
+}
+
+/// From tag of a binding: `{prefix:08x}{slot:x}n{node_uid:x}g{gen:x}`.
+fn from_tag(prefix: u32, slot: usize, node_uid: u32, gen: u32) -> Id {
+    let mut id = Id::new();
+    id.hex(prefix.into(), 8)
+        .hex(slot as u64, 0)
+        .push("n")
+        .hex(node_uid.into(), 0)
+        .push("g")
+        .hex(gen.into(), 0);
+    id
 }
 
 /// The user part of an AOR (`user`, `user@domain`, `sip:user@domain`), if it is a valid one.

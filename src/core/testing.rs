@@ -12,6 +12,7 @@ use rsip::Header;
 
 use super::digest::{Algorithm, Authorization, Secret};
 use super::mirror::{Event, Mirror, MirrorConfig, Node, Transport};
+use super::sip::{parse_incoming, Incoming};
 
 /// A scripted answer that overrides normal processing for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -671,11 +672,16 @@ impl Sim {
                     }
                 }
                 Packet::ToMirror(node, bytes) => {
-                    if let Ok(rsip::SipMessage::Response(r)) =
-                        rsip::SipMessage::try_from(bytes.as_slice())
-                    {
-                        self.mirror
-                            .handle_response(self.now, self.registrars[node].addr, &r);
+                    // As the driver reads them: clean responses without rsip.
+                    let from = self.registrars[node].addr;
+                    match parse_incoming(&bytes) {
+                        Ok(Incoming::Response(info)) => {
+                            self.mirror.handle_response_info(self.now, from, &info)
+                        }
+                        Ok(Incoming::Message(rsip::SipMessage::Response(r))) => {
+                            self.mirror.handle_response(self.now, from, &r)
+                        }
+                        _ => {}
                     }
                 }
             }

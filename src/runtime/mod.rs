@@ -7,6 +7,7 @@ pub mod ami;
 pub mod driver;
 pub mod inflight;
 pub mod metrics;
+pub mod mmsg;
 pub mod tcp;
 
 use std::sync::Arc;
