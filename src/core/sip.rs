@@ -195,7 +195,8 @@ fn parse_head(head: &str) -> Result<Head<'_>, WireError> {
         }
         let full = expand_compact(name);
         let value = l[colon + 1..].trim_matches([' ', '\t']);
-        if full.len() != colon
+        // Verbatim = the name exactly as written (no compact form, no space before the colon).
+        if &l[..colon] != full
             || l.len() != colon + 2 + value.len()
             || l.as_bytes().get(colon + 1) != Some(&b' ')
         {
