@@ -306,7 +306,9 @@ mod tests {
     ) -> Vec<(Duration, Transition)> {
         let mut out = Vec::new();
         let mut now = from;
-        m.handle_timeout(now).map(|t| out.push((now - from, t)));
+        if let Some(t) = m.handle_timeout(now) {
+            out.push((now - from, t));
+        }
         while let Some(t) = m.poll_timeout().filter(|&t| t <= until) {
             now = t;
             if let Some(tr) = m.handle_timeout(now) {
