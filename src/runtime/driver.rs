@@ -169,7 +169,7 @@ impl Driver {
         let mut buf = vec![0u8; 65_536];
         tracing::info!(
             role = self.ha.role().as_str(),
-            peer = ?self.ha.peer,
+            peer = %self.ha.peer_label(),
             state = if self.ha.is_active() { "active" } else { "standby" },
             "HA role"
         );
@@ -594,8 +594,11 @@ impl Driver {
     }
 
     fn on_admin(&mut self, q: AdminQuery) {
-        // `unknown` until the node has answered anything (a probe or a REGISTER).
+        // `unknown` until the node has answered anything (a probe or a REGISTER), and while
+        // standby (nothing is sent to the nodes).
+        let active = self.ha.is_active();
         let health = |node: u16| match self.mirror.node_health(node) {
+            _ if !active => "unknown",
             Some(h) if h.up => "up",
             Some(h) if h.last_heard.is_some() || h.probe_failures > 0 => "down",
             _ => "unknown",
@@ -770,7 +773,7 @@ impl Driver {
             return;
         };
         if state.role == peer::Role::Secondary {
-            tracing::warn!(peer = ?self.ha.peer, "the HA peer is configured secondary too: make one of the two primary");
+            tracing::warn!(peer = %self.ha.peer_label(), "the HA peer is configured secondary too: make one of the two primary");
         }
         let (_, t) = self.ha.monitor.on_answer(Instant::now(), seq, state);
         if let Some(t) = t {
@@ -791,7 +794,7 @@ impl Driver {
                 }
                 Metrics::inc(&self.metrics.ha_takeovers);
                 tracing::warn!(
-                    peer = ?self.ha.peer,
+                    peer = %self.ha.peer_label(),
                     unanswered,
                     standby_aors = n,
                     "HA: primary not answering: taking over (active)"
@@ -809,7 +812,7 @@ impl Driver {
                 self.ha.clear_pending();
                 self.metrics.nodes_down.store(0, Ordering::Relaxed);
                 tracing::warn!(
-                    peer = ?self.ha.peer,
+                    peer = %self.ha.peer_label(),
                     forgotten_bindings = bindings,
                     "HA: primary answers again: back to standby (nothing unregistered)"
                 );

@@ -114,6 +114,11 @@ impl Ha {
         self.active_tx.send_replace(self.is_active());
     }
 
+    /// The peer for logs: `ip:port`, or `-` when standalone.
+    pub fn peer_label(&self) -> String {
+        self.peer.map_or_else(|| "-".into(), |p| p.to_string())
+    }
+
     /// Whether `from` may send us OPTIONS although it is not Kamailio.
     pub fn is_peer(&self, from: SocketAddr) -> bool {
         self.peer.is_some_and(|p| p.ip() == from.ip())
