@@ -12,7 +12,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use regmirror::core::binding::{RegisterRequest, ResponseInfo};
 use regmirror::core::digest::{self, RequestInfo, Secret};
 use regmirror::core::mirror::{Credential, Mirror, MirrorConfig, Node, Transport};
-use regmirror::core::sip::{challenges, parse_message};
+use regmirror::core::sip::{challenges, parse_incoming, parse_message, Incoming};
 use regmirror::core::testing::FakeRegistrar;
 
 const DOMAIN: &str = "regmirror.test";
@@ -119,6 +119,19 @@ fn layers(c: &mut Criterion) {
     });
     g.bench_function("parse_message_200", |b| {
         b.iter(|| parse_message(black_box(&r200)))
+    });
+    // The rsip-free path for clean responses (what the driver uses).
+    g.bench_function("parse_incoming_401", |b| {
+        b.iter(|| match parse_incoming(black_box(&r401)) {
+            Ok(Incoming::Response(info)) => info.challenges(false).len(),
+            _ => 0,
+        })
+    });
+    g.bench_function("parse_incoming_200", |b| {
+        b.iter(|| match parse_incoming(black_box(&r200)) {
+            Ok(Incoming::Response(info)) => info.granted_expires("1001", "10.77.0.20:5060"),
+            _ => None,
+        })
     });
     g.bench_function("rsip_parse_register_auth", |b| {
         b.iter(|| rsip::SipMessage::try_from(black_box(req2.as_slice())))
@@ -237,8 +250,12 @@ fn one_transaction(r: &mut Round, name: &str, now: Instant, all: bool) -> Durati
         }
         let t = Instant::now();
         for bytes in &resps {
-            if let Ok(rsip::SipMessage::Response(resp)) = parse_message(bytes) {
-                r.mirror.handle_response(now, from, &resp);
+            match parse_incoming(bytes) {
+                Ok(Incoming::Response(info)) => r.mirror.handle_response_info(now, from, &info),
+                Ok(Incoming::Message(rsip::SipMessage::Response(resp))) => {
+                    r.mirror.handle_response(now, from, &resp)
+                }
+                _ => {}
             }
         }
         out = r.mirror.poll_transmit();

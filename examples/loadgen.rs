@@ -27,8 +27,11 @@ use regmirror::core::digest::Secret;
 use regmirror::core::mirror::{
     BindingState, Credential, Event, Mirror, MirrorConfig, Node, Transport,
 };
-use regmirror::core::sip::parse_message;
+use regmirror::core::sip::{parse_incoming, Incoming};
 use regmirror::core::testing::FakeRegistrar;
+use regmirror::runtime::mmsg::{self, RecvBatch};
+use std::os::fd::AsRawFd;
+use tokio::io::Interest;
 
 /// Live heap bytes, so the mirror's footprint can be told apart from allocator slack.
 struct Counting;
@@ -77,6 +80,10 @@ struct Args {
     /// Stop measuring the replay after this long (slow pacings are extrapolated).
     replay_secs: u64,
     timeout: Duration,
+    /// Use `FakeRegistrar` (rsip, nonce table, retransmission cache) instead of `QuickRegistrar`.
+    full_registrar: bool,
+    /// Plain `recv_from`/`send_to` per datagram instead of `recvmmsg`/`sendmmsg` batches.
+    no_mmsg: bool,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -91,10 +98,20 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         replay_rate: None,
         replay_secs: 60,
         timeout: Duration::from_secs(100),
+        full_registrar: false,
+        no_mmsg: false,
     };
     while let Some(k) = it.next() {
         if k == "--no-echo" {
             a.echo_secs = 0;
+            continue;
+        }
+        if k == "--full-registrar" {
+            a.full_registrar = true;
+            continue;
+        }
+        if k == "--no-mmsg" {
+            a.no_mmsg = true;
             continue;
         }
         let v = it.next().ok_or(format!("{k} needs a value"))?;
@@ -171,6 +188,7 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
             &registrar_count.to_string(),
             &a.aors.to_string(),
             &a.registrar_rcvbuf.unwrap_or(0).to_string(),
+            if a.full_registrar { "full" } else { "quick" },
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -338,9 +356,39 @@ async fn drive(a: &Args, addrs: &[SocketAddr]) -> Result<Outcome, Box<dyn std::e
     let mut registered = 0usize;
     let mut failed = 0usize;
     let deadline = t0 + a.timeout;
-    flush(&mut mirror, &socket, &mut registered, &mut failed).await;
+    let mut io = Io {
+        mmsg: !a.no_mmsg,
+        recv: RecvBatch::new(),
+        out: Vec::new(),
+    };
+    flush(&mut mirror, &socket, &mut io, &mut registered, &mut failed).await;
     while registered < want && Instant::now() < deadline {
         let wake = mirror.poll_timeout().map_or(deadline, |t| t.min(deadline));
+        if io.mmsg {
+            // As `runtime::driver` with batched I/O: up to 8 recvmmsg batches per wake.
+            tokio::select! {
+                r = socket.readable() => {
+                    r?;
+                    for _ in 0..8 {
+                        let fd = socket.as_raw_fd();
+                        let rb = &mut io.recv;
+                        match socket.try_io(Interest::READABLE, || rb.recv(fd)) {
+                            Ok(_) => {
+                                for (d, from) in io.recv.iter() {
+                                    on_datagram(&mut mirror, d, from);
+                                }
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                    mirror.handle_timeout(Instant::now());
+                }
+            }
+            flush(&mut mirror, &socket, &mut io, &mut registered, &mut failed).await;
+            continue;
+        }
         tokio::select! {
             r = socket.recv_from(&mut buf) => {
                 let (n, from) = r?;
@@ -356,7 +404,7 @@ async fn drive(a: &Args, addrs: &[SocketAddr]) -> Result<Outcome, Box<dyn std::e
                 mirror.handle_timeout(Instant::now());
             }
         }
-        flush(&mut mirror, &socket, &mut registered, &mut failed).await;
+        flush(&mut mirror, &socket, &mut io, &mut registered, &mut failed).await;
     }
     let wall = t0.elapsed();
     if let Some(node) = spare {
@@ -471,18 +519,63 @@ async fn send(socket: &tokio::net::UdpSocket, payload: &[u8], dest: SocketAddr) 
     }
 }
 
-fn on_datagram(mirror: &mut Mirror, bytes: &[u8], from: SocketAddr) {
-    if let Ok(rsip::SipMessage::Response(resp)) = parse_message(bytes) {
-        mirror.handle_response(Instant::now(), from, &resp);
+/// Sends `out` in `sendmmsg` batches, waiting for writability when the socket is full.
+async fn send_all(socket: &tokio::net::UdpSocket, out: &[regmirror::core::mirror::Transmit]) {
+    let mut msgs: Vec<(&[u8], SocketAddr)> = Vec::with_capacity(mmsg::BATCH);
+    let mut i = 0;
+    while i < out.len() {
+        msgs.clear();
+        msgs.extend(
+            out[i..]
+                .iter()
+                .take(mmsg::BATCH)
+                .map(|t| (t.payload.as_slice(), t.dest)),
+        );
+        let fd = socket.as_raw_fd();
+        match socket.try_io(Interest::WRITABLE, || mmsg::send_batch(fd, &msgs)) {
+            Ok(n) => i += n.max(1),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if socket.writable().await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                eprintln!("loadgen: send to {}: {e}", out[i].dest);
+                i += 1;
+            }
+        }
     }
+}
+
+fn on_datagram(mirror: &mut Mirror, bytes: &[u8], from: SocketAddr) {
+    match parse_incoming(bytes) {
+        Ok(Incoming::Response(info)) => mirror.handle_response_info(Instant::now(), from, &info),
+        Ok(Incoming::Message(rsip::SipMessage::Response(resp))) => {
+            mirror.handle_response(Instant::now(), from, &resp)
+        }
+        _ => {}
+    }
+}
+
+/// The loop's I/O mode and buffers.
+struct Io {
+    mmsg: bool,
+    recv: RecvBatch,
+    out: Vec<regmirror::core::mirror::Transmit>,
 }
 
 async fn flush(
     mirror: &mut Mirror,
     socket: &tokio::net::UdpSocket,
+    io: &mut Io,
     registered: &mut usize,
     failed: &mut usize,
 ) {
+    if io.mmsg {
+        io.out.extend(std::iter::from_fn(|| mirror.poll_transmit()));
+        send_all(socket, &io.out).await;
+        io.out.clear();
+    }
     while let Some(t) = mirror.poll_transmit() {
         send(socket, &t.payload, t.dest).await;
     }
@@ -503,6 +596,7 @@ fn registrars(mut args: impl Iterator<Item = String>) -> Result<(), Box<dyn std:
     let nodes: usize = args.next().ok_or("nodes")?.parse()?;
     let users: usize = args.next().ok_or("users")?.parse()?;
     let rcvbuf: usize = args.next().unwrap_or_default().parse().unwrap_or(0);
+    let quick = args.next().as_deref() == Some("quick");
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
     let mut addrs = Vec::new();
@@ -514,13 +608,19 @@ fn registrars(mut args: impl Iterator<Item = String>) -> Result<(), Box<dyn std:
         socket.set_read_timeout(Some(Duration::from_millis(50)))?;
         let addr = socket.local_addr()?;
         addrs.push(addr.to_string());
-        let mut reg = FakeRegistrar::new(addr, REALM);
-        reg.keep_log = false;
-        for u in 0..users {
-            reg.add_user(&format!("u{u}"), Secret::Password(PASSWORD.into()));
-        }
         let stop = stop.clone();
-        threads.push(std::thread::spawn(move || serve(socket, reg, &stop)));
+        let nonce_prefix = format!("{}/", 1_732_300_000 + addrs.len());
+        if quick {
+            let reg = QuickRegistrar::new(users, nonce_prefix);
+            threads.push(std::thread::spawn(move || serve_quick(socket, reg, &stop)));
+        } else {
+            let mut reg = FakeRegistrar::new(addr, REALM);
+            reg.keep_log = false;
+            for u in 0..users {
+                reg.add_user(&format!("u{u}"), Secret::Password(PASSWORD.into()));
+            }
+            threads.push(std::thread::spawn(move || serve(socket, reg, &stop)));
+        }
     }
     println!("ready {}", addrs.join(" "));
     std::io::stdout().flush()?;
@@ -555,6 +655,173 @@ fn serve(socket: UdpSocket, mut reg: FakeRegistrar, stop: &AtomicBool) -> [u64; 
         };
         counts[0] += 1;
         for resp in reg.handle(Instant::now(), &buf[..n]) {
+            match resp.get(8..11) {
+                Some(b"200") => counts[1] += 1,
+                Some(b"401") => counts[2] += 1,
+                _ => counts[3] += 1,
+            }
+            let _ = socket.send_to(&resp, from);
+        }
+    }
+    counts
+}
+
+/// Loadgen's cheap registrar: answers a REGISTER like `FakeRegistrar` does (401 with an
+/// Asterisk-style challenge, then 200 with the Contact's expiry once the digest verifies), but
+/// reads requests by scanning lines, verifies with precomputed HA1/HA2 and keeps no contact
+/// table, nonce table or retransmission cache, so the harness no longer takes most of the CPU.
+struct QuickRegistrar {
+    /// User -> HA1 (MD5 of `user:realm:password`).
+    ha1: std::collections::HashMap<String, String>,
+    /// MD5 of `REGISTER:sip:<realm>`.
+    ha2: String,
+    nonce_prefix: String,
+    nonce_seq: u64,
+}
+
+impl QuickRegistrar {
+    fn new(users: usize, nonce_prefix: String) -> Self {
+        let ha1 = (0..users)
+            .map(|u| {
+                let name = format!("u{u}");
+                let h = regmirror::core::digest::ha1(
+                    regmirror::core::digest::Algorithm::Md5,
+                    &name,
+                    REALM,
+                    PASSWORD,
+                );
+                (name, h)
+            })
+            .collect();
+        QuickRegistrar {
+            ha1,
+            ha2: md5_hex(format!("REGISTER:sip:{REALM}").as_bytes()),
+            nonce_prefix,
+            nonce_seq: 0,
+        }
+    }
+
+    /// The answer to one request (`None`: not a REGISTER we understand).
+    fn handle(&mut self, req: &[u8]) -> Option<Vec<u8>> {
+        let text = std::str::from_utf8(req).ok()?;
+        let head = text.split("\r\n\r\n").next()?;
+        let mut lines = head.lines();
+        if !lines.next()?.starts_with("REGISTER ") {
+            return None;
+        }
+        let mut copied: Vec<&str> = Vec::with_capacity(8);
+        let (mut to, mut contact, mut auth, mut expires) = ("", "", None, None);
+        for l in lines {
+            let (name, value) = l.split_once(':')?;
+            let value = value.trim();
+            match name {
+                "Via" | "From" | "Call-ID" | "CSeq" => copied.push(l),
+                "To" => to = value,
+                "Contact" => contact = value,
+                "Expires" => expires = value.parse::<u32>().ok(),
+                "Authorization" => auth = Some(value),
+                _ => {}
+            }
+        }
+        let verified = auth.is_some_and(|a| self.verify(a));
+        let mut out = Vec::with_capacity(512);
+        out.extend_from_slice(if verified {
+            b"SIP/2.0 200 OK\r\n"
+        } else {
+            b"SIP/2.0 401 Unauthorized\r\n"
+        });
+        for l in copied {
+            out.extend_from_slice(l.as_bytes());
+            if l.starts_with("Via") {
+                out.extend_from_slice(b";received=10.77.0.30");
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        for p in [
+            "To: ",
+            to,
+            ";tag=as1f2e3d\r\nServer: Asterisk PBX 22.1.0\r\n",
+        ] {
+            out.extend_from_slice(p.as_bytes());
+        }
+        if verified {
+            let (uri, params) = contact.split_once('>').unwrap_or((contact, ""));
+            let granted = params
+                .split(';')
+                .find_map(|p| p.trim().strip_prefix("expires=")?.parse::<u32>().ok())
+                .or(expires)
+                .unwrap_or(3600)
+                .min(7200);
+            let g = granted.to_string();
+            if granted > 0 {
+                for p in ["Contact: ", uri, ">;expires=", &g, "\r\n"] {
+                    out.extend_from_slice(p.as_bytes());
+                }
+            }
+            for p in ["Expires: ", &g, "\r\n"] {
+                out.extend_from_slice(p.as_bytes());
+            }
+        } else {
+            self.nonce_seq += 1;
+            let nonce = format!("{}{:032x}", self.nonce_prefix, self.nonce_seq);
+            for p in [
+                "WWW-Authenticate: Digest realm=\"",
+                REALM,
+                "\",nonce=\"",
+                &nonce,
+                "\",opaque=\"5d2c7e1a0b9f8e7d\",algorithm=MD5,qop=\"auth\"\r\n",
+            ] {
+                out.extend_from_slice(p.as_bytes());
+            }
+        }
+        out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+        Some(out)
+    }
+
+    /// Checks a `Digest` answer (MD5, qop=auth) against the user's HA1 and one of our nonces.
+    fn verify(&self, auth: &str) -> bool {
+        let param = |key: &str| -> Option<&str> {
+            let i = auth.find(key)? + key.len();
+            let rest = &auth[i..];
+            Some(match rest.strip_prefix('"') {
+                Some(q) => &q[..q.find('"')?],
+                None => rest.split([',', ' ']).next()?,
+            })
+        };
+        let (Some(user), Some(nonce), Some(uri), Some(response), Some(nc), Some(cnonce)) = (
+            param("username="),
+            param("nonce="),
+            param("uri="),
+            param("response="),
+            param("nc="),
+            param("cnonce="),
+        ) else {
+            return false;
+        };
+        let Some(ha1) = self.ha1.get(user) else {
+            return false;
+        };
+        if !nonce.starts_with(&self.nonce_prefix) || uri != format!("sip:{REALM}") {
+            return false;
+        }
+        let want = md5_hex(format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{}", self.ha2).as_bytes());
+        want == response
+    }
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    regmirror::core::digest::Algorithm::Md5.hex(data)
+}
+
+fn serve_quick(socket: UdpSocket, mut reg: QuickRegistrar, stop: &AtomicBool) -> [u64; 4] {
+    let mut counts = [0u64; 4];
+    let mut buf = vec![0u8; 65_536];
+    while !stop.load(Ordering::Relaxed) {
+        let Ok((n, from)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        counts[0] += 1;
+        if let Some(resp) = reg.handle(&buf[..n]) {
             match resp.get(8..11) {
                 Some(b"200") => counts[1] += 1,
                 Some(b"401") => counts[2] += 1,

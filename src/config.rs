@@ -181,6 +181,10 @@ pub struct FarmSettings {
     /// REGISTERs per second per node when replaying onto a node that came back or was added
     /// (and for bindings found by reconciliation); 0 = unpaced.
     pub replay_rate: u32,
+    /// A node's latest digest nonce answers every binding's REGISTER to it preemptively while
+    /// younger than this (`0s` = off). Keep it below the nodes' `nonce_lifetime` (32 s).
+    #[serde(with = "humantime_serde")]
+    pub nonce_reuse: Duration,
     /// REGISTER operations in flight per node.
     pub max_inflight_per_node: usize,
     /// Period of the full reconciliation against Kamailio's `location` table.
@@ -198,6 +202,7 @@ impl Default for FarmSettings {
             probe_timeout: Duration::from_secs(2),
             probe_failures: 2,
             replay_rate: 200,
+            nonce_reuse: Duration::from_secs(20),
             max_inflight_per_node: 128,
             reconcile_interval: Duration::from_secs(60),
             audit_interval: Duration::from_secs(30),
@@ -477,6 +482,12 @@ impl Config {
                 "must be at most 100000 per second (0 = unpaced)",
             ));
         }
+        if f.nonce_reuse > Duration::from_secs(3600) {
+            return Err(invalid(
+                "farm.nonce_reuse",
+                "must be 0s (off) or at most 1h (below the nodes' nonce_lifetime)",
+            ));
+        }
         if !(1..=1_000_000).contains(&f.max_inflight_per_node) {
             return Err(invalid(
                 "farm.max_inflight_per_node",
@@ -634,11 +645,15 @@ url = "mysql://regmirror:hunter2@db/regmirror"
         assert_eq!(c.farm.probe_interval, Duration::from_secs(5));
         assert_eq!(c.farm.probe_failures, 2);
         assert_eq!(c.farm.replay_rate, 200);
+        assert_eq!(c.farm.nonce_reuse, Duration::from_secs(20));
         assert_eq!(c.farm.reconcile_interval, Duration::from_secs(60));
         assert_eq!(c.farm.audit_interval, Duration::from_secs(30));
         let farm = |kv: &str| format!("{GOOD}\n[farm]\n{kv}\n");
         assert!(err_of(&farm("probe_timeout = \"40s\"")).contains("farm.probe_timeout"));
         assert!(err_of(&farm("probe_failures = 0")).contains("farm.probe_failures"));
+        assert!(err_of(&farm("nonce_reuse = \"2h\"")).contains("farm.nonce_reuse"));
+        assert!(err_of(&farm("nonce_reuse = \"20\"")).contains("nonce_reuse"));
+        assert!(Config::from_toml(&farm("nonce_reuse = \"0s\"")).is_ok());
         assert!(err_of(&farm("reconcile_interval = \"0s\"")).contains("farm.reconcile_interval"));
         assert!(Config::from_toml(&farm("probe_interval = \"0s\"\nreplay_rate = 0")).is_ok());
     }

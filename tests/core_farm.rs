@@ -23,6 +23,7 @@ fn config() -> MirrorConfig {
             probe_timeout: secs(2),
             probe_failures: 2,
             replay_rate: 200,
+            ..FarmConfig::default()
         },
         ..MirrorConfig::default()
     }

@@ -5,13 +5,34 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
+use regmirror::core::binding::ResponseInfo;
 use regmirror::core::digest::{self, Authorization, Challenge, RequestInfo, Secret};
 use regmirror::core::notify::{self, MAX_AOR, MAX_EXPIRES};
-use regmirror::core::sip::{self, MAX_MESSAGE};
+use regmirror::core::sip::{self, Incoming, MAX_MESSAGE};
 use rsip::SipMessage;
+
+/// `parse_incoming` agrees with `parse_message`: same errors, same message, and for a response
+/// it reads without rsip, the same `ResponseInfo` as the rsip path. True when it took that path.
+fn check_incoming(data: &[u8]) -> bool {
+    let full = sip::parse_message(data);
+    match (sip::parse_incoming(data), &full) {
+        (Ok(Incoming::Response(info)), Ok(SipMessage::Response(r))) => {
+            assert_eq!(info, ResponseInfo::from_response(r));
+            return true;
+        }
+        (Ok(Incoming::Message(m)), Ok(f)) => assert_eq!(&m, f),
+        (Err(e), Err(f)) => assert_eq!(&e, f),
+        (fast, _) => panic!(
+            "parse_incoming {fast:?} but parse_message {full:?} on\n{}",
+            String::from_utf8_lossy(data)
+        ),
+    }
+    false
+}
 
 /// What the runtime does with one datagram; checks the answer it would send parses back.
 fn exercise_message(data: &[u8]) -> Option<SipMessage> {
+    check_incoming(data);
     let msg = sip::parse_message(data).ok()?;
     let encoded = msg.to_string();
     assert_eq!(
@@ -264,8 +285,88 @@ X-RegMirror-Event: {event}\r\nX-RegMirror-AOR: {aor}\r\nX-RegMirror-Expires: {ex
     )
 }
 
+/// One header line of a generated response: a name (any case, now and then unknown or compact)
+/// and a value drawn from what registrars send, separators and quotes included.
+/// Also says whether the line is already clean (`Name: value`, full name, value trimmed).
+fn response_header() -> impl Strategy<Value = (String, bool)> {
+    let name = prop::sample::select(vec![
+        "Via",
+        "VIA",
+        "via",
+        "Call-ID",
+        "call-id",
+        "Call-Id",
+        "CSeq",
+        "cseq",
+        "From",
+        "To",
+        "to",
+        "Contact",
+        "contact",
+        "Expires",
+        "EXPIRES",
+        "Min-Expires",
+        "Retry-After",
+        "WWW-Authenticate",
+        "www-authenticate",
+        "Proxy-Authenticate",
+        "Server",
+        "X-Odd",
+        "v",
+        "i",
+        "m",
+        "Content-Length",
+    ]);
+    let value = prop_oneof![
+        "SIP/2\\.0/UDP 10\\.0\\.0\\.[0-9]:50[67]0;(rport=5070;)?branch=z9hG4bK[a-f0-9]{1,24}(;received=1\\.2\\.3\\.4)?(, SIP/2\\.0/UDP h;branch=x)?",
+        "[0-9]{1,12} (REGISTER|register|OPTIONS|INVITE)",
+        "[0-9a-f-]{1,36}(@h)?",
+        "<sip:u[0-9]{1,3}@10\\.77\\.0\\.20:5060>(;expires=[0-9]{1,6})?(, <sip:x@y>;expires=1)?",
+        "[0-9]{1,11}[ a-z;=()0-9]{0,8}",
+        "Digest realm=\"[a-z.]{1,10}\", ?nonce=\"[0-9a-f/]{1,20}\"(, ?opaque=\"[0-9a-f]{1,8}\")?(, ?algorithm=(MD5|SHA-256))?(, ?qop=\"auth\")?(, Digest realm=\"r\",nonce=\"n\")?",
+        "[ -~]{0,40}",
+    ];
+    (name, value, 0..10u8).prop_map(|(n, v, odd)| {
+        let clean = odd > 2 && n.len() > 1 && v == v.trim_matches([' ', '\t']);
+        let line = match odd {
+            // Now and then a line that needs normalization (rsip path).
+            0 => format!("{n}:{v}"),
+            1 => format!("{n} : {v}"),
+            2 => format!("{n}: {v}\r\n  {v}"),
+            _ => format!("{n}: {v}"),
+        };
+        (line, clean)
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    /// Generated responses (mostly clean, as registrars send them): the rsip-free reading
+    /// gives the same `ResponseInfo` as rsip, and takes over every clean one.
+    #[test]
+    fn incoming_responses_match_rsip(
+        code in prop_oneof![Just(100u16), Just(200), Just(401), Just(407), Just(423), Just(503), 100..700u16],
+        reason in "[A-Za-z ]{0,20}",
+        headers in prop::collection::vec(response_header(), 0..14),
+        body in "[a-z]{0,10}",
+    ) {
+        let mut text = format!("SIP/2.0 {code} {reason}\r\n");
+        for h in ["Via: SIP/2.0/UDP 10.0.0.5:5070;branch=z9hG4bKdeadbeef0000000100000002", "From: <sip:a@b>;tag=1", "To: <sip:a@b>", "Call-ID: deadbeef-1-0-0", "CSeq: 1 REGISTER"] {
+            text.push_str(h);
+            text.push_str("\r\n");
+        }
+        for (h, _) in &headers {
+            text.push_str(h);
+            text.push_str("\r\n");
+        }
+        text.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        let fast = check_incoming(text.as_bytes());
+        let clean = headers.iter().all(|(_, c)| *c);
+        if clean && sip::parse_message(text.as_bytes()).is_ok() {
+            prop_assert!(fast, "clean response not read on the fast path:\n{}", text);
+        }
+    }
 
     #[test]
     fn random_bytes(data in prop::collection::vec(any::<u8>(), 0..2048)) {
@@ -325,4 +426,19 @@ proptest! {
             .collect();
         exercise_digest(&format!("Digest {}", body.join(&sep)));
     }
+}
+
+/// The fake registrar's answers (Asterisk's layout) are clean, so the driver reads them without
+/// rsip.
+#[test]
+fn registrar_answers_take_the_fast_path() {
+    use regmirror::core::testing::FakeRegistrar;
+    let now = std::time::Instant::now();
+    let mut reg = FakeRegistrar::new("10.77.0.11:5060".parse().unwrap(), "regmirror.test");
+    reg.add_user("1001", Secret::Password("pw".into()));
+    let req = "REGISTER sip:regmirror.test SIP/2.0\r\nVia: SIP/2.0/UDP 10.77.0.30:5070;branch=z9hG4bKdeadbeef0000000100000002;rport\r\n\
+Max-Forwards: 70\r\nFrom: <sip:1001@regmirror.test>;tag=x\r\nTo: <sip:1001@regmirror.test>\r\nCall-ID: deadbeef-1-0-0\r\n\
+CSeq: 1 REGISTER\r\nContact: <sip:1001@10.77.0.20:5060>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n";
+    let r401 = reg.handle(now, req.as_bytes()).pop().unwrap();
+    assert!(check_incoming(&r401), "{}", String::from_utf8_lossy(&r401));
 }

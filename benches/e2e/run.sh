@@ -9,16 +9,23 @@
 # many reached each Asterisk node (`pjsip show contacts`) and how long that took after the burst,
 # and the containers' CPU (`docker stats`) in the middle of the burst.
 #
-#   benches/e2e/run.sh                    # three modes, rates 100 150 200 300 500, ~8-10 min
+#   benches/e2e/run.sh                    # four modes, rates 100..800 (stops early), ~25-35 min
 #   MODES=tutorial RATES="100 200" benches/e2e/run.sh
+#   MODES="regmirror1 tutorial" RATES=20 SQL_PROFILE=1 benches/e2e/run.sh   # SQL per registration
 #
-# Modes: regmirror (the compose default: HA pair regmirror + regmirror2, both notified),
-#        regmirror1 (one instance), tutorial (no regmirror; Kamailio WITH_TUTORIAL).
-# Env: MODES ("tutorial regmirror1 regmirror"), RATES ("100 150 200 300 500"), STEP_SECS (10),
+# Modes: none (baseline: Kamailio saves the phone's binding and notifies nobody, KAMAILIO_NOMIRROR;
+#        the nodes run idle), tutorial (no regmirror; Kamailio WITH_TUTORIAL), regmirror1 (one
+#        instance), regmirror (the compose default pair regmirror + regmirror2).
+# Env: MODES ("none tutorial regmirror1 regmirror"), RATES ("100 150 200 250 300 400 500 600 700
+#      800"), STOP_AFTER (2: leave a mode after that many non-clean steps in a row; 0 = run every
+#      rate), STEP_SECS (10),
 #      REGMIRROR_FARM (example: regmirror.example.toml's farm periods, probe 5 s, reconcile 60 s,
 #      audit 30 s; compose: the compose file's test periods 1 s / 15 s / 10 s), CONVERGE_MAX (150 s
 #      after a burst), STALL_SECS (stop waiting when no node count moved for that
-#      long; default 20, 70 for regmirror with REGMIRROR_FARM=example: one reconcile period), OUT (target/e2ebench/<time>), KEEP_STACK=1 (do not tear down at the end).
+#      long; default 20, 70 for regmirror with REGMIRROR_FARM=example: one reconcile period), OUT (target/e2ebench/<time>), KEEP_STACK=1 (do not tear down at the end),
+#      SQL_PROFILE=1 (MariaDB general log per step: DIR/sql-profile.md, statements per phone
+#      registration by client; costs MariaDB CPU, so profile at low rates only), SQL_PROFILE_SETTLE
+#      (5 s logged after the burst).
 # Results: $OUT/results.csv, $OUT/results.md, raw SIPp files and docker stats per step.
 # Not part of tests/run-all.sh: it is a benchmark. It always ends with `scripts/stack down`.
 set -euo pipefail
@@ -27,12 +34,15 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 HERE="$ROOT/benches/e2e"
 STACK="$ROOT/scripts/stack"
 DOCKER=${DOCKER:-/usr/bin/docker}
-MODES=${MODES:-"tutorial regmirror1 regmirror"}
-RATES=${RATES:-"100 150 200 300 500"}
+MODES=${MODES:-"none tutorial regmirror1 regmirror"}
+RATES=${RATES:-"100 150 200 250 300 400 500 600 700 800"}
+STOP_AFTER=${STOP_AFTER:-2}
 STEP_SECS=${STEP_SECS:-10}
 CONVERGE_MAX=${CONVERGE_MAX:-150}
 export REGMIRROR_FARM=${REGMIRROR_FARM:-example}
 STALL_SECS=${STALL_SECS:-}
+SQL_PROFILE=${SQL_PROFILE:-0}
+SQL_PROFILE_SETTLE=${SQL_PROFILE_SETTLE:-5}
 OUT=${OUT:-"$ROOT/target/e2ebench/$(date -u +%Y%m%d-%H%M%S)"}
 PROVISIONER_DB_PASSWORD=${PROVISIONER_DB_PASSWORD:-provisioner-demo}
 BASE=300000
@@ -93,7 +103,11 @@ PY
 
 stack_up() { # mode
     "$STACK" down >>"$OUT/stack.log" 2>&1 || true
-    if [ "$1" = tutorial ]; then
+    if [ "$1" = none ]; then
+        # Baseline: Kamailio alone (no notification, no REGISTER to the nodes; nodes idle).
+        KAMAILIO_NOMIRROR=1 KAMAILIO_REGMIRROR_ADDR2= SKIP_CARGO=1 \
+            "$STACK" up mariadb kamailio ast1 ast2 tester >>"$OUT/stack.log" 2>&1
+    elif [ "$1" = tutorial ]; then
         # No regmirror at all; Kamailio forwards REGISTERs itself (kamailio.cfg WITH_TUTORIAL).
         KAMAILIO_TUTORIAL=1 KAMAILIO_REGMIRROR_ADDR2= SKIP_CARGO=1 \
             "$STACK" up mariadb kamailio ast1 ast2 tester >>"$OUT/stack.log" 2>&1
@@ -105,7 +119,7 @@ stack_up() { # mode
     else
         "$STACK" up >>"$OUT/stack.log" 2>&1
     fi
-    if [ "$1" != tutorial ] && [ "${REGMIRROR_FARM:-compose}" = example ]; then
+    if [ "${1#regmirror}" != "$1" ] && [ "${REGMIRROR_FARM:-compose}" = example ]; then
         # regmirror.example.toml's farm periods instead of the compose file's test periods
         # (probe 1 s, reconcile 15 s, AMI audit 10 s: each audit lists every contact of a node).
         local svc c
@@ -128,6 +142,27 @@ stack_up() { # mode
     sleep 6
 }
 
+# SQL_PROFILE=1: MariaDB's general log (a global switch, so it also covers the connections the
+# clients opened earlier) for the burst plus SQL_PROFILE_SETTLE seconds, and the server's
+# Handler_*/Com_* counters over the same window. Costs MariaDB CPU: profile at low rates only.
+mysql_root() { "$DOCKER" exec -i "${CID[mariadb]}" mariadb -N -B "$@"; }
+status_snapshot() {
+    mysql_root -e "SHOW GLOBAL STATUS WHERE Variable_name RLIKE '^(Questions|Com_(select|insert|update|delete|replace|stmt_prepare|stmt_execute|stmt_close|commit)|Handler_read_(first|key|next|prev|rnd|rnd_next)|Innodb_rows_(read|inserted|updated|deleted))$'"
+}
+sql_profile_start() {
+    status_snapshot >"$OUT/.status0"
+    mysql_root -e "SET GLOBAL general_log = 0; TRUNCATE mysql.general_log; SET GLOBAL log_output = 'TABLE'; SET GLOBAL general_log = 1"
+}
+sql_profile_stop() { # dir registrations
+    sleep "$SQL_PROFILE_SETTLE"
+    mysql_root -e "SET GLOBAL general_log = 0"
+    status_snapshot >"$1/status-after.txt"
+    mv "$OUT/.status0" "$1/status-before.txt"
+    mysql_root -e "SELECT thread_id, user_host, command_type, argument FROM mysql.general_log" >"$1/general-log.tsv"
+    python3 "$HERE/step_summary.py" --sql-profile "$1" "$2" >"$1/sql-profile.md"
+    log "SQL profile: $1/sql-profile.md"
+}
+
 cpu_sample() { # file
     sleep $((STEP_SECS / 2))
     "$DOCKER" stats --no-stream --format '{{.Name}};{{.CPUPerc}};{{.MemUsage}}' >"$1" 2>/dev/null || true
@@ -146,6 +181,7 @@ for i in range(lo, hi + 1):
     print(f'{i};pw{i};3600')
 " "$lo" "$hi" | "$DOCKER" exec -i "${CID[tester]}" sh -c "cat > /tmp/e2e/users-$mode-$rate.csv"
     log "$mode: $n registrations at $rate/s (users $lo..$hi)"
+    [ "$SQL_PROFILE" = 1 ] && sql_profile_start
     cpu_sample "$dir/docker-stats.txt" &
     local sampler=$!
     t0=$(now_ms)
@@ -161,13 +197,20 @@ for i in range(lo, hi + 1):
     done
     "$DOCKER" exec "${CID[tester]}" sh -c "cat /tmp/e2e/$mode-$rate/*_rtt.csv 2>/dev/null" >"$dir/rtt.csv" || true
 
+    # The profile window closes before the convergence polling below (`pjsip show contacts`
+    # makes the nodes look things up too).
+    [ "$SQL_PROFILE" = 1 ] && sql_profile_stop "$dir" "$n"
+
     # Convergence: until both nodes hold every binding Kamailio accepted, or nothing moved for
     # STALL_SECS, or CONVERGE_MAX.
     local start last_change prev="" waited ok=0 stall=${STALL_SECS:-20}
     # regmirror repairs what its retries missed at the next reconcile: wait past one
-    if [ -z "$STALL_SECS" ] && [ "$mode" != tutorial ] && [ "${REGMIRROR_FARM:-compose}" = example ]; then stall=70; fi
+    if [ -z "$STALL_SECS" ] && [ "${mode#regmirror}" != "$mode" ] && [ "${REGMIRROR_FARM:-compose}" = example ]; then stall=70; fi
     start=$(now_ms); last_change=$start
-    while :; do
+    while [ "$mode" = none ]; do # nothing goes to the nodes: only what Kamailio accepted counts
+        accepted=$(location_count "$lo" "$hi"); a1=-; a2=-; waited=0; ok=1; break
+    done
+    while [ $ok = 0 ]; do
         accepted=$(location_count "$lo" "$hi")
         a1=$(node_count ast1 "$lo" "$hi"); a2=$(node_count ast2 "$lo" "$hi")
         waited=$(($(now_ms) - start))
@@ -189,13 +232,20 @@ echo "mode,rate,sent,ok,failed,burst_s,p50_ms,p99_ms,max_ms,accepted,ast1,ast2,c
     >"$OUT/results.csv"
 log "machine: $(nproc) cpu, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
 for mode in $MODES; do
+    case "$mode" in none|tutorial|regmirror1|regmirror) ;; *) log "unknown mode $mode"; exit 2 ;; esac
     log "mode $mode: stack up"
     stack_up "$mode"
     provision "$BASE" "$total_users"
     lo=$BASE
+    bad=0
     for r in $RATES; do
         run_step "$mode" "$r" "$lo"
         lo=$((lo + r * STEP_SECS))
+        if python3 "$HERE/step_summary.py" --last-clean "$OUT/results.csv"; then bad=0; else bad=$((bad + 1)); fi
+        if [ "$STOP_AFTER" -gt 0 ] && [ "$bad" -ge "$STOP_AFTER" ]; then
+            log "$mode: $bad non-clean steps in a row, skipping its higher rates"
+            break
+        fi
     done
     compose logs --no-color kamailio >"$OUT/kamailio-$mode.log" 2>&1 || true
     compose exec -T kamailio kamcmd -s unix:/run/kamailio/kamailio_ctl core.shmmem >"$OUT/kamailio-shm-$mode.txt" 2>&1 || true

@@ -10,6 +10,7 @@
 #   KAMAILIO_SHM_MB KAMAILIO_PKG_MB  memory
 #   TUTORIAL=1             benchmark only: WITH_TUTORIAL (Kamailio REGISTERs on the nodes itself,
 #                          from TUTORIAL_PORT, default 5080) instead of notifying regmirror
+#   NOMIRROR=1             benchmark only: WITH_NOMIRROR (save the phone's binding, notify nobody)
 set -euo pipefail
 : "${SIP_ADDR:=$(hostname -i | awk '{print $1}')}" "${SIP_PORT:=5060}"
 : "${REGMIRROR_ADDR:=10.77.0.40:5070}" "${AUTH_REALM:=regmirror.test}"
@@ -45,6 +46,7 @@ chown kamailio:kamailio /run/kamailio
 # -A: defined before the cfg is read, so the switch section can test it.
 defs=()
 if [ "${TUTORIAL:-0}" = 1 ]; then defs+=(-A WITH_TUTORIAL); fi
+if [ "${NOMIRROR:-0}" = 1 ]; then defs+=(-A WITH_NOMIRROR); fi
 
 kamailio -c "${defs[@]}" -f /etc/kamailio/kamailio.cfg >/dev/null 2>/tmp/kamailio-check.log || {
     cat /tmp/kamailio-check.log >&2; exit 1; }

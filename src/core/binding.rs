@@ -2,9 +2,7 @@
 //! reads from responses. The decisions that tie bindings to AOR life live in `mirror`.
 
 use std::fmt;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -12,6 +10,7 @@ use rsip::headers::UntypedHeader;
 use rsip::Header;
 
 use super::digest::Challenge;
+use super::sip::HeaderKind;
 use super::transaction::NonInviteClient;
 
 /// What the binding is doing, as shown to operators.
@@ -131,10 +130,24 @@ pub(crate) enum Phase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AuthSent {
     None,
-    /// Reused a nonce from an earlier transaction (nc > 1): a plain 401 may just mean it expired.
+    /// Preemptive answer with the node's latest nonce, received for another transaction: a
+    /// plain 401 may just mean it expired or belongs to another realm.
+    Preemptive,
+    /// Reused the nonce that challenged this attempt (after a 423): same as `Preemptive`.
     Cached,
     /// First answer to a nonce just received: a plain 401 means the credential is wrong.
     Fresh,
+}
+
+/// How the binding's next request in the current attempt authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuthNext {
+    /// Not challenged in this attempt: answer preemptively while the node's nonce is young.
+    Preemptive,
+    /// Answer the challenge that just arrived.
+    Fresh,
+    /// Challenged earlier in this attempt: keep answering with the node's nonce, whatever its age.
+    Again,
 }
 
 /// The in-flight transaction. Boxed so idle bindings stay small.
@@ -149,26 +162,28 @@ pub(crate) struct Txn {
     pub payload: Vec<u8>,
 }
 
-/// The digest state kept between transactions so refreshes can reuse the nonce.
+/// The latest challenge a node sent for one realm, shared by every binding on that node.
+/// Asterisk's nonce depends on time, source address and realm only, not on the user, so any
+/// binding of the realm may answer it until it expires (RFC 7616 3.4: nonce-count per nonce).
 #[derive(Debug)]
-pub(crate) struct AuthCache {
-    /// realm/opaque/algorithm/qop, shared between bindings of a node (nonce left empty).
-    pub template: Arc<Challenge>,
-    pub nonce: Box<str>,
-    pub cnonce: u64,
-    pub nc: u32,
+pub(crate) struct NodeNonce {
+    /// Every challenge of the response in this realm (one per algorithm), nonces included.
+    pub challenges: Vec<Challenge>,
     /// The challenge came in a 407.
     pub proxy: bool,
+    pub received: Instant,
+    /// Last nonce-count sent with it, by any binding.
+    pub nc: u32,
 }
 
-impl AuthCache {
-    pub fn challenge(&self) -> Challenge {
-        Challenge {
-            nonce: self.nonce.to_string(),
-            ..(*self.template).clone()
-        }
+impl NodeNonce {
+    pub fn realm(&self) -> &str {
+        self.challenges.first().map_or("", |c| c.realm.as_str())
     }
 }
+
+/// Realms remembered per node; a farm normally has one.
+pub(crate) const NODE_REALMS: usize = 8;
 
 /// One (AOR, node) binding. Around 100 bytes; the AOR name and credential live in the AOR.
 #[derive(Debug)]
@@ -178,8 +193,6 @@ pub(crate) struct Binding {
     /// Refresh (Registered) or retry (Backoff) time.
     pub action_at: Option<Instant>,
     pub txn: Option<Box<Txn>>,
-    /// Last challenge answered (boxed: most of the time only its nonce is per binding).
-    pub auth: Option<Box<AuthCache>>,
     pub cseq: u32,
     /// Expiry granted by the node on the last 200.
     pub granted: u32,
@@ -190,6 +203,9 @@ pub(crate) struct Binding {
     pub rounds: u8,
     pub phase: Phase,
     pub op: Op,
+    /// 1 + index of the node's `NodeNonce` that last challenged this binding (0 = none yet).
+    pub realm: u8,
+    pub auth_next: AuthNext,
     /// The node confirmed the binding and no failure happened since.
     pub confirmed: bool,
     /// The node may hold a binding (so forgetting it needs an unregister).
@@ -203,7 +219,6 @@ impl Default for Binding {
             scheduled: None,
             action_at: None,
             txn: None,
-            auth: None,
             cseq: 0,
             granted: 0,
             min_expires: 0,
@@ -211,6 +226,8 @@ impl Default for Binding {
             rounds: 0,
             phase: Phase::Absent,
             op: Op::Register,
+            realm: 0,
+            auth_next: AuthNext::Preemptive,
             confirmed: false,
             server_bound: false,
             last: LastResult::None,
@@ -271,52 +288,96 @@ pub struct RegisterRequest<'a> {
 
 impl RegisterRequest<'_> {
     /// Serialises the request. Inputs were validated (`valid_user`, config) so plain formatting
-    /// cannot inject headers.
+    /// cannot inject headers. Written piece by piece: this runs for every transaction.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut s = String::with_capacity(512 + self.authorization.map_or(0, |(_, a)| a.len()));
+        let mut s = Vec::with_capacity(512 + self.authorization.map_or(0, |(_, a)| a.len()));
         let transport = if self.tcp { "TCP" } else { "UDP" };
-        // Writing to a String cannot fail.
-        let _ = write!(
-            s,
-            "REGISTER sip:{domain} SIP/2.0\r\n\
-             Via: SIP/2.0/{transport} {local};branch={branch};rport\r\n\
-             Max-Forwards: 70\r\n\
-             From: <sip:{user}@{domain}>;tag={tag}\r\n\
-             To: <sip:{user}@{domain}>\r\n\
-             Call-ID: {call_id}\r\n\
-             CSeq: {cseq} REGISTER\r\n",
-            domain = self.domain,
-            local = self.local_addr,
-            branch = self.branch,
-            user = self.user,
-            tag = self.from_tag,
-            call_id = self.call_id,
-            cseq = self.cseq,
+        let put = |s: &mut Vec<u8>, parts: &[&str]| {
+            for p in parts {
+                s.extend_from_slice(p.as_bytes());
+            }
+        };
+        put(
+            &mut s,
+            &[
+                "REGISTER sip:",
+                self.domain,
+                " SIP/2.0\r\nVia: SIP/2.0/",
+                transport,
+                " ",
+            ],
         );
-        if self.expires == 0 {
-            let _ = write!(
-                s,
-                "Contact: <sip:{}@{}>;expires=0\r\n",
-                self.user, self.contact_host
-            );
-        } else {
-            let _ = write!(s, "Contact: <sip:{}@{}>\r\n", self.user, self.contact_host);
-        }
-        let _ = write!(s, "Expires: {}\r\n", self.expires);
+        // Writing to a Vec cannot fail.
+        let _ = std::io::Write::write_fmt(&mut s, format_args!("{}", self.local_addr));
+        let (mut cseq, mut expires) = (Decimal::default(), Decimal::default());
+        put(
+            &mut s,
+            &[
+                ";branch=",
+                self.branch,
+                ";rport\r\nMax-Forwards: 70\r\nFrom: <sip:",
+                self.user,
+                "@",
+                self.domain,
+                ">;tag=",
+                self.from_tag,
+                "\r\nTo: <sip:",
+                self.user,
+                "@",
+                self.domain,
+                ">\r\nCall-ID: ",
+                self.call_id,
+                "\r\nCSeq: ",
+                cseq.of(self.cseq),
+                " REGISTER\r\nContact: <sip:",
+                self.user,
+                "@",
+                self.contact_host,
+                if self.expires == 0 {
+                    ">;expires=0\r\nExpires: "
+                } else {
+                    ">\r\nExpires: "
+                },
+                expires.of(self.expires),
+                "\r\n",
+            ],
+        );
         if let Some((proxy, value)) = self.authorization {
             let name = if proxy {
-                "Proxy-Authorization"
+                "Proxy-Authorization: "
             } else {
-                "Authorization"
+                "Authorization: "
             };
-            let _ = write!(s, "{name}: {value}\r\n");
+            put(&mut s, &[name, value, "\r\n"]);
         }
-        let _ = write!(
-            s,
-            "User-Agent: {}\r\nContent-Length: 0\r\n\r\n",
-            self.user_agent
+        put(
+            &mut s,
+            &[
+                "User-Agent: ",
+                self.user_agent,
+                "\r\nContent-Length: 0\r\n\r\n",
+            ],
         );
-        s.into_bytes()
+        s
+    }
+}
+
+/// Decimal digits of a `u32` on the stack.
+#[derive(Default)]
+struct Decimal([u8; 10]);
+
+impl Decimal {
+    fn of(&mut self, mut v: u32) -> &str {
+        let mut i = self.0.len();
+        loop {
+            i -= 1;
+            self.0[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        std::str::from_utf8(&self.0[i..]).unwrap_or("0")
     }
 }
 
@@ -330,7 +391,7 @@ pub fn valid_user(user: &str) -> bool {
 }
 
 /// The fields of a response to a REGISTER that the state machine needs.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct ResponseInfo<'a> {
     pub code: u16,
     pub branch: Option<&'a str>,
@@ -353,35 +414,50 @@ impl<'a> ResponseInfo<'a> {
             ..Default::default()
         };
         for h in resp.headers.iter() {
-            match h {
-                Header::Via(v) if info.branch.is_none() => info.branch = via_branch(v.value()),
-                Header::CallId(c) => info.call_id = Some(c.value().trim()),
-                Header::CSeq(c) => {
-                    let mut parts = c.value().split_ascii_whitespace();
-                    info.cseq = parts.next().and_then(|n| n.parse().ok());
-                    info.cseq_is_register = parts
-                        .next()
-                        .is_some_and(|m| m.eq_ignore_ascii_case("REGISTER"));
-                }
-                Header::WwwAuthenticate(w) => info.www_authenticate.push(w.value()),
-                Header::ProxyAuthenticate(p) => info.proxy_authenticate.push(p.value()),
-                Header::MinExpires(m) => info.min_expires = leading_u32(m.value()),
-                Header::RetryAfter(r) => info.retry_after = leading_u32(r.value()),
-                Header::Expires(e) => info.expires = leading_u32(e.value()),
-                Header::Contact(c) => info.contacts.push(c.value()),
-                Header::Other(name, value) => {
-                    // Compact forms rsip does not map.
-                    match name.as_str() {
-                        "v" if info.branch.is_none() => info.branch = via_branch(value),
-                        "i" => info.call_id = Some(value.trim()),
-                        "m" => info.contacts.push(value),
-                        _ => {}
-                    }
-                }
-                _ => {}
-            }
+            let (kind, value) = match h {
+                Header::Via(v) => (HeaderKind::Via, v.value()),
+                Header::CallId(c) => (HeaderKind::CallId, c.value()),
+                Header::CSeq(c) => (HeaderKind::CSeq, c.value()),
+                Header::WwwAuthenticate(w) => (HeaderKind::WwwAuthenticate, w.value()),
+                Header::ProxyAuthenticate(p) => (HeaderKind::ProxyAuthenticate, p.value()),
+                Header::MinExpires(m) => (HeaderKind::MinExpires, m.value()),
+                Header::RetryAfter(r) => (HeaderKind::RetryAfter, r.value()),
+                Header::Expires(e) => (HeaderKind::Expires, e.value()),
+                Header::Contact(c) => (HeaderKind::Contact, c.value()),
+                // Compact forms rsip does not map.
+                Header::Other(name, value) => match name.as_str() {
+                    "v" => (HeaderKind::Via, value.as_str()),
+                    "i" => (HeaderKind::CallId, value.as_str()),
+                    "m" => (HeaderKind::Contact, value.as_str()),
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            info.add_header(kind, value);
         }
         info
+    }
+
+    /// Takes in one header, in message order (shared by the rsip path and `sip::parse_incoming`).
+    pub(crate) fn add_header(&mut self, kind: HeaderKind, value: &'a str) {
+        match kind {
+            HeaderKind::Via if self.branch.is_none() => self.branch = via_branch(value),
+            HeaderKind::CallId => self.call_id = Some(value.trim()),
+            HeaderKind::CSeq => {
+                let mut parts = value.split_ascii_whitespace();
+                self.cseq = parts.next().and_then(|n| n.parse().ok());
+                self.cseq_is_register = parts
+                    .next()
+                    .is_some_and(|m| m.eq_ignore_ascii_case("REGISTER"));
+            }
+            HeaderKind::WwwAuthenticate => self.www_authenticate.push(value),
+            HeaderKind::ProxyAuthenticate => self.proxy_authenticate.push(value),
+            HeaderKind::MinExpires => self.min_expires = leading_u32(value),
+            HeaderKind::RetryAfter => self.retry_after = leading_u32(value),
+            HeaderKind::Expires => self.expires = leading_u32(value),
+            HeaderKind::Contact => self.contacts.push(value),
+            _ => {}
+        }
     }
 
     /// Parsed Digest challenges of the 401 (`www`) or 407 kind; unparseable ones are skipped.
@@ -584,6 +660,53 @@ mod tests {
                 refresh_delay(&mut rng, 2, Duration::from_secs(36)),
                 MIN_REFRESH
             );
+        }
+    }
+
+    #[test]
+    fn register_bytes_match_the_formatted_reference() {
+        for (tcp, expires, cseq, auth) in [
+            (false, 600, 1, None),
+            (
+                true,
+                0,
+                4_294_967_295,
+                Some((false, "Digest username=\"u\"")),
+            ),
+            (false, 3600, 10, Some((true, "Digest x=1"))),
+        ] {
+            let r = RegisterRequest {
+                domain: "regmirror.test",
+                user: "1001",
+                contact_host: "10.77.0.20:5060",
+                local_addr: "[::1]:5070".parse().unwrap(),
+                tcp,
+                branch: "z9hG4bKdeadbeef0000000100000002",
+                call_id: "deadbeef-1-0-0",
+                from_tag: "deadbeef1n0g0",
+                cseq,
+                expires,
+                authorization: auth,
+                user_agent: "regmirror/0.1.0",
+            };
+            let mut want = format!(
+                "REGISTER sip:regmirror.test SIP/2.0\r\nVia: SIP/2.0/{} [::1]:5070;branch=z9hG4bKdeadbeef0000000100000002;rport\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:1001@regmirror.test>;tag=deadbeef1n0g0\r\n\
+                 To: <sip:1001@regmirror.test>\r\nCall-ID: deadbeef-1-0-0\r\nCSeq: {cseq} REGISTER\r\n\
+                 Contact: <sip:1001@10.77.0.20:5060>{}\r\nExpires: {expires}\r\n",
+                if tcp { "TCP" } else { "UDP" },
+                if expires == 0 { ";expires=0" } else { "" },
+            );
+            if let Some((proxy, v)) = auth {
+                let name = if proxy {
+                    "Proxy-Authorization"
+                } else {
+                    "Authorization"
+                };
+                want.push_str(&format!("{name}: {v}\r\n"));
+            }
+            want.push_str("User-Agent: regmirror/0.1.0\r\nContent-Length: 0\r\n\r\n");
+            assert_eq!(String::from_utf8(r.to_bytes()).unwrap(), want);
         }
     }
 

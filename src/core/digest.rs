@@ -6,7 +6,7 @@
 use std::fmt;
 
 use md5::Md5;
-use sha2::{Digest as _, Sha256, Sha512_256};
+use sha2::{Sha256, Sha512_256};
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -83,10 +83,25 @@ impl Algorithm {
 
     /// Lower-case hex of the algorithm's hash of `data`.
     pub fn hex(self, data: &[u8]) -> String {
+        self.hex_joined(&[data])
+    }
+
+    /// [`Algorithm::hex`] of `parts` joined by `:`, without building the joined string.
+    fn hex_joined(self, parts: &[&[u8]]) -> String {
+        fn run<D: sha2::Digest>(parts: &[&[u8]]) -> String {
+            let mut d = D::new();
+            for (i, p) in parts.iter().enumerate() {
+                if i > 0 {
+                    d.update(b":");
+                }
+                d.update(p);
+            }
+            to_hex(&d.finalize())
+        }
         match self {
-            Self::Md5 | Self::Md5Sess => to_hex(&Md5::digest(data)),
-            Self::Sha256 | Self::Sha256Sess => to_hex(&Sha256::digest(data)),
-            Self::Sha512_256 | Self::Sha512_256Sess => to_hex(&Sha512_256::digest(data)),
+            Self::Md5 | Self::Md5Sess => run::<Md5>(parts),
+            Self::Sha256 | Self::Sha256Sess => run::<Sha256>(parts),
+            Self::Sha512_256 | Self::Sha512_256Sess => run::<Sha512_256>(parts),
         }
     }
 }
@@ -240,7 +255,7 @@ impl Secret {
 
 /// `H(username ":" realm ":" password)`, the value Kamailio and Asterisk store as HA1 / `md5_cred`.
 pub fn ha1(algorithm: Algorithm, username: &str, realm: &str, password: &str) -> String {
-    algorithm.hex(format!("{username}:{realm}:{password}").as_bytes())
+    algorithm.hex_joined(&[username.as_bytes(), realm.as_bytes(), password.as_bytes()])
 }
 
 /// Picks the challenge to answer among several (one response may carry one per algorithm):
@@ -325,23 +340,32 @@ fn compute_response(
     req: RequestInfo<'_>,
 ) -> String {
     let cnonce = qop.map(|(_, _, c)| c).unwrap_or("");
+    let sess;
     let ha1 = if alg.is_sess() {
-        alg.hex(format!("{base_ha1}:{nonce}:{cnonce}").as_bytes())
+        sess = alg.hex_joined(&[base_ha1.as_bytes(), nonce.as_bytes(), cnonce.as_bytes()]);
+        sess.as_str()
     } else {
-        base_ha1.to_string()
+        base_ha1
     };
+    let (method, uri) = (req.method.as_bytes(), req.uri.as_bytes());
     let ha2 = match qop {
         Some((Qop::AuthInt, _, _)) => {
             let body_hash = alg.hex(req.body);
-            alg.hex(format!("{}:{}:{}", req.method, req.uri, body_hash).as_bytes())
+            alg.hex_joined(&[method, uri, body_hash.as_bytes()])
         }
-        _ => alg.hex(format!("{}:{}", req.method, req.uri).as_bytes()),
+        _ => alg.hex_joined(&[method, uri]),
     };
+    let (ha1, nonce, ha2) = (ha1.as_bytes(), nonce.as_bytes(), ha2.as_bytes());
     match qop {
-        Some((q, nc, cnonce)) => {
-            alg.hex(format!("{ha1}:{nonce}:{nc}:{cnonce}:{}:{ha2}", q.as_str()).as_bytes())
-        }
-        None => alg.hex(format!("{ha1}:{nonce}:{ha2}").as_bytes()),
+        Some((q, nc, cnonce)) => alg.hex_joined(&[
+            ha1,
+            nonce,
+            nc.as_bytes(),
+            cnonce.as_bytes(),
+            q.as_str().as_bytes(),
+            ha2,
+        ]),
+        None => alg.hex_joined(&[ha1, nonce, ha2]),
     }
 }
 

@@ -19,6 +19,9 @@ pub struct FarmConfig {
     /// Replay pace per node (REGISTERs per second) after a node comes up or is added, and for
     /// bindings added by reconciliation. 0 = unpaced (only the send budget limits).
     pub replay_rate: u32,
+    /// A node's latest nonce answers other bindings' REGISTERs preemptively while younger than
+    /// this (zero = never). Keep it below the nodes' `nonce_lifetime` (Asterisk: 32 s).
+    pub nonce_reuse: Duration,
 }
 
 impl Default for FarmConfig {
@@ -28,6 +31,7 @@ impl Default for FarmConfig {
             probe_timeout: Duration::from_secs(2),
             probe_failures: 2,
             replay_rate: 200,
+            nonce_reuse: Duration::from_secs(20),
         }
     }
 }

@@ -22,14 +22,14 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::binding::{
-    backoff, refresh_delay, valid_user, AuthSent, Binding, Op, Phase, RegisterRequest,
-    ResponseInfo, Txn,
+    backoff, refresh_delay, valid_user, AuthNext, AuthSent, Binding, NodeNonce, Op, Phase,
+    RegisterRequest, ResponseInfo, Txn, NODE_REALMS,
 };
 pub use super::binding::{BindingState, LastResult};
 use super::digest::{self, Challenge, RequestInfo, Secret};
 pub use super::farm::FarmConfig;
 use super::farm::{Health, HealthAction, Pacer, Probe};
-use super::transaction::{branch, parse_branch, NonInviteClient, TimerAction, Timers};
+use super::transaction::{branch, parse_branch, Id, NonInviteClient, TimerAction, Timers};
 
 pub type NodeId = u16;
 
@@ -144,6 +144,12 @@ pub struct NodeHealthView {
     /// Bindings waiting in the paced replay queue.
     pub replay_pending: usize,
     pub inflight: usize,
+    /// Digest challenges (401/407) received from the node.
+    pub challenges: u64,
+    /// REGISTERs sent with the node's latest nonce preemptively.
+    pub preemptive: u64,
+    /// Of those, the ones the node challenged again (nonce expired or another realm).
+    pub preemptive_challenged: u64,
 }
 
 /// One binding, for status pages.
@@ -174,6 +180,9 @@ pub struct MirrorStats {
     pub retransmits: u64,
     pub timeouts: u64,
     pub challenges: u64,
+    /// REGISTERs that answered a node's latest nonce preemptively, and the ones challenged again.
+    pub preemptive: u64,
+    pub preemptive_challenged: u64,
     pub credential_rejected: u64,
     pub stray_responses: u64,
     pub stale_snapshots: u64,
@@ -250,8 +259,11 @@ struct NodeState {
     replay: VecDeque<u32>,
     pacer: Pacer,
     health: Health,
-    /// Last challenge seen from this node: bindings that get an equal one share the Arc.
-    last_challenge: Option<Arc<Challenge>>,
+    /// Latest challenge per realm, answered by every binding on the node (`Binding::realm`).
+    nonces: Vec<NodeNonce>,
+    challenges: u64,
+    preemptive: u64,
+    preemptive_challenged: u64,
 }
 
 impl NodeState {
@@ -264,13 +276,18 @@ impl NodeState {
             replay: VecDeque::new(),
             pacer: Pacer::default(),
             health: Health::new(),
-            last_challenge: None,
+            nonces: Vec::new(),
+            challenges: 0,
+            preemptive: 0,
+            preemptive_challenged: 0,
         }
     }
 }
 
 pub struct Mirror {
     cfg: MirrorConfig,
+    /// `sip:<domain>`, the REGISTERs' Request-URI (and digest uri).
+    request_uri: String,
     timers: Timers,
     nodes: Vec<NodeState>,
     rng: StdRng,
@@ -321,6 +338,7 @@ impl Mirror {
             .map(|(i, node)| NodeState::new(node, i as u32))
             .collect();
         Mirror {
+            request_uri: format!("sip:{}", config.domain),
             cfg: config,
             timers,
             next_node_uid: nodes.len() as u32,
@@ -423,6 +441,9 @@ impl Mirror {
         match credential {
             Some(c) => {
                 let a = &mut self.aors[slot as usize];
+                // The driver refetches after a rejection; getting the same secret back must
+                // not restart the attempt, or a node that keeps refusing it is hammered.
+                let changed = a.credential.as_ref() != Some(&c);
                 a.credential = Some(c);
                 a.removed = false;
                 a.missing_reported = false;
@@ -430,14 +451,12 @@ impl Mirror {
                 for node in 0..n {
                     let idx = slot as usize * n + node;
                     let b = &self.bindings[idx];
-                    if b.phase == Phase::Backoff
-                        && matches!(
-                            b.last,
-                            LastResult::CredentialRejected
-                                | LastResult::NoCredential
-                                | LastResult::NoUsableChallenge
-                        )
-                    {
+                    let retry_now = match b.last {
+                        LastResult::NoCredential => true,
+                        LastResult::CredentialRejected | LastResult::NoUsableChallenge => changed,
+                        _ => false,
+                    };
+                    if b.phase == Phase::Backoff && retry_now {
                         let op = b.op;
                         self.start_op(now, idx, op);
                     }
@@ -450,12 +469,21 @@ impl Mirror {
 
     /// A response from the network. Responses that match no transaction in flight are counted.
     pub fn handle_response(&mut self, now: Instant, from: SocketAddr, response: &rsip::Response) {
+        self.handle_response_info(now, from, &ResponseInfo::from_response(response));
+    }
+
+    /// [`Mirror::handle_response`] for a response already read by `sip::parse_incoming`.
+    pub fn handle_response_info(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        info: &ResponseInfo<'_>,
+    ) {
         self.ensure_started(now);
-        let info = ResponseInfo::from_response(response);
-        if self.match_probe(now, from, &info) {
+        if self.match_probe(now, from, info) {
             return;
         }
-        let Some(idx) = self.match_transaction(from, &info) else {
+        let Some(idx) = self.match_transaction(from, info) else {
             self.counters.stray_responses += 1;
             // Any answer at all says the node is alive.
             if let Some(node) = self.nodes.iter().position(|n| n.node.addr == from) {
@@ -475,7 +503,7 @@ impl Mirror {
             return;
         };
         self.forget_relocated(txn.id);
-        self.on_final(now, idx, *txn, &info);
+        self.on_final(now, idx, *txn, info);
         self.emit_change(idx, before, None);
         self.schedule(idx);
         self.maybe_free_aor(now, (idx / self.nodes.len()) as u32);
@@ -616,6 +644,8 @@ impl Mirror {
             s.replay_pending += ns.replay.len();
             s.probes_sent += ns.health.probes_sent;
             s.probes_failed += ns.health.probes_failed;
+            s.preemptive += ns.preemptive;
+            s.preemptive_challenged += ns.preemptive_challenged;
         }
         s.live_aors = self
             .aors
@@ -653,6 +683,9 @@ impl Mirror {
             since: ns.health.since,
             replay_pending: ns.replay.len(),
             inflight: ns.inflight,
+            challenges: ns.challenges,
+            preemptive: ns.preemptive,
+            preemptive_challenged: ns.preemptive_challenged,
         })
     }
 
@@ -1355,6 +1388,7 @@ impl Mirror {
     fn send_request(&mut self, now: Instant, idx: usize) {
         let n = self.nodes.len();
         let slot = idx / n;
+        let (auth, auth_value, proxy) = self.authorization(now, idx);
         let node = &self.nodes[idx % n].node;
         let a = &self.aors[slot];
         let Some(user) = a.name.as_deref() else {
@@ -1366,39 +1400,12 @@ impl Mirror {
             Op::Register => self.cfg.register_expires.max(b.min_expires),
             Op::Unregister => 0,
         };
-        let uri = format!("sip:{}", self.cfg.domain);
-        let mut auth = AuthSent::None;
-        let mut auth_value = None;
-        let mut proxy = false;
-        if let (Some(ac), Some(cred)) = (b.auth.as_deref_mut(), a.credential.as_ref()) {
-            let ch = ac.challenge();
-            if cred.secret.can_answer(&ch) {
-                ac.nc = ac.nc.wrapping_add(1);
-                let cnonce = format!("{:016x}", ac.cnonce);
-                let req = RequestInfo {
-                    method: "REGISTER",
-                    uri: &uri,
-                    body: b"",
-                };
-                if let Ok(v) =
-                    digest::authorization(&ch, &cred.username, &cred.secret, req, ac.nc, &cnonce)
-                {
-                    auth = if ac.nc == 1 {
-                        AuthSent::Fresh
-                    } else {
-                        AuthSent::Cached
-                    };
-                    auth_value = Some(v);
-                    proxy = ac.proxy;
-                }
-            }
-        }
         let id = self.next_txn;
         self.next_txn = self.next_txn.wrapping_add(1);
         let br = branch(self.prefix, idx as u32, id);
         let uid = self.nodes[idx % n].uid;
         let call_id = call_id(self.prefix, slot, uid, a.gen);
-        let tag = format!("{:08x}{:x}n{:x}g{:x}", self.prefix, slot, uid, a.gen);
+        let tag = from_tag(self.prefix, slot, uid, a.gen);
         let tcp = node.transport == Transport::Tcp;
         let payload = RegisterRequest {
             domain: &self.cfg.domain,
@@ -1406,9 +1413,9 @@ impl Mirror {
             contact_host: &self.cfg.contact_host,
             local_addr: self.cfg.local_addr,
             tcp,
-            branch: &br,
-            call_id: &call_id,
-            from_tag: &tag,
+            branch: br.as_str(),
+            call_id: call_id.as_str(),
+            from_tag: tag.as_str(),
             cseq: b.cseq,
             expires,
             authorization: auth_value.as_deref().map(|v| (proxy, v)),
@@ -1456,7 +1463,7 @@ impl Mirror {
         let gen = self.aors[idx / n].gen;
         let got = info.call_id?;
         let expected = call_id(self.prefix, idx / n, self.nodes[idx % n].uid, gen);
-        (got == expected).then_some(idx)
+        (got == expected.as_str()).then_some(idx)
     }
 
     fn on_final(&mut self, now: Instant, idx: usize, txn: Txn, info: &ResponseInfo<'_>) {
@@ -1537,6 +1544,11 @@ impl Mirror {
         self.counters.challenges += 1;
         let n = self.nodes.len();
         let slot = idx / n;
+        let ns = &mut self.nodes[idx % n];
+        ns.challenges += 1;
+        if txn.auth == AuthSent::Preemptive {
+            ns.preemptive_challenged += 1;
+        }
         let challenges = info.challenges(proxy);
         let Some(cred) = self.aors[slot].credential.as_ref() else {
             self.on_failure(now, idx, LastResult::NoCredential, None);
@@ -1555,17 +1567,10 @@ impl Mirror {
             return;
         };
         let stale = chosen.stale;
-        let nonce: Box<str> = chosen.nonce.as_str().into();
-        let template = self.intern_challenge(idx % n, chosen);
-        let cnonce = self.rng.gen();
+        let realm = self.remember_nonce(now, idx % n, &challenges, chosen, proxy);
         let b = &mut self.bindings[idx];
-        b.auth = Some(Box::new(super::binding::AuthCache {
-            template,
-            nonce,
-            cnonce,
-            nc: 0,
-            proxy,
-        }));
+        b.realm = realm;
+        b.auth_next = AuthNext::Fresh;
         if !stale && txn.auth == AuthSent::Fresh {
             self.counters.credential_rejected += 1;
             if let Some(name) = self.aors[slot].name.clone() {
@@ -1585,24 +1590,97 @@ impl Mirror {
         self.send_request(now, idx);
     }
 
-    /// The challenge minus its nonce, shared with the node's previous one when equal.
-    fn intern_challenge(&mut self, node: usize, ch: &Challenge) -> Arc<Challenge> {
-        let cache = &mut self.nodes[node].last_challenge;
-        if let Some(c) = cache.as_ref().filter(|c| {
-            c.realm == ch.realm
-                && c.opaque == ch.opaque
-                && c.algorithm == ch.algorithm
-                && c.qop == ch.qop
-        }) {
-            return c.clone();
+    /// Makes the challenges of `chosen`'s realm the node's latest nonce for that realm; returns
+    /// its `Binding::realm` number.
+    fn remember_nonce(
+        &mut self,
+        now: Instant,
+        node: usize,
+        challenges: &[Challenge],
+        chosen: &Challenge,
+        proxy: bool,
+    ) -> u8 {
+        let entry = NodeNonce {
+            challenges: challenges
+                .iter()
+                .filter(|c| c.realm == chosen.realm)
+                .cloned()
+                .collect(),
+            proxy,
+            received: now,
+            nc: 0,
+        };
+        let nonces = &mut self.nodes[node].nonces;
+        let i = match nonces
+            .iter()
+            .position(|e| e.proxy == proxy && e.realm() == chosen.realm)
+        {
+            Some(i) => i,
+            None if nonces.len() < NODE_REALMS => {
+                nonces.push(entry);
+                return nonces.len() as u8;
+            }
+            // Full: replace the oldest (bindings pointing at it guess wrong once, then relearn).
+            None => (0..nonces.len())
+                .min_by_key(|&i| nonces[i].received)
+                .unwrap_or(0),
+        };
+        nonces[i] = entry;
+        i as u8 + 1
+    }
+
+    /// The digest answer for the binding's next request, from its node's latest nonce of its
+    /// realm: `(kind, header value, proxy)`.
+    fn authorization(&mut self, now: Instant, idx: usize) -> (AuthSent, Option<String>, bool) {
+        let n = self.nodes.len();
+        let b = &mut self.bindings[idx];
+        if b.rounds == 0 {
+            b.auth_next = AuthNext::Preemptive; // a new attempt
         }
-        let c = Arc::new(Challenge {
-            nonce: String::new(),
-            stale: false,
-            ..ch.clone()
-        });
-        *cache = Some(c.clone());
-        c
+        let next = b.auth_next;
+        if next == AuthNext::Fresh {
+            b.auth_next = AuthNext::Again;
+        }
+        let none = (AuthSent::None, None, false);
+        let Some(cred) = self.aors[idx / n].credential.as_ref() else {
+            return none;
+        };
+        let ns = &mut self.nodes[idx % n];
+        let Some(i) = pick_nonce(&ns.nonces, b.realm, &cred.secret) else {
+            return none;
+        };
+        let entry = &mut ns.nonces[i];
+        let reuse = self.cfg.farm.nonce_reuse;
+        if next == AuthNext::Preemptive
+            && (reuse.is_zero() || now.saturating_duration_since(entry.received) >= reuse)
+        {
+            return none;
+        }
+        let Some(ch) = digest::choose(&entry.challenges, &cred.secret) else {
+            return none;
+        };
+        let nc = entry.nc.wrapping_add(1).max(1);
+        let cnonce = format!("{:016x}", self.rng.gen::<u64>());
+        let req = RequestInfo {
+            method: "REGISTER",
+            uri: self.request_uri.as_str(),
+            body: b"",
+        };
+        let Ok(v) = digest::authorization(ch, &cred.username, &cred.secret, req, nc, &cnonce)
+        else {
+            return none;
+        };
+        entry.nc = nc;
+        b.realm = i as u8 + 1;
+        let kind = match next {
+            AuthNext::Preemptive => {
+                ns.preemptive += 1;
+                AuthSent::Preemptive
+            }
+            AuthNext::Fresh => AuthSent::Fresh,
+            AuthNext::Again => AuthSent::Cached,
+        };
+        (kind, Some(v), entry.proxy)
     }
 
     /// The attempt failed: back off (or give up an unregister after enough tries).
@@ -1758,8 +1836,28 @@ impl Mirror {
 }
 
 /// Call-ID of a binding: stable for its AOR slot, node and slot generation.
-fn call_id(prefix: u32, slot: usize, node_uid: u32, gen: u32) -> String {
-    format!("{prefix:08x}-{slot:x}-{node_uid:x}-{gen:x}")
+fn call_id(prefix: u32, slot: usize, node_uid: u32, gen: u32) -> Id {
+    let mut id = Id::new();
+    id.hex(prefix.into(), 8)
+        .push("-")
+        .hex(slot as u64, 0)
+        .push("-")
+        .hex(node_uid.into(), 0)
+        .push("-")
+        .hex(gen.into(), 0);
+    id
+}
+
+/// From tag of a binding: `{prefix:08x}{slot:x}n{node_uid:x}g{gen:x}`.
+fn from_tag(prefix: u32, slot: usize, node_uid: u32, gen: u32) -> Id {
+    let mut id = Id::new();
+    id.hex(prefix.into(), 8)
+        .hex(slot as u64, 0)
+        .push("n")
+        .hex(node_uid.into(), 0)
+        .push("g")
+        .hex(gen.into(), 0);
+    id
 }
 
 /// The user part of an AOR (`user`, `user@domain`, `sip:user@domain`), if it is a valid one.
@@ -1771,4 +1869,21 @@ pub fn user_part(aor: &str) -> Option<&str> {
         .unwrap_or(a);
     let user = a.split_once('@').map_or(a, |(u, _)| u);
     valid_user(user).then_some(user)
+}
+
+/// Which of a node's nonces a binding answers: the realm that challenged it last; else, for a
+/// stored HA1, its realm; else the newest. A wrong guess costs one challenge, then it is learnt.
+fn pick_nonce(nonces: &[NodeNonce], known: u8, secret: &Secret) -> Option<usize> {
+    let fits = |e: &NodeNonce| match secret {
+        Secret::Ha1Md5 { realm, .. } => e.realm() == realm,
+        Secret::Password(_) => true,
+    };
+    let known = usize::from(known)
+        .checked_sub(1)
+        .filter(|&i| nonces.get(i).is_some_and(fits));
+    known.or_else(|| {
+        (0..nonces.len())
+            .filter(|&i| fits(&nonces[i]))
+            .max_by_key(|&i| nonces[i].received)
+    })
 }

@@ -11,6 +11,7 @@ use rsip::headers::UntypedHeader;
 use rsip::{Header, SipMessage};
 use thiserror::Error;
 
+use super::binding::ResponseInfo;
 use super::digest::{self, DigestError};
 
 /// Largest message accepted, on UDP (one datagram) and on a stream (one framed message).
@@ -77,10 +78,52 @@ fn is_token_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
 }
 
+/// The headers this crate reads, recognised once per line, case-insensitively (as rsip does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeaderKind {
+    Via,
+    From,
+    To,
+    CallId,
+    CSeq,
+    ContentLength,
+    WwwAuthenticate,
+    ProxyAuthenticate,
+    MinExpires,
+    RetryAfter,
+    Expires,
+    Contact,
+    Other,
+}
+
+impl HeaderKind {
+    /// Kind of a full (expanded) header name.
+    fn of(name: &str) -> HeaderKind {
+        use HeaderKind::*;
+        let is = |s: &str| name.eq_ignore_ascii_case(s);
+        match name.len() {
+            2 if is("To") => To,
+            3 if is("Via") => Via,
+            4 if is("From") => From,
+            4 if is("CSeq") => CSeq,
+            7 if is("Call-ID") => CallId,
+            7 if is("Contact") => Contact,
+            7 if is("Expires") => Expires,
+            11 if is("Min-Expires") => MinExpires,
+            11 if is("Retry-After") => RetryAfter,
+            14 if is("Content-Length") => ContentLength,
+            16 if is("WWW-Authenticate") => WwwAuthenticate,
+            18 if is("Proxy-Authenticate") => ProxyAuthenticate,
+            _ => Other,
+        }
+    }
+}
+
 /// One header line of a checked header section.
 struct Line<'a> {
     /// Full (not compact) name as received, e.g. `Call-ID`.
     name: &'a str,
+    kind: HeaderKind,
     /// Value with surrounding whitespace removed; folded lines joined by a single space.
     value: std::borrow::Cow<'a, str>,
 }
@@ -93,18 +136,41 @@ struct Head<'a> {
     verbatim: bool,
 }
 
+/// End of the line of `b` starting at `from`: the index of its CRLF (or `b.len()`). `None` when
+/// the line holds a control character other than HTAB, a bare CR or LF included.
+fn line_end(b: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    loop {
+        let off = b.get(i..)?.iter().position(|&c| c < 0x20 || c == 0x7f);
+        let Some(off) = off else {
+            return Some(b.len());
+        };
+        i += off;
+        match b[i] {
+            b'\t' => i += 1,
+            b'\r' if b.get(i + 1) == Some(&b'\n') => return Some(i),
+            _ => return None,
+        }
+    }
+}
+
 /// Splits and checks `head` (the text before the blank line, without it).
 fn parse_head(head: &str) -> Result<Head<'_>, WireError> {
-    let mut raw = head.split("\r\n");
-    let start = raw.next().unwrap_or("");
+    let bytes = head.as_bytes();
+    // A control character in the start line is the start line's error.
+    let end = line_end(bytes, 0).ok_or(WireError::StartLine)?;
+    let start = &head[..end];
     check_start_line(start)?;
-    let mut lines: Vec<Line<'_>> = Vec::new();
+    let mut lines: Vec<Line<'_>> = Vec::with_capacity(16);
     let mut verbatim = true;
-    for (i, l) in raw.enumerate() {
-        let n = i + 2; // 1-based, counting the start line
-        if l.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-            return Err(WireError::ControlChar(n));
-        }
+    let mut pos = end;
+    let mut n = 1; // 1-based line number, counting the start line
+    while pos < bytes.len() {
+        pos += 2; // the CRLF ending the previous line
+        n += 1;
+        let end = line_end(bytes, pos).ok_or(WireError::ControlChar(n))?;
+        let l = &head[pos..end];
+        pos = end;
         if l.starts_with([' ', '\t']) {
             // Line folding (RFC 3261 7.3.1): continuation of the previous value.
             let prev = lines.last_mut().ok_or(WireError::HeaderLine(n))?;
@@ -137,6 +203,7 @@ fn parse_head(head: &str) -> Result<Head<'_>, WireError> {
         }
         lines.push(Line {
             name: full,
+            kind: HeaderKind::of(full),
             value: value.into(),
         });
     }
@@ -174,16 +241,16 @@ fn check_start_line(start: &str) -> Result<(), WireError> {
 }
 
 impl Head<'_> {
-    fn all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s str> + 's {
+    fn all(&self, kind: HeaderKind) -> impl Iterator<Item = &str> + '_ {
         self.lines
             .iter()
-            .filter(move |l| l.name.eq_ignore_ascii_case(name))
+            .filter(move |l| l.kind == kind)
             .map(|l| l.value.as_ref())
     }
 
     /// The single value of a header that must appear at most once.
-    fn single(&self, name: &'static str) -> Result<Option<&str>, WireError> {
-        let mut it = self.all(name);
+    fn single(&self, kind: HeaderKind, name: &'static str) -> Result<Option<&str>, WireError> {
+        let mut it = self.all(kind);
         let first = it.next();
         if it.next().is_some() {
             return Err(WireError::DuplicateHeader(name));
@@ -194,7 +261,7 @@ impl Head<'_> {
     fn content_length(&self) -> Result<Option<usize>, WireError> {
         // Repeated identical values are tolerated; differing ones make framing ambiguous.
         let mut out: Option<usize> = None;
-        for v in self.all("Content-Length") {
+        for v in self.all(HeaderKind::ContentLength) {
             let n =
                 parse_decimal(v, MAX_MESSAGE).ok_or(WireError::InvalidHeader("Content-Length"))?;
             if out.is_some_and(|o| o != n) {
@@ -206,18 +273,22 @@ impl Head<'_> {
     }
 
     fn check_required(&self) -> Result<(), WireError> {
-        if self.all("Via").all(|v| v.is_empty()) {
+        if self.all(HeaderKind::Via).all(|v| v.is_empty()) {
             return Err(WireError::MissingHeader("Via"));
         }
-        for name in ["From", "To", "Call-ID"] {
-            match self.single(name)? {
+        for (kind, name) in [
+            (HeaderKind::From, "From"),
+            (HeaderKind::To, "To"),
+            (HeaderKind::CallId, "Call-ID"),
+        ] {
+            match self.single(kind, name)? {
                 None => return Err(WireError::MissingHeader(name)),
                 Some("") => return Err(WireError::InvalidHeader(name)),
                 Some(_) => {}
             }
         }
         let cseq = self
-            .single("CSeq")?
+            .single(HeaderKind::CSeq, "CSeq")?
             .ok_or(WireError::MissingHeader("CSeq"))?;
         let (_, cseq_method) = parse_cseq(cseq).ok_or(WireError::InvalidHeader("CSeq"))?;
         if !self.start.starts_with("SIP/2.0 ") {
@@ -252,10 +323,15 @@ pub fn parse_cseq(value: &str) -> Option<(u32, &str)> {
     Some((n as u32, method))
 }
 
-/// Parses one SIP message (one UDP datagram, or one frame cut by [`split_stream`]).
-///
-/// Never panics. Leading CRLFs (keepalives) are skipped; anything after Content-Length is ignored.
-pub fn parse_message(bytes: &[u8]) -> Result<SipMessage, WireError> {
+/// A message whose framing and header section passed the checks, before rsip sees it.
+struct Checked<'a> {
+    text: &'a str,
+    head_end: usize,
+    head: Head<'a>,
+    body: &'a str,
+}
+
+fn check_message(bytes: &[u8]) -> Result<Checked<'_>, WireError> {
     if bytes.len() > MAX_MESSAGE {
         return Err(WireError::TooLarge(bytes.len()));
     }
@@ -264,7 +340,7 @@ pub fn parse_message(bytes: &[u8]) -> Result<SipMessage, WireError> {
         .position(|b| !matches!(b, b'\r' | b'\n'))
         .ok_or(WireError::Empty)?;
     let text = std::str::from_utf8(&bytes[start..]).map_err(|_| WireError::NotUtf8)?;
-    let head_end = text.find("\r\n\r\n").ok_or(WireError::NoHeaderEnd)?;
+    let head_end = find(text.as_bytes(), b"\r\n\r\n").ok_or(WireError::NoHeaderEnd)?;
     let head = parse_head(&text[..head_end])?;
     head.check_required()?;
     let mut body = &text[head_end + 4..];
@@ -279,9 +355,66 @@ pub fn parse_message(bytes: &[u8]) -> Result<SipMessage, WireError> {
             .get(..cl)
             .ok_or(WireError::InvalidHeader("Content-Length"))?;
     }
+    Ok(Checked {
+        text,
+        head_end,
+        head,
+        body,
+    })
+}
 
+/// Parses one SIP message (one UDP datagram, or one frame cut by [`split_stream`]).
+///
+/// Never panics. Leading CRLFs (keepalives) are skipped; anything after Content-Length is ignored.
+pub fn parse_message(bytes: &[u8]) -> Result<SipMessage, WireError> {
+    to_rsip(&check_message(bytes)?)
+}
+
+/// One message from the network, as [`parse_incoming`] reads it.
+#[derive(Debug)]
+pub enum Incoming<'a> {
+    /// A response whose header section was clean `Name: value` lines: read without rsip.
+    Response(ResponseInfo<'a>),
+    /// Any other message (requests, responses with folded, compact or oddly spaced headers),
+    /// through rsip as [`parse_message`] does.
+    Message(SipMessage),
+}
+
+/// Like [`parse_message`] (same checks, same errors), but a response whose header section
+/// needs no normalization is read straight into the [`ResponseInfo`] the mirror needs, without
+/// rsip: responses to our REGISTERs are most of the traffic.
+pub fn parse_incoming(bytes: &[u8]) -> Result<Incoming<'_>, WireError> {
+    let c = check_message(bytes)?;
+    if c.head.verbatim && c.head.start.starts_with("SIP/2.0 ") {
+        return Ok(Incoming::Response(response_info(c.head)));
+    }
+    to_rsip(&c).map(Incoming::Message)
+}
+
+/// The [`ResponseInfo`] of a checked response head (status line checked by `check_start_line`).
+fn response_info(head: Head<'_>) -> ResponseInfo<'_> {
+    let code = head
+        .start
+        .get(8..11)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let mut info = ResponseInfo {
+        code,
+        ..ResponseInfo::default()
+    };
+    for l in head.lines {
+        // Verbatim heads have no folded (owned) values.
+        if let std::borrow::Cow::Borrowed(v) = l.value {
+            info.add_header(l.kind, v);
+        }
+    }
+    info
+}
+
+fn to_rsip(c: &Checked<'_>) -> Result<SipMessage, WireError> {
+    let (text, head, body) = (c.text, &c.head, c.body);
     let clean: std::borrow::Cow<'_, str> = if head.verbatim {
-        text[..head_end + 4 + body.len()].into()
+        text[..c.head_end + 4 + body.len()].into()
     } else {
         let mut clean = String::with_capacity(text.len());
         clean.push_str(head.start);
@@ -360,7 +493,7 @@ pub fn is_keepalive(frame: &[u8]) -> bool {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 /// Value of `name` among untyped headers this module relies on, `None` for others.
@@ -672,6 +805,50 @@ From: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n"
         assert!(
             text.contains("To: <sip:1001@regmirror.test>;tag=abc\r\n"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn clean_responses_skip_rsip_with_the_same_info() {
+        let clean = CHALLENGE.replace("Content-Length:  0", "Content-Length: 0");
+        let Ok(Incoming::Response(info)) = parse_incoming(clean.as_bytes()) else {
+            panic!("clean 401 not read on the fast path")
+        };
+        let Ok(SipMessage::Response(r)) = parse_message(clean.as_bytes()) else {
+            panic!()
+        };
+        assert_eq!(info, ResponseInfo::from_response(&r));
+        assert_eq!(info.code, 401);
+        assert_eq!(info.branch, Some("z9hG4bK776asdhds"));
+        assert_eq!(info.call_id, Some("a84b4c76e66710@10.0.0.5"));
+        assert_eq!((info.cseq, info.cseq_is_register), (Some(314159), true));
+        assert_eq!(info.challenges(false).len(), 1);
+        // Not clean: a double space, a folded line, a compact name: through rsip, same info.
+        for odd in [
+            CHALLENGE.to_string(),
+            clean.replace("Server: Asterisk", "Server:\r\n Asterisk"),
+            clean.replace("Call-ID:", "i:"),
+        ] {
+            let Ok(Incoming::Message(SipMessage::Response(r))) = parse_incoming(odd.as_bytes())
+            else {
+                panic!("not through rsip: {odd}")
+            };
+            assert_eq!(ResponseInfo::from_response(&r), info);
+        }
+        // Requests always go through rsip; errors are parse_message's.
+        assert!(matches!(
+            parse_incoming(REGISTER.as_bytes()),
+            Ok(Incoming::Message(SipMessage::Request(_)))
+        ));
+        let bad = clean.replace("CSeq: 314159 REGISTER", "CSeq: x REGISTER");
+        assert_eq!(
+            parse_incoming(bad.as_bytes()).err(),
+            Some(WireError::InvalidHeader("CSeq"))
+        );
+        let ctl = clean.replace("Server: Asterisk", "Server: Ast\nerisk");
+        assert_eq!(
+            parse_incoming(ctl.as_bytes()).err(),
+            Some(WireError::ControlChar(8))
         );
     }
 

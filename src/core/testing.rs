@@ -12,6 +12,7 @@ use rsip::Header;
 
 use super::digest::{Algorithm, Authorization, Secret};
 use super::mirror::{Event, Mirror, MirrorConfig, Node, Transport};
+use super::sip::{parse_incoming, Incoming};
 
 /// A scripted answer that overrides normal processing for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +68,12 @@ pub struct FakeRegistrar {
     pub users: HashMap<String, Secret>,
     /// Nonces older than this are answered `stale=true` (when the digest is otherwise right).
     pub nonce_lifetime: Duration,
+    /// Asterisk's stateless nonces (`build_nonce`): `<seconds>/<md5(seconds:source:realm)>`, the
+    /// same for every user from one source within a second, valid for `nonce_lifetime` whoever
+    /// answers them. Off: a fresh nonce per challenge, remembered until `restart_empty`.
+    pub stateless_nonces: bool,
+    /// Challenges sent (every 401).
+    pub challenges_sent: u64,
     pub min_expires: u32,
     pub max_expires: u32,
     /// Overrides for the next requests, one per request (retransmissions included).
@@ -91,6 +98,8 @@ pub struct FakeRegistrar {
     nonces: HashMap<String, Instant>,
     nonce_seq: u64,
     answered: HashMap<String, Vec<u8>>,
+    /// Time zero of stateless nonce timestamps (the first request).
+    epoch: Option<Instant>,
 }
 
 impl FakeRegistrar {
@@ -103,6 +112,8 @@ impl FakeRegistrar {
             qop: true,
             users: HashMap::new(),
             nonce_lifetime: Duration::from_secs(32),
+            stateless_nonces: false,
+            challenges_sent: 0,
             min_expires: 60,
             max_expires: 7200,
             script: VecDeque::new(),
@@ -118,6 +129,7 @@ impl FakeRegistrar {
             nonces: HashMap::new(),
             nonce_seq: 0,
             answered: HashMap::new(),
+            epoch: None,
         }
     }
 
@@ -255,7 +267,7 @@ impl FakeRegistrar {
                 ra.map(|s| format!("Retry-After: {s}\r\n"))
                     .unwrap_or_default(),
             ),
-            Some(Scripted::Stale) => (401, self.challenge_headers(now, true)),
+            Some(Scripted::Stale) => (401, self.challenge_headers(now, true, &f)),
             None | Some(Scripted::Pass) => match self.fail_all {
                 Some(c) => (c, String::new()),
                 None => self.process(
@@ -304,11 +316,16 @@ impl FakeRegistrar {
             (a.realm == self.realm && a.verify(secret, "REGISTER", b"")).then_some(a)
         });
         let Some(a) = verified else {
-            return (401, self.challenge_headers(now, false));
+            return (401, self.challenge_headers(now, false, f));
         };
-        match self.nonces.get(&a.nonce) {
-            Some(&issued) if now.duration_since(issued) < self.nonce_lifetime => {}
-            _ => return (401, self.challenge_headers(now, true)),
+        let fresh = if self.stateless_nonces {
+            self.stateless_nonce_valid(now, &a.nonce, f)
+        } else {
+            matches!(self.nonces.get(&a.nonce),
+                Some(&issued) if now.duration_since(issued) < self.nonce_lifetime)
+        };
+        if !fresh {
+            return (401, self.challenge_headers(now, true, f));
         }
         if expires > 0 && expires < self.min_expires {
             return (423, format!("Min-Expires: {}\r\n", self.min_expires));
@@ -334,14 +351,21 @@ impl FakeRegistrar {
     }
 
     /// Challenge headers formatted the way Asterisk 22 does (no spaces after commas).
-    fn challenge_headers(&mut self, now: Instant, stale: bool) -> String {
-        self.nonce_seq += 1;
-        let nonce = format!(
-            "{}/{:032x}",
-            1_732_300_000 + self.nonce_seq,
-            u128::from(self.nonce_seq) * 0x9e37_79b9_7f4a_7c15
-        );
-        self.nonces.insert(nonce.clone(), now);
+    fn challenge_headers(&mut self, now: Instant, stale: bool, f: &Fields) -> String {
+        self.challenges_sent += 1;
+        let nonce = if self.stateless_nonces {
+            let ts = self.stateless_seconds(now);
+            self.stateless_nonce(ts, f)
+        } else {
+            self.nonce_seq += 1;
+            let nonce = format!(
+                "{}/{:032x}",
+                1_732_300_000 + self.nonce_seq,
+                u128::from(self.nonce_seq) * 0x9e37_79b9_7f4a_7c15
+            );
+            self.nonces.insert(nonce.clone(), now);
+            nonce
+        };
         let mut s = String::new();
         for alg in &self.algorithms {
             let _ = write!(
@@ -362,6 +386,33 @@ impl FakeRegistrar {
             s.push_str("\r\n");
         }
         s
+    }
+}
+
+impl FakeRegistrar {
+    fn stateless_seconds(&mut self, now: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_insert(now);
+        1_732_300_000 + now.saturating_duration_since(epoch).as_secs()
+    }
+
+    /// Source address as Asterisk sees it: here, the top Via's sent-by host.
+    fn stateless_nonce(&self, ts: u64, f: &Fields) -> String {
+        let source = f
+            .vias
+            .first()
+            .and_then(|v| v.split_whitespace().nth(1))
+            .and_then(|s| s.split([';', ':']).next())
+            .unwrap_or("");
+        let hash = Algorithm::Md5.hex(format!("{ts}:{source}:{}", self.realm).as_bytes());
+        format!("{ts}/{hash}")
+    }
+
+    fn stateless_nonce_valid(&mut self, now: Instant, nonce: &str, f: &Fields) -> bool {
+        let Some(ts) = nonce.split('/').next().and_then(|t| t.parse::<u64>().ok()) else {
+            return false;
+        };
+        let age = self.stateless_seconds(now).saturating_sub(ts);
+        self.stateless_nonce(ts, f) == nonce && age < self.nonce_lifetime.as_secs()
     }
 }
 
@@ -621,11 +672,16 @@ impl Sim {
                     }
                 }
                 Packet::ToMirror(node, bytes) => {
-                    if let Ok(rsip::SipMessage::Response(r)) =
-                        rsip::SipMessage::try_from(bytes.as_slice())
-                    {
-                        self.mirror
-                            .handle_response(self.now, self.registrars[node].addr, &r);
+                    // As the driver reads them: clean responses without rsip.
+                    let from = self.registrars[node].addr;
+                    match parse_incoming(&bytes) {
+                        Ok(Incoming::Response(info)) => {
+                            self.mirror.handle_response_info(self.now, from, &info)
+                        }
+                        Ok(Incoming::Message(rsip::SipMessage::Response(r))) => {
+                            self.mirror.handle_response(self.now, from, &r)
+                        }
+                        _ => {}
                     }
                 }
             }

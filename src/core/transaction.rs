@@ -103,10 +103,83 @@ impl NonInviteClient {
     }
 }
 
+/// A short ASCII identifier (branch, Call-ID, tag, cnonce) built on the stack, so a request
+/// needs no allocation for its ids.
+#[derive(Clone, Copy)]
+pub struct Id {
+    buf: [u8; Id::CAP],
+    len: u8,
+}
+
+impl Id {
+    pub const CAP: usize = 48;
+
+    pub fn new() -> Self {
+        Id {
+            buf: [0; Id::CAP],
+            len: 0,
+        }
+    }
+
+    fn byte(&mut self, b: u8) {
+        // Every id written here is well under CAP; ASCII only keeps `as_str` valid.
+        if (self.len as usize) < Id::CAP && b.is_ascii() {
+            self.buf[self.len as usize] = b;
+            self.len += 1;
+        }
+    }
+
+    pub fn push(&mut self, s: &str) -> &mut Self {
+        for &b in s.as_bytes() {
+            self.byte(b);
+        }
+        self
+    }
+
+    /// Lower-case hex of `v`, zero-padded to `width` digits: `{v:0width$x}`.
+    pub fn hex(&mut self, v: u64, width: usize) -> &mut Self {
+        let digits = ((64 - v.leading_zeros() as usize).div_ceil(4))
+            .max(width)
+            .max(1);
+        for i in (0..digits).rev() {
+            let d = if i < 16 { (v >> (4 * i)) & 0xf } else { 0 };
+            self.byte(b"0123456789abcdef"[d as usize]);
+        }
+        self
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len as usize]).unwrap_or("")
+    }
+}
+
+impl Default for Id {
+    fn default() -> Self {
+        Id::new()
+    }
+}
+
+impl std::fmt::Display for Id {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for Id {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 /// Branch for transaction `txn` of binding slot `binding` in the instance with `prefix`:
 /// fixed-width hex so parsing needs no allocation and no lookup table.
-pub fn branch(prefix: u32, binding: u32, txn: u32) -> String {
-    format!("{BRANCH_COOKIE}{prefix:08x}{binding:08x}{txn:08x}")
+pub fn branch(prefix: u32, binding: u32, txn: u32) -> Id {
+    let mut id = Id::new();
+    id.push(BRANCH_COOKIE)
+        .hex(prefix.into(), 8)
+        .hex(binding.into(), 8)
+        .hex(txn.into(), 8);
+    id
 }
 
 /// Inverse of [`branch`]: `(binding, txn)` when `s` is one of this instance's branches.
@@ -179,10 +252,32 @@ mod tests {
     }
 
     #[test]
+    fn ids_format_like_hex_formatting() {
+        for v in [
+            0u64,
+            1,
+            0xf,
+            0x10,
+            0xdead_beef,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            for w in [0, 1, 8, 16] {
+                assert_eq!(Id::new().hex(v, w).as_str(), format!("{v:0w$x}"), "{v} {w}");
+            }
+        }
+        let mut id = Id::new();
+        id.push(&"x".repeat(100));
+        assert_eq!(id.as_str().len(), Id::CAP);
+    }
+
+    #[test]
     fn branch_round_trip() {
         let b = branch(0xdeadbeef, 7, 0x1234);
-        assert_eq!(parse_branch(&b, 0xdeadbeef), Some((7, 0x1234)));
-        assert_eq!(parse_branch(&b, 0xdeadbeee), None);
+        assert_eq!(b.as_str(), "z9hG4bKdeadbeef0000000700001234");
+        let b = b.as_str();
+        assert_eq!(parse_branch(b, 0xdeadbeef), Some((7, 0x1234)));
+        assert_eq!(parse_branch(b, 0xdeadbeee), None);
         assert_eq!(parse_branch("z9hG4bKabc", 0), None);
         assert_eq!(
             parse_branch("z9hG4bKdeadbeef0000000700001234x", 0xdeadbeef),

@@ -43,6 +43,15 @@ pub struct NodeRow {
     pub unregistering: u64,
     pub failing: u64,
     pub drift: u64,
+    /// Digest challenges (401/407) received from the node.
+    #[serde(default)]
+    pub challenges: u64,
+    /// REGISTERs answering the node's latest nonce preemptively (`farm.nonce_reuse`), and how
+    /// many of them the node challenged again: the reuse hit rate is 1 - challenged / preemptive.
+    #[serde(default)]
+    pub preemptive: u64,
+    #[serde(default)]
+    pub preemptive_challenged: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -129,11 +138,17 @@ pub fn farm_status(
     let mut nodes: Vec<NodeRow> = mirror
         .nodes()
         .enumerate()
-        .map(|(i, n)| NodeRow {
-            name: n.name.clone(),
-            address: n.addr.to_string(),
-            health: health(i as NodeId).to_string(),
-            ..Default::default()
+        .map(|(i, n)| {
+            let h = mirror.node_health(i as NodeId);
+            NodeRow {
+                name: n.name.clone(),
+                address: n.addr.to_string(),
+                health: health(i as NodeId).to_string(),
+                challenges: h.as_ref().map_or(0, |h| h.challenges),
+                preemptive: h.as_ref().map_or(0, |h| h.preemptive),
+                preemptive_challenged: h.as_ref().map_or(0, |h| h.preemptive_challenged),
+                ..Default::default()
+            }
         })
         .collect();
     let stats = mirror.stats();

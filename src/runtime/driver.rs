@@ -3,27 +3,31 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::MySqlPool;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::config::{Config, TransportKind};
+use crate::core::binding::ResponseInfo;
 use crate::core::mirror::{
-    BindingState, Credential, Event, FarmConfig, Mirror, MirrorConfig, Node, Transport,
+    BindingState, Credential, Event, FarmConfig, Mirror, MirrorConfig, Node, Transmit, Transport,
 };
 use crate::core::notify::{aor_user, parse_notification};
 use crate::core::peer::{self, Transition};
-use crate::core::sip::{parse_message, response_for, MAX_MESSAGE};
+use crate::core::sip::{parse_incoming, parse_message, response_for, Incoming, MAX_MESSAGE};
 use crate::runtime::admin::{self, AdminQuery};
 use crate::runtime::ami::{fetch_contact_users, remove_contacts, AmiTarget};
 use crate::runtime::ha::{self as ha_rt, Ha};
 use crate::runtime::inflight::InFlight;
 use crate::runtime::metrics::Metrics;
+use crate::runtime::mmsg;
 use crate::runtime::tcp::{Frame, TcpLinks};
 use crate::store;
 
@@ -115,6 +119,7 @@ impl Driver {
                 probe_timeout: config.farm.probe_timeout,
                 probe_failures: config.farm.probe_failures,
                 replay_rate: config.farm.replay_rate,
+                nonce_reuse: config.farm.nonce_reuse,
             },
             ..MirrorConfig::default()
         };
@@ -167,6 +172,7 @@ impl Driver {
     ) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
         let mut buf = vec![0u8; 65_536];
+        let mut batch = mmsg::RecvBatch::new();
         tracing::info!(
             role = self.ha.role().as_str(),
             peer = %self.ha.peer_label(),
@@ -188,19 +194,27 @@ impl Driver {
                 .min()
                 .map(tokio::time::Instant::from_std);
             tokio::select! {
-                r = self.socket.recv_from(&mut buf) => {
-                    match r {
-                        Ok((n, from)) => {
-                            self.on_datagram(&buf[..n], from).await;
-                            // Drain what is already queued before going round the loop again.
-                            for _ in 0..256 {
-                                match self.socket.try_recv_from(&mut buf) {
-                                    Ok((n, from)) => self.on_datagram(&buf[..n], from).await,
-                                    Err(_) => break,
+                r = self.socket.readable() => {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "recv failed");
+                    }
+                    // Drain what is already queued (up to 256 datagrams, recvmmsg batches)
+                    // before going round the loop again.
+                    for _ in 0..256 / mmsg::BATCH {
+                        let fd = self.socket.as_raw_fd();
+                        match self.socket.try_io(Interest::READABLE, || batch.recv(fd)) {
+                            Ok(_) => {
+                                for (bytes, from) in batch.iter() {
+                                    self.on_datagram(bytes, from).await;
                                 }
                             }
+                            Err(e) => {
+                                if e.kind() != std::io::ErrorKind::WouldBlock {
+                                    tracing::warn!(error = %e, "recv failed");
+                                }
+                                break;
+                            }
                         }
-                        Err(e) => tracing::warn!(error = %e, "recv failed"),
                     }
                 }
                 Some(l) = self.lookups_rx.recv() => self.on_lookup(l),
@@ -486,7 +500,15 @@ impl Driver {
         if bytes.iter().all(|b| b.is_ascii_whitespace()) {
             return; // CRLF keepalive
         }
-        let msg = match parse_message(bytes) {
+        // Answers to our HA probes (1/s, from the peer only) carry X-RegMirror-HA: read by rsip.
+        if self.ha.is_peer(from) && bytes.starts_with(b"SIP/2.0 ") {
+            if let Ok(rsip::SipMessage::Response(resp)) = parse_message(bytes) {
+                if let Some(seq) = self.ha.probe_answer(&resp, from) {
+                    return self.on_peer_answer(seq, &resp);
+                }
+            }
+        }
+        let msg = match parse_incoming(bytes) {
             Ok(m) => m,
             Err(e) => {
                 Metrics::inc(&self.metrics.datagrams_malformed);
@@ -495,25 +517,25 @@ impl Driver {
             }
         };
         match msg {
-            rsip::SipMessage::Response(resp) => self.on_response(resp, from),
-            rsip::SipMessage::Request(req) => self.on_request(req, from).await,
+            Incoming::Response(info) => self.on_response(&info, from),
+            Incoming::Message(rsip::SipMessage::Response(resp)) => {
+                self.on_response(&ResponseInfo::from_response(&resp), from)
+            }
+            Incoming::Message(rsip::SipMessage::Request(req)) => self.on_request(req, from).await,
         }
     }
 
-    fn on_response(&mut self, resp: rsip::Response, from: SocketAddr) {
-        if let Some(seq) = self.ha.probe_answer(&resp, from) {
-            return self.on_peer_answer(seq, &resp);
-        }
+    fn on_response(&mut self, resp: &ResponseInfo<'_>, from: SocketAddr) {
         if !self.ha.is_active() {
             return; // late answers to a REGISTER sent before going standby
         }
-        if matches!(resp.status_code.code(), 200..=699) {
-            self.metrics.count_result(resp.status_code.code());
-            if let Some((node, took)) = self.inflight.on_final(&resp, Instant::now()) {
+        if matches!(resp.code, 200..=699) {
+            self.metrics.count_result(resp.code);
+            if let Some((node, took)) = self.inflight.on_final(resp, Instant::now()) {
                 self.metrics.observe_latency(&self.node_name(node), took);
             }
         }
-        self.mirror.handle_response(Instant::now(), from, &resp);
+        self.mirror.handle_response_info(Instant::now(), from, resp);
     }
 
     /// A message read from a TCP node's connection (already framed, keepalives skipped).
@@ -530,7 +552,9 @@ impl Driver {
             }
         };
         let reply = match msg {
-            rsip::SipMessage::Response(resp) => return self.on_response(resp, f.node),
+            rsip::SipMessage::Response(resp) => {
+                return self.on_response(&ResponseInfo::from_response(&resp), f.node)
+            }
             rsip::SipMessage::Request(req) => match req.method {
                 rsip::Method::Ack => return,
                 rsip::Method::Options => response_for(&req, 200, "OK"),
@@ -667,6 +691,7 @@ impl Driver {
 
     /// Drains the mirror's transmits and events.
     async fn flush(&mut self) {
+        let mut udp = Vec::new();
         loop {
             let mut any = false;
             while let Some(t) = self.mirror.poll_transmit() {
@@ -676,7 +701,7 @@ impl Driver {
                         if self.inflight.on_send(&t.payload, t.dest, Instant::now()) {
                             Metrics::inc(&self.metrics.register_retries);
                         }
-                        self.send(&t.payload, t.dest).await
+                        udp.push(t);
                     }
                     Transport::Tcp => {
                         self.inflight.on_send(&t.payload, t.dest, Instant::now());
@@ -684,6 +709,8 @@ impl Driver {
                     }
                 }
             }
+            self.send_udp(&udp).await;
+            udp.clear();
             // Events may produce transmits (credentials from a reconciliation): go round again.
             while let Some(ev) = self.mirror.poll_event() {
                 any = true;
@@ -897,6 +924,36 @@ impl Driver {
                 }
             }
         });
+    }
+
+    /// Sends `out` in `sendmmsg` batches, waiting for the socket when it is full.
+    async fn send_udp(&self, out: &[Transmit]) {
+        let mut msgs: Vec<(&[u8], SocketAddr)> = Vec::with_capacity(mmsg::BATCH.min(out.len()));
+        let mut i = 0;
+        while i < out.len() {
+            msgs.clear();
+            let next = out[i..].iter().take(mmsg::BATCH);
+            msgs.extend(next.map(|t| (t.payload.as_slice(), t.dest)));
+            let fd = self.socket.as_raw_fd();
+            match self
+                .socket
+                .try_io(Interest::WRITABLE, || mmsg::send_batch(fd, &msgs))
+            {
+                Ok(n) => i += n.max(1),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if let Err(e) = self.socket.writable().await {
+                        tracing::warn!(error = %e, "send failed");
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // The kernel reports the failing datagram first: skip it.
+                    Metrics::inc(&self.metrics.send_errors);
+                    tracing::debug!(dest = %out[i].dest, error = %e, "send failed");
+                    i += 1;
+                }
+            }
+        }
     }
 
     async fn send(&self, payload: &[u8], dest: SocketAddr) {

@@ -7,6 +7,8 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::core::binding::ResponseInfo;
+
 pub struct InFlight {
     /// Branch -> (node index, first send, Call-ID).
     pending: HashMap<Box<str>, (u16, Instant, Box<str>)>,
@@ -53,15 +55,10 @@ impl InFlight {
     }
 
     /// A final response (>= 200): the node and the transaction's latency, if it was ours.
-    pub fn on_final(&mut self, resp: &rsip::Response, now: Instant) -> Option<(u16, Duration)> {
-        let via = resp.headers.iter().find_map(|h| match h {
-            rsip::Header::Via(v) => Some(v.to_string()),
-            _ => None,
-        })?;
-        let branch = branch_of(via.as_bytes())?;
-        let (node, sent, call_id) = self.pending.remove(branch)?;
+    pub fn on_final(&mut self, resp: &ResponseInfo<'_>, now: Instant) -> Option<(u16, Duration)> {
+        let (node, sent, call_id) = self.pending.remove(resp.branch?)?;
         // Challenges and 423 are answered at once: not failures.
-        let code = resp.status_code.code();
+        let code = resp.code;
         if code >= 300 && !matches!(code, 401 | 407 | 423) {
             self.note_failed(call_id);
         }
@@ -104,7 +101,7 @@ impl InFlight {
 /// The Call-ID of one of our requests (we always write the long form).
 fn call_id_of(bytes: &[u8]) -> Option<&str> {
     const KEY: &[u8] = b"\r\nCall-ID: ";
-    let start = bytes.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let start = memchr::memmem::find(bytes, KEY)? + KEY.len();
     let rest = &bytes[start..];
     let end = rest.iter().position(|b| *b == b'\r').unwrap_or(rest.len());
     std::str::from_utf8(&rest[..end])
@@ -117,7 +114,7 @@ fn call_id_of(bytes: &[u8]) -> Option<&str> {
 /// is the first).
 fn branch_of(bytes: &[u8]) -> Option<&str> {
     const KEY: &[u8] = b";branch=";
-    let start = bytes.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let start = memchr::memmem::find(bytes, KEY)? + KEY.len();
     let rest = &bytes[start..];
     let end = rest
         .iter()
@@ -148,12 +145,16 @@ mod tests {
         f.on_send(REQ.as_bytes(), node, t0 + Duration::from_millis(500));
         assert_eq!(f.len(), 1);
         let (n, d) = f
-            .on_final(&resp(200), t0 + Duration::from_millis(700))
+            .on_final(
+                &ResponseInfo::from_response(&resp(200)),
+                t0 + Duration::from_millis(700),
+            )
             .unwrap();
         assert_eq!((n, d), (0, Duration::from_millis(700)));
         assert!(f.is_empty());
         assert!(
-            f.on_final(&resp(200), t0).is_none(),
+            f.on_final(&ResponseInfo::from_response(&resp(200)), t0)
+                .is_none(),
             "a duplicate final is not counted"
         );
     }
@@ -181,13 +182,13 @@ mod tests {
         let mut f = InFlight::new([node], Duration::from_secs(32));
         let t0 = Instant::now();
         assert!(!f.on_send(REQ.as_bytes(), node, t0));
-        f.on_final(&resp_on("-abc", 401), t0);
+        f.on_final(&ResponseInfo::from_response(&resp_on("-abc", 401)), t0);
         let second = REQ.replace("-abc", "-2");
         assert!(
             !f.on_send(second.as_bytes(), node, t0),
             "an answered challenge is no retry"
         );
-        f.on_final(&resp_on("-2", 503), t0);
+        f.on_final(&ResponseInfo::from_response(&resp_on("-2", 503)), t0);
         let third = REQ.replace("-abc", "-3");
         assert!(
             f.on_send(third.as_bytes(), node, t0),

@@ -383,6 +383,28 @@ fn render_farm(o: &mut String, f: &FarmStatus) {
             n.drift
         );
     }
+    for (name, help, get) in [
+        (
+            "regmirror_register_challenges_total",
+            "digest challenges (401/407) received, by node",
+            (|n| n.challenges) as fn(&crate::runtime::admin::NodeRow) -> u64,
+        ),
+        (
+            "regmirror_register_preemptive_total",
+            "REGISTERs answering the node's latest nonce preemptively (farm.nonce_reuse), by node",
+            |n| n.preemptive,
+        ),
+        (
+            "regmirror_register_preemptive_challenged_total",
+            "preemptive REGISTERs the node challenged again (nonce expired or another realm), by node",
+            |n| n.preemptive_challenged,
+        ),
+    ] {
+        family(o, name, "counter", help);
+        for n in &f.nodes {
+            let _ = writeln!(o, "{name}{{node=\"{}\"}} {}", label(&n.name), get(n));
+        }
+    }
     family(
         o,
         "regmirror_node_up",
@@ -472,6 +494,9 @@ mod tests {
             health: "up".into(),
             confirmed: 3,
             drift: 1,
+            challenges: 2,
+            preemptive: 40,
+            preemptive_challenged: 1,
             ..Default::default()
         });
         let t = m.render(Some(&f));
@@ -480,5 +505,8 @@ mod tests {
         assert!(t.contains("regmirror_bindings{node=\"ast1\",state=\"registered\"} 3"));
         assert!(t.contains("regmirror_binding_drift{node=\"ast1\"} 1"));
         assert!(t.contains("regmirror_node_up{node=\"ast1\"} 1"));
+        assert!(t.contains("regmirror_register_challenges_total{node=\"ast1\"} 2"));
+        assert!(t.contains("regmirror_register_preemptive_total{node=\"ast1\"} 40"));
+        assert!(t.contains("regmirror_register_preemptive_challenged_total{node=\"ast1\"} 1"));
     }
 }

@@ -8,6 +8,7 @@ pub mod driver;
 pub mod ha;
 pub mod inflight;
 pub mod metrics;
+pub mod mmsg;
 pub mod tcp;
 
 use std::sync::Arc;

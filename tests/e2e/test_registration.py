@@ -75,3 +75,26 @@ def test_user_added_live_registers_and_is_called_at_once(stack, new_user, phone)
     for node, before in reloads.items():
         after = _last_reload(stack, node)
         assert before is None or after is None or after >= before, f"{node} was reloaded"
+
+
+def test_password_change_counts_on_every_node_at_once(stack, sipp, ports, new_user, phone):
+    """`regmirror user passwd` while the user is registered: the old password is refused, and a
+    fresh registration with the new one reaches every node within the usual deadline. The nodes
+    have just read the old auth (the first registration), so a node that cached auths
+    (asterisk/etc/sorcery.conf) would refuse regmirror's new password here and the user would
+    stay off that node for the cache's lifetime."""
+    user, old = new_user()
+    p = phone(user, old)
+    p.register()
+    assert poll(lambda: stack.mirrored(user), MIRROR_DEADLINE)[0], stack.contacts_of(user)
+    new = old[::-1] + "x"
+    res = stack.regmirror_cli("user", "passwd", user, password=new)
+    assert res.returncode == 0, res.stderr
+    p.password = new
+    p.unregister()
+    assert poll(lambda: stack.absent(user), 5)[0], stack.contacts_of(user)
+    stale = sipp.run("register-rejected.xml", [(user, old, 120)], port=next(ports))
+    assert 200 not in [c for c, _ in stale.responses("REGISTER")], "old password still accepted"
+    p.register()
+    mirrored, elapsed = poll(lambda: stack.mirrored(user), MIRROR_DEADLINE)
+    assert mirrored, f"new password not on every node within {MIRROR_DEADLINE}s: {stack.contacts_of(user)}"
