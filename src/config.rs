@@ -40,6 +40,39 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// Active/standby pair; absent = standalone (always active).
+    #[serde(default)]
+    pub ha: Option<HaConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HaRole {
+    Primary,
+    Secondary,
+}
+
+/// `[ha]`: two instances, both notified by Kamailio; only the active one talks to the nodes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaConfig {
+    pub role: HaRole,
+    /// The other instance's SIP socket (its `sip.listen`/`advertise`), ip:port.
+    pub peer: SocketAddr,
+    /// OPTIONS probe period of the secondary.
+    #[serde(default = "default_ha_probe_interval", with = "humantime_serde")]
+    pub probe_interval: Duration,
+    /// Consecutive unanswered probes after which the secondary takes over.
+    #[serde(default = "default_takeover_after")]
+    pub takeover_after: u32,
+}
+
+fn default_ha_probe_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_takeover_after() -> u32 {
+    3
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -476,6 +509,31 @@ impl Config {
                 "must be greater than zero",
             ));
         }
+        if let Some(ha) = &self.ha {
+            if ha.peer.port() == 0 || ha.peer.ip().is_unspecified() {
+                return Err(invalid(
+                    "ha.peer",
+                    "must be the other instance's concrete ip:port",
+                ));
+            }
+            if ha.peer == self.advertised_addr() || ha.peer == s.listen {
+                return Err(invalid(
+                    "ha.peer",
+                    "is this instance's own SIP address: give the other instance's",
+                ));
+            }
+            if ha.probe_interval < Duration::from_millis(100)
+                || ha.probe_interval > Duration::from_secs(60)
+            {
+                return Err(invalid(
+                    "ha.probe_interval",
+                    "must be between 100ms and 60s",
+                ));
+            }
+            if !(1..=100).contains(&ha.takeover_after) {
+                return Err(invalid("ha.takeover_after", "must be between 1 and 100"));
+            }
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid(
                 "log.level",
@@ -612,6 +670,39 @@ url = "mysql://regmirror:hunter2@db/regmirror"
         assert!(!dbg.contains("t0psecret"), "{dbg}");
         let partial = with_ami.replace("ami_secret = \"t0psecret\"", "");
         assert!(err_of(&partial).contains("nodes[0].ami"));
+    }
+
+    #[test]
+    fn ha_section_is_optional_and_validated() {
+        assert!(Config::from_toml(GOOD).unwrap().ha.is_none());
+        let ha = |kv: &str| format!("{GOOD}\n[ha]\n{kv}\n");
+        let c = Config::from_toml(&ha("role = \"secondary\"\npeer = \"10.0.0.6:5070\"")).unwrap();
+        let h = c.ha.unwrap();
+        assert_eq!(h.role, HaRole::Secondary);
+        assert_eq!(h.probe_interval, Duration::from_secs(1));
+        assert_eq!(h.takeover_after, 3);
+        let cases = [
+            ("role = \"boss\"\npeer = \"10.0.0.6:5070\"", "role"),
+            ("role = \"primary\"", "peer"),
+            ("role = \"primary\"\npeer = \"10.0.0.5:5070\"", "ha.peer"),
+            ("role = \"primary\"\npeer = \"0.0.0.0:5070\"", "ha.peer"),
+            (
+                "role = \"primary\"\npeer = \"10.0.0.6:5070\"\nprobe_interval = \"10ms\"",
+                "ha.probe_interval",
+            ),
+            (
+                "role = \"primary\"\npeer = \"10.0.0.6:5070\"\ntakeover_after = 0",
+                "ha.takeover_after",
+            ),
+            (
+                "role = \"primary\"\npeer = \"10.0.0.6:5070\"\ntakeover = 3",
+                "takeover",
+            ),
+        ];
+        for (kv, key) in cases {
+            let e = err_of(&ha(kv));
+            assert!(e.contains(key), "expected `{key}` in: {e}");
+        }
     }
 
     #[test]

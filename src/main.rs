@@ -83,9 +83,14 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => match Config::load(config.as_deref()) {
             Ok(c) => {
                 println!(
-                    "configuration ok: {} node(s), listening on {}",
+                    "configuration ok: {} node(s), listening on {}{}",
                     c.nodes.len(),
-                    c.sip.listen
+                    c.sip.listen,
+                    c.ha.as_ref().map_or_else(String::new, |h| format!(
+                        ", HA {:?} with peer {} (takeover after {} x {:?})",
+                        h.role, h.peer, h.takeover_after, h.probe_interval
+                    )
+                    .to_lowercase())
                 );
                 ExitCode::SUCCESS
             }

@@ -295,3 +295,51 @@ fn systemd_unit_verifies() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(o.status.success() && o.stderr.is_empty(), "{}", out(&o));
 }
+
+#[test]
+fn ha_section_from_the_file_or_the_environment() {
+    let ex = example_text();
+    let o = check(
+        &ex,
+        &[
+            ("REGMIRROR__HA__ROLE", "secondary"),
+            ("REGMIRROR__HA__PEER", "10.0.0.40:5070"),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    assert!(
+        out(&o).contains("ha secondary with peer 10.0.0.40:5070 (takeover after 3 x 1s)"),
+        "{}",
+        out(&o)
+    );
+    // The environment overrides a file's [ha].
+    let primary = format!("{ex}\n[ha]\nrole = \"primary\"\npeer = \"10.0.0.41:5070\"\n");
+    let o = check(&primary, &[("REGMIRROR__HA__ROLE", "secondary")]);
+    assert!(
+        out(&o).contains("ha secondary with peer 10.0.0.41:5070"),
+        "{}",
+        out(&o)
+    );
+    for (env, want) in [
+        (vec![("REGMIRROR__HA__ROLE", "secondary")], "peer"),
+        (
+            vec![
+                ("REGMIRROR__HA__ROLE", "primary"),
+                ("REGMIRROR__HA__PEER", "10.0.0.5:5070"),
+            ],
+            "`ha.peer`",
+        ),
+        (
+            vec![
+                ("REGMIRROR__HA__ROLE", "primary"),
+                ("REGMIRROR__HA__PEER", "10.0.0.41:5070"),
+                ("REGMIRROR__HA__TAKEOVER_AFTER", "0"),
+            ],
+            "`ha.takeover_after`",
+        ),
+    ] {
+        let o = check(&ex, &env);
+        assert_eq!(o.status.code(), Some(1), "{want}: {}", out(&o));
+        assert!(out(&o).contains(want), "expected {want} in: {}", out(&o));
+    }
+}

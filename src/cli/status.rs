@@ -198,6 +198,22 @@ pub fn format_farm(f: &FarmStatus) -> String {
         f.bindings_total,
         f.nodes.len()
     );
+    // Without `[ha]` nothing is said: standalone is always active.
+    if f.ha.role != "standalone" {
+        let _ = writeln!(
+            o,
+            "HA {} ({}), peer {}, {} takeover(s){}",
+            f.ha.role,
+            f.ha.state,
+            f.ha.peer.as_deref().unwrap_or("-"),
+            f.ha.takeovers,
+            if f.ha.state == "standby" {
+                ": the peer registers on the nodes"
+            } else {
+                ""
+            }
+        );
+    }
     let mut rows = vec![[
         "NODE",
         "ADDRESS",
@@ -296,6 +312,20 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.exit_code(), 3, "{e}");
+    }
+
+    #[test]
+    fn farm_shows_the_ha_role_only_in_a_pair() {
+        let mut f = FarmStatus::default();
+        assert!(!format_farm(&f).contains("HA "));
+        f.ha.role = "secondary".into();
+        f.ha.state = "standby".into();
+        f.ha.peer = Some("10.0.0.40:5070".into());
+        let t = format_farm(&f);
+        assert!(
+            t.contains("HA secondary (standby), peer 10.0.0.40:5070"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -240,6 +240,9 @@ struct Aor {
     changed: Option<Instant>,
     /// Added by reconciliation: first registrations go through the paced queue.
     paced: bool,
+    /// Transactions from this id on were signed with the current credential; a rejection of
+    /// an older one (the credential changed meanwhile) is retried at once with the new one.
+    cred_from_txn: u32,
 }
 
 impl Aor {
@@ -440,10 +443,14 @@ impl Mirror {
         let n = self.nodes.len();
         match credential {
             Some(c) => {
+                let next_txn = self.next_txn;
                 let a = &mut self.aors[slot as usize];
                 // The driver refetches after a rejection; getting the same secret back must
                 // not restart the attempt, or a node that keeps refusing it is hammered.
                 let changed = a.credential.as_ref() != Some(&c);
+                if changed {
+                    a.cred_from_txn = next_txn;
+                }
                 a.credential = Some(c);
                 a.removed = false;
                 a.missing_reported = false;
@@ -1211,6 +1218,7 @@ impl Mirror {
                     scheduled: None,
                     changed: None,
                     paced: false,
+                    cred_from_txn: 0,
                 });
                 self.bindings.extend((0..n).map(|_| Binding::default()));
                 (self.aors.len() - 1) as u32
@@ -1571,7 +1579,10 @@ impl Mirror {
         let b = &mut self.bindings[idx];
         b.realm = realm;
         b.auth_next = AuthNext::Fresh;
-        if !stale && txn.auth == AuthSent::Fresh {
+        // Signed with a credential replaced since (a refetch answered meanwhile): not a
+        // rejection of the current one.
+        let outdated = (self.aors[slot].cred_from_txn.wrapping_sub(txn.id) as i32) > 0;
+        if !stale && txn.auth == AuthSent::Fresh && !outdated {
             self.counters.credential_rejected += 1;
             if let Some(name) = self.aors[slot].name.clone() {
                 self.events.push_back(Event::CredentialRejected {

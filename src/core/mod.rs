@@ -4,6 +4,7 @@ pub mod digest;
 pub mod farm;
 pub mod mirror;
 pub mod notify;
+pub mod peer;
 pub mod sip;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -85,6 +85,9 @@ pub struct FarmStatus {
     pub bindings_total: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bindings: Vec<BindingRow>,
+    /// Role in an active/standby pair (`standalone` without `[ha]`).
+    #[serde(default)]
+    pub ha: crate::runtime::ha::HaView,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -207,6 +210,7 @@ pub fn farm_status(
         },
         bindings_total: total,
         bindings: problems,
+        ha: Default::default(),
     }
 }
 
@@ -423,7 +427,7 @@ pub fn render_html(s: &FarmStatus) -> String {
          td,th{border:1px solid #ccc;padding:4px 12px;text-align:left}th{background:#f3f3f3}\
          td.n{text-align:right;font-variant-numeric:tabular-nums}\
          .up,.registered{color:#080;font-weight:600}.down,.failed{color:#c00;font-weight:600}\
-         .unknown,.registering,.unregistering{color:#a60}.zero{color:#999}\
+         .unknown,.registering,.unregistering,.standby{color:#a60}.active{color:#080;font-weight:600}.zero{color:#999}\
          </style></head><body>",
     );
     let _ = write!(
@@ -435,6 +439,18 @@ pub fn render_html(s: &FarmStatus) -> String {
         s.live_aors,
         s.bindings_total,
         s.nodes.len()
+    );
+    let _ = write!(
+        o,
+        "<div class=\"sub\">role <span id=\"ha-role\">{}</span> &middot; \
+         <span id=\"ha-state\" class=\"{1}\">{1}</span>{2} &middot; {3} takeover(s)</div>",
+        esc(&s.ha.role),
+        esc(&s.ha.state),
+        s.ha.peer
+            .as_deref()
+            .map(|p| format!(" &middot; peer {}", esc(p)))
+            .unwrap_or_default(),
+        s.ha.takeovers
     );
     o.push_str(
         "<h2>Farm</h2><table id=\"nodes\"><tr><th>node</th><th>address</th><th>health</th>\

@@ -20,9 +20,11 @@ use crate::core::mirror::{
     BindingState, Credential, Event, FarmConfig, Mirror, MirrorConfig, Node, Transmit, Transport,
 };
 use crate::core::notify::{aor_user, parse_notification};
+use crate::core::peer::{self, Transition};
 use crate::core::sip::{parse_incoming, parse_message, response_for, Incoming, MAX_MESSAGE};
 use crate::runtime::admin::{self, AdminQuery};
 use crate::runtime::ami::{fetch_contact_users, remove_contacts, AmiTarget};
+use crate::runtime::ha::{self as ha_rt, Ha};
 use crate::runtime::inflight::InFlight;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::mmsg;
@@ -75,6 +77,10 @@ pub struct Driver {
     /// Connections to TCP nodes, and the messages read from them.
     tcp: TcpLinks,
     tcp_rx: mpsc::Receiver<Frame>,
+    /// Active/standby (`[ha]`): while standby the mirror stays empty and nothing goes to the
+    /// nodes; a takeover starts a fresh one.
+    ha: Ha,
+    mirror_config: MirrorConfig,
 }
 
 /// How long a shutdown waits for in-flight transactions before exiting anyway.
@@ -118,7 +124,11 @@ impl Driver {
             ..MirrorConfig::default()
         };
         let inflight = InFlight::new(nodes.iter().map(|n| n.addr), config.sip.timer_f);
-        let mirror = Mirror::new(mcfg, nodes.clone(), rand::random());
+        let mirror = Mirror::new(mcfg.clone(), nodes.clone(), rand::random());
+        let ha = Ha::new(&config);
+        metrics
+            .ha_active
+            .store(u64::from(ha.is_active()), Ordering::Relaxed);
         let (lookups_tx, lookups_rx) = mpsc::channel(4096);
         let (reconcile_tx, reconcile_rx) = mpsc::channel(1);
         let (audit_tx, audit_rx) = mpsc::channel(16);
@@ -150,6 +160,8 @@ impl Driver {
             reconcile_users: HashSet::new(),
             tcp,
             tcp_rx,
+            ha,
+            mirror_config: mcfg,
         })
     }
 
@@ -161,15 +173,25 @@ impl Driver {
         tokio::pin!(shutdown);
         let mut buf = vec![0u8; 65_536];
         let mut batch = mmsg::RecvBatch::new();
-        // Starts the node probes.
-        self.mirror.handle_timeout(Instant::now());
+        tracing::info!(
+            role = self.ha.role().as_str(),
+            peer = %self.ha.peer_label(),
+            state = if self.ha.is_active() { "active" } else { "standby" },
+            "HA role"
+        );
+        // Starts the node probes (a standby secondary sends nothing to the nodes).
+        if self.ha.is_active() {
+            self.mirror.handle_timeout(Instant::now());
+        }
+        self.on_ha_timeout(Instant::now()).await;
         self.spawn_reconciler();
         self.spawn_auditors();
         self.flush().await;
         loop {
-            let deadline = self
-                .mirror
-                .poll_timeout()
+            let deadline = [self.mirror.poll_timeout(), self.ha.monitor.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min()
                 .map(tokio::time::Instant::from_std);
             tokio::select! {
                 r = self.socket.readable() => {
@@ -198,7 +220,10 @@ impl Driver {
                 Some(l) = self.lookups_rx.recv() => self.on_lookup(l),
                 Some(f) = self.tcp_rx.recv() => self.on_stream_frame(f),
                 _ = sleep_until_opt(deadline) => {
-                    self.mirror.handle_timeout(Instant::now());
+                    if self.ha.is_active() {
+                        self.mirror.handle_timeout(Instant::now());
+                    }
+                    self.on_ha_timeout(Instant::now()).await;
                 }
                 Some(q) = self.admin_rx.recv() => self.on_admin(q),
                 Some(r) = self.reconcile_rx.recv() => self.on_reconcile(r),
@@ -214,6 +239,9 @@ impl Driver {
     }
 
     fn on_reconcile(&mut self, r: ReconcileSnapshot) {
+        if !self.ha.is_active() {
+            return; // read before going standby
+        }
         let first = !self.mirror.is_reconciled();
         self.mirror.reconcile(r.at, &r.live);
         let now = Instant::now();
@@ -245,6 +273,9 @@ impl Driver {
 
     fn on_lookup(&mut self, l: Lookup) {
         self.lookups_pending.remove(&l.user);
+        if !self.ha.is_active() {
+            return;
+        }
         if l.result.is_none() {
             // The user is gone: the nodes cannot authenticate its unregister any more.
             self.remove_over_ami(&l.user);
@@ -256,6 +287,9 @@ impl Driver {
     /// SIGHUP: applies `[[nodes]]` changes. A new node gets every live binding (paced replay);
     /// a removed node's bindings are forgotten, not unregistered (the node may be gone).
     fn on_reload(&mut self, new: Config) {
+        if !self.ha.is_active() {
+            return self.reload_standby(new);
+        }
         let now = Instant::now();
         let (mut added, mut removed) = (0, 0);
         // Remove from the highest index down: ids above a removed node shift by one.
@@ -295,6 +329,9 @@ impl Driver {
     }
 
     fn on_audit(&mut self, a: AuditSnapshot) {
+        if !self.ha.is_active() {
+            return;
+        }
         let Some(node) = self.nodes.iter().position(|n| n.name == a.node) else {
             return;
         };
@@ -318,9 +355,14 @@ impl Driver {
         let realm = self.config.sip.domain.clone();
         let interval = self.config.farm.reconcile_interval;
         let metrics = self.metrics.clone();
+        let mut active = self.ha.subscribe();
         tokio::spawn(async move {
             let mut wait = Duration::from_secs(1);
             loop {
+                // Standby reads nothing; a takeover reads at once.
+                if !ha_rt::until_active(&mut active).await {
+                    return;
+                }
                 let at = Instant::now();
                 let read = async {
                     let live = store::credentials::live_aors_db_now(&pool).await?;
@@ -352,7 +394,7 @@ impl Driver {
                             return;
                         }
                         wait = Duration::from_secs(1);
-                        tokio::time::sleep(interval).await;
+                        ha_rt::sleep_while_active(&mut active, interval).await;
                     }
                     Err(e) => {
                         Metrics::inc(&metrics.reconcile_errors);
@@ -419,9 +461,13 @@ impl Driver {
             let contact_host = self.config.kamailio.contact_host.clone();
             let interval = self.config.farm.audit_interval;
             let metrics = self.metrics.clone();
+            let active = self.ha.subscribe();
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(interval).await;
+                    if !*active.borrow() {
+                        continue; // standby: the active instance audits
+                    }
                     let at = Instant::now();
                     match fetch_contact_users(&target, &contact_host, Duration::from_secs(20)).await
                     {
@@ -454,6 +500,14 @@ impl Driver {
         if bytes.iter().all(|b| b.is_ascii_whitespace()) {
             return; // CRLF keepalive
         }
+        // Answers to our HA probes (1/s, from the peer only) carry X-RegMirror-HA: read by rsip.
+        if self.ha.is_peer(from) && bytes.starts_with(b"SIP/2.0 ") {
+            if let Ok(rsip::SipMessage::Response(resp)) = parse_message(bytes) {
+                if let Some(seq) = self.ha.probe_answer(&resp, from) {
+                    return self.on_peer_answer(seq, &resp);
+                }
+            }
+        }
         let msg = match parse_incoming(bytes) {
             Ok(m) => m,
             Err(e) => {
@@ -472,6 +526,9 @@ impl Driver {
     }
 
     fn on_response(&mut self, resp: &ResponseInfo<'_>, from: SocketAddr) {
+        if !self.ha.is_active() {
+            return; // late answers to a REGISTER sent before going standby
+        }
         if matches!(resp.code, 200..=699) {
             self.metrics.count_result(resp.code);
             if let Some((node, took)) = self.inflight.on_final(resp, Instant::now()) {
@@ -515,7 +572,8 @@ impl Driver {
     }
 
     async fn on_request(&mut self, req: rsip::Request, from: SocketAddr) {
-        if !self.config.kamailio.trusted.contains(&from.ip()) {
+        let peer_probe = req.method == rsip::Method::Options && self.ha.is_peer(from);
+        if !self.config.kamailio.trusted.contains(&from.ip()) && !peer_probe {
             // Never answered: an untrusted source learns nothing (and is never challenged).
             Metrics::inc(&self.metrics.notifications_untrusted);
             tracing::debug!(%from, method = %req.method, "request from an untrusted source dropped");
@@ -527,19 +585,24 @@ impl Driver {
                 Metrics::inc(&self.metrics.notifications_refused);
                 response_for(&req, 503, "Shutting Down")
             }
-            rsip::Method::Options => response_for(&req, 200, "OK"),
+            // Says who does the work; a draining instance is no longer active.
+            rsip::Method::Options => peer::with_header(
+                response_for(&req, 200, "OK"),
+                self.ha.role(),
+                self.ha.is_active() && !self.draining,
+            ),
             rsip::Method::Message => match parse_notification(&req) {
                 Ok(n) => {
                     Metrics::inc(&self.metrics.notifications_accepted);
                     let user = aor_user(&n.aor).to_string();
                     tracing::debug!(user = %user, event = ?n.event, expires = n.expires, "notification");
-                    self.mirror.aor_update(
-                        Instant::now(),
-                        &user,
-                        Duration::from_secs(u64::from(n.expires)),
-                        n.time_us,
-                        None,
-                    );
+                    let expires = Duration::from_secs(u64::from(n.expires));
+                    if self.ha.is_active() {
+                        self.mirror
+                            .aor_update(Instant::now(), &user, expires, n.time_us, None);
+                    } else {
+                        self.ha.remember(Instant::now(), &user, expires, n.time_us);
+                    }
                     response_for(&req, 200, "OK")
                 }
                 Err(e) => {
@@ -555,8 +618,11 @@ impl Driver {
     }
 
     fn on_admin(&mut self, q: AdminQuery) {
-        // `unknown` until the node has answered anything (a probe or a REGISTER).
+        // `unknown` until the node has answered anything (a probe or a REGISTER), and while
+        // standby (nothing is sent to the nodes).
+        let active = self.ha.is_active();
         let health = |node: u16| match self.mirror.node_health(node) {
+            _ if !active => "unknown",
             Some(h) if h.up => "up",
             Some(h) if h.last_heard.is_some() || h.probe_failures > 0 => "down",
             _ => "unknown",
@@ -566,12 +632,9 @@ impl Driver {
             .store(self.mirror.stats().replayed, Ordering::Relaxed);
         match q {
             AdminQuery::Farm { bindings, reply } => {
-                let _ = reply.send(admin::farm_status(
-                    &self.mirror,
-                    Instant::now(),
-                    health,
-                    bindings,
-                ));
+                let mut s = admin::farm_status(&self.mirror, Instant::now(), health, bindings);
+                s.ha = self.ha.view();
+                let _ = reply.send(s);
             }
             AdminQuery::User { user, reply } => {
                 let _ = reply.send(admin::user_status(
@@ -713,6 +776,106 @@ impl Driver {
                 tracing::info!(node = %self.node_name(node), "node up: replaying its bindings");
             }
         }
+    }
+
+    /// Probes the primary (secondary only) and applies a takeover when it stops answering.
+    async fn on_ha_timeout(&mut self, now: Instant) {
+        if let Some(t) = self.ha.monitor.handle_timeout(now) {
+            self.on_transition(now, t);
+        }
+        while let Some(seq) = self.ha.monitor.poll_probe() {
+            let probe = self.ha.probe(
+                self.config.advertised_addr(),
+                seq,
+                &self.config.sip.user_agent,
+            );
+            if let Some((bytes, peer)) = probe {
+                self.send(&bytes, peer).await;
+            }
+        }
+    }
+
+    fn on_peer_answer(&mut self, seq: u32, resp: &rsip::Response) {
+        let Some(state) = Ha::peer_state(resp) else {
+            return;
+        };
+        if state.role == peer::Role::Secondary {
+            tracing::warn!(peer = %self.ha.peer_label(), "the HA peer is configured secondary too: make one of the two primary");
+        }
+        let (_, t) = self.ha.monitor.on_answer(Instant::now(), seq, state);
+        if let Some(t) = t {
+            self.on_transition(Instant::now(), t);
+        }
+    }
+
+    fn on_transition(&mut self, now: Instant, t: Transition) {
+        match t {
+            Transition::Activated { unanswered } => {
+                // What a starting instance does: probe the nodes, apply what Kamailio said
+                // meanwhile, reconcile from `location` (the reconciler reads at once).
+                self.mirror.handle_timeout(now);
+                let pending = self.ha.take_pending(now);
+                let n = pending.len();
+                for (user, expires, time_us) in pending {
+                    self.mirror.aor_update(now, &user, expires, time_us, None);
+                }
+                Metrics::inc(&self.metrics.ha_takeovers);
+                tracing::warn!(
+                    peer = %self.ha.peer_label(),
+                    unanswered,
+                    standby_aors = n,
+                    "HA: primary not answering: taking over (active)"
+                );
+            }
+            Transition::Deactivated => {
+                // Forget without unregistering: the contacts stay on the nodes and the primary
+                // re-registers every live AOR at its start.
+                let bindings = self.mirror.bindings().count();
+                self.mirror = self.new_mirror();
+                self.inflight =
+                    InFlight::new(self.nodes.iter().map(|n| n.addr), self.config.sip.timer_f);
+                self.reconcile_creds.clear();
+                self.reconcile_users.clear();
+                self.ha.clear_pending();
+                self.metrics.nodes_down.store(0, Ordering::Relaxed);
+                tracing::warn!(
+                    peer = %self.ha.peer_label(),
+                    forgotten_bindings = bindings,
+                    "HA: primary answers again: back to standby (nothing unregistered)"
+                );
+            }
+        }
+        self.ha.publish();
+        self.metrics
+            .ha_active
+            .store(u64::from(self.ha.is_active()), Ordering::Relaxed);
+    }
+
+    /// An empty mirror over the current nodes (standby, and what a takeover starts from).
+    fn new_mirror(&self) -> Mirror {
+        Mirror::new(
+            self.mirror_config.clone(),
+            self.nodes.clone(),
+            rand::random(),
+        )
+    }
+
+    /// SIGHUP while standby: take the new node list; the (empty) mirror is rebuilt on it.
+    fn reload_standby(&mut self, new: Config) {
+        for n in &new.nodes {
+            if !self.config.nodes.iter().any(|m| m.name == n.name) {
+                self.spawn_auditor(n);
+            }
+        }
+        self.config.nodes = new.nodes.clone();
+        self.nodes = new.nodes.iter().map(node_of).collect();
+        self.mirror = self.new_mirror();
+        self.inflight = InFlight::new(self.nodes.iter().map(|n| n.addr), self.config.sip.timer_f);
+        self.tcp.retain(self.nodes.iter().map(|n| n.addr));
+        tracing::info!(
+            nodes = self.nodes.len(),
+            "configuration reloaded in standby (only [[nodes]] changes apply without a restart)"
+        );
     }
 
     fn node_name(&self, node: u16) -> String {

@@ -59,6 +59,10 @@ pub struct Metrics {
     pub reconcile_errors: AtomicU64,
     pub ami_errors: AtomicU64,
     pub nodes_down: AtomicU64,
+    /// 1 while this instance talks to the nodes (always, without `[ha]`).
+    pub ha_active: AtomicU64,
+    /// Times this secondary took over from its primary.
+    pub ha_takeovers: AtomicU64,
     /// Final responses to our REGISTERs by status code.
     pub register_results: Mutex<BTreeMap<u16, u64>>,
     /// Binding state changes by (node, state).
@@ -202,6 +206,24 @@ impl Metrics {
             "nodes marked down by probing",
         );
         let _ = writeln!(o, "regmirror_nodes_down {}", get(&self.nodes_down));
+        family(
+            &mut o,
+            "regmirror_ha_active",
+            "gauge",
+            "1 while this instance registers on the nodes, 0 in standby",
+        );
+        let _ = writeln!(o, "regmirror_ha_active {}", get(&self.ha_active));
+        family(
+            &mut o,
+            "regmirror_ha_takeovers_total",
+            "counter",
+            "times this secondary took over from an unanswering primary",
+        );
+        let _ = writeln!(
+            o,
+            "regmirror_ha_takeovers_total {}",
+            get(&self.ha_takeovers)
+        );
 
         family(
             &mut o,

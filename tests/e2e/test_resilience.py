@@ -1,8 +1,8 @@
 """Issue 5: the farm survives node loss, node wipes, new nodes, restarts of every tier, a lossy
-network, user removal and the loss of one of two regmirror instances.
+network, user removal, and the loss and return of the active half of a regmirror pair.
 
-Runs against the compose stack (regmirror + regmirror2, ast1 + ast2; ast3 is started by one
-test). The compose config of regmirror (docker/regmirror/regmirror.toml) sets short farm
+Runs against the compose stack (regmirror primary + regmirror2 standby, ast1 + ast2; ast3 is
+started by one test). The compose config of regmirror (docker/regmirror/regmirror.toml) sets short farm
 periods: probes 1 s, reconciliation 15 s, AMI audit 10 s. Tests that stop or re-create a
 container always put the topology back as they found it.
 """
@@ -75,6 +75,11 @@ def metric(service, name):
 
 def status(service):
     return json.loads(urllib.request.urlopen(f"{ADMINS[service]}/status.json", timeout=3).read())
+
+
+def active():
+    """The instances registering on the nodes (the standby one neither probes nor audits)."""
+    return [s for s in ADMINS if metric(s, "regmirror_ha_active") == 1]
 
 
 def node_users(stack, node):
@@ -167,7 +172,10 @@ def test_audit_repairs_contact_deleted_behind_regmirrors_back(stack, crowd):
     assert keys, out
     for k in keys:
         stack.ast("ast1", f"database del registrar/contact {k}")
-    assert user not in node_users(stack, "ast1")
+    # An audit falling right between the delete and this read has already put it back; the
+    # drift counter below still proves the repair.
+    if user in node_users(stack, "ast1"):
+        print("\ncontact already restored by an audit running at that moment")
     # back within one audit period (10 s) plus the REGISTER
     ok, took = poll(lambda: user in node_users(stack, "ast1"), 14, 0.25)
     assert ok, "contact deleted on ast1 never came back (AMI audit not working?)"
@@ -224,7 +232,7 @@ def test_wiped_node_gets_every_binding_back(stack, sipp, crowd, new_user, phone,
     compose("rm", "-sf", "ast1")
     # Let both instances see it gone (2 failed probes), so its return is a replay; a re-create
     # faster than that is caught by the AMI audit instead (test 1).
-    ok, _ = poll(lambda: all(metric(s, "regmirror_nodes_down") == 1 for s in ADMINS), 10, 0.2)
+    ok, _ = poll(lambda: all(metric(s, "regmirror_nodes_down") == 1 for s in active()), 10, 0.2)
     assert ok, "ast1 not marked down"
     replays = metric("regmirror", "regmirror_replays_total")
     t0 = time.monotonic()
@@ -326,7 +334,7 @@ def test_restarts_under_load_converge_to_kamailios_location(stack, crowd):
     assert {u for u, _ in load} <= loc
     # The audit has run since (10 s) and sees no drift.
     ok, _ = poll(lambda: all(n["drift"] == 0 and n["health"] == "up"
-                             for s in ADMINS for n in status(s)["nodes"]), 15, 1)
+                             for s in active() for n in status(s)["nodes"]), 15, 1)
     assert ok, [status(s)["nodes"] for s in ADMINS]
 
 
@@ -399,34 +407,97 @@ def test_removed_user_disappears_from_every_node(stack, new_user, phone):
     print(f"\nremoved user gone from every node after {took:.1f} s")
 
 
-# ----- 8. two regmirror instances; either may die -----
+# ----- 8. an active/standby pair: regmirror primary, regmirror2 secondary -----
 
-def test_two_instances_one_contact_each_and_either_may_die(stack, sipp, crowd, new_user, ports):
-    # every node holds exactly one contact per user with both instances registering
-    for n in ("ast1", "ast2"):
-        users = node_users(stack, n)
-        assert not any(u.endswith("!") for u in users), sorted(users)[:10]
-        assert {u for u, _ in crowd} <= users
-    caller = new_user()
-    cport = next(ports)
-    for i, victim in enumerate(("regmirror", "regmirror2")):
-        subprocess.run([DOCKER, "kill", cid(victim)], check=True, capture_output=True)
-        try:
-            fresh = provision(stack, 20, f"8{i}")
-            rc = bulk_register(stack, fresh, 5407 + 2 * i, rate=20, expires=300)
-            assert rc == 0, f"phones saw failures with {victim} dead"
-            ok, _ = poll(lambda: converged(stack, fresh), 3, 0.2)
-            assert ok, f"{victim} dead: new registrations not mirrored"
-            good, node, res = call_echo(sipp, caller, cport)
-            assert good, res.stdout
-        finally:
-            subprocess.run([DOCKER, "start", cid(victim)], capture_output=True)
-            wait_healthy(victim)
-        bulk_register(stack, fresh, 5407 + 2 * i, rate=200, expires=0)
-        ok, _ = poll(lambda: all(not ({u for u, _ in fresh} & node_users(stack, n))
-                                 for n in ("ast1", "ast2")), 5, 0.2)
-        assert ok, "unregistered users left on a node"
-        for u, _ in fresh:
-            stack.remove_user(u)
+def ha(service):
+    return status(service)["ha"]
+
+
+def register_results(service):
+    return metric(service, "regmirror_register_responses_total")
+
+
+def test_ha_pair_standby_failover_and_return(stack, crowd, new_user, phone):
+    # (a) both up: regmirror2 is standby and sends nothing; new phones reach both nodes once.
+    assert ha("regmirror")["role"] == "primary" and ha("regmirror")["state"] == "active"
+    ok, _ = poll(lambda: ha("regmirror2")["state"] == "standby", 10, 0.2)
+    assert ok, ha("regmirror2")
+    assert ha("regmirror2")["role"] == "secondary"
+    assert metric("regmirror", "regmirror_ha_active") == 1
+    assert metric("regmirror2", "regmirror_ha_active") == 0
+    sent_by_standby = register_results("regmirror2")
+    before, gone, late = (phone(*new_user()) for _ in range(3))
+    for p in (before, gone):
+        p.register(expires=300)
+        ok, _ = poll(lambda: stack.mirrored(p.user), 3, 0.1)
+        assert ok, stack.contacts_of(p.user)
+    time.sleep(1)  # any REGISTER regmirror2 would send has had time to go out
+    assert register_results("regmirror2") == sent_by_standby, "the standby sent REGISTERs"
+    s2 = status("regmirror2")
+    assert s2["stats"]["transactions"] == 0 and s2["bindings_total"] == 0, s2
+    assert all(n["health"] == "unknown" for n in s2["nodes"]), "the standby probed the nodes"
     for n in ("ast1", "ast2"):
         assert not any(u.endswith("!") for u in node_users(stack, n))
+    takeovers = metric("regmirror2", "regmirror_ha_takeovers_total")
+
+    # (b) regmirror killed: regmirror2 takes over; a phone unregistered meanwhile is removed,
+    # one registered meanwhile reaches both nodes, the earlier bindings stay.
+    t0 = time.monotonic()
+    subprocess.run([DOCKER, "kill", cid("regmirror")], check=True, capture_output=True)
+    try:
+        gone.unregister()
+        late.register(expires=300)
+        ok, _ = poll(lambda: ha("regmirror2")["state"] == "active", 10, 0.1)
+        assert ok, ha("regmirror2")
+        took_active = time.monotonic() - t0
+        print(f"\nregmirror2 active {took_active:.1f} s after regmirror was killed")
+        assert took_active < 6, "takeover slower than 3 probes at 1 s (+ margin)"
+        assert metric("regmirror2", "regmirror_ha_takeovers_total") == takeovers + 1
+        assert metric("regmirror2", "regmirror_ha_active") == 1
+        ok, _ = poll(lambda: stack.mirrored(late.user), 10, 0.2)
+        assert ok, stack.contacts_of(late.user)
+        print(f"phone registered during the failover on both nodes "
+              f"{time.monotonic() - t0:.1f} s after the kill")
+        assert stack.mirrored(before.user)
+        # Registered and unregistered once regmirror2 is active.
+        after = phone(*new_user())
+        after.register(expires=300)
+        ok, _ = poll(lambda: stack.mirrored(after.user), 3, 0.1)
+        assert ok, stack.contacts_of(after.user)
+        after.unregister()
+        ok, _ = poll(lambda: stack.absent(after.user), 3, 0.1)
+        assert ok, stack.contacts_of(after.user)
+        # Unregistered while nobody was active: the AMI audit (10 s) after the takeover.
+        ok, took = poll(lambda: stack.absent(gone.user), 25, 0.5)
+        assert ok, stack.contacts_of(gone.user)
+        print(f"phone unregistered during the failover gone {time.monotonic() - t0:.1f} s "
+              f"after the kill")
+        assert {u for u, _ in crowd} <= node_users(stack, "ast1") & node_users(stack, "ast2")
+        assert register_results("regmirror2") > sent_by_standby
+    finally:
+        subprocess.run([DOCKER, "start", cid("regmirror")], capture_output=True)
+        wait_healthy("regmirror")
+
+    # (c) regmirror back: regmirror2 returns to standby without unregistering anything, and the
+    # primary holds every binding of `location`, one contact per user per node.
+    ok, took = poll(lambda: ha("regmirror2")["state"] == "standby", 10, 0.1)
+    assert ok, ha("regmirror2")
+    print(f"regmirror2 back to standby {took:.1f} s after regmirror was healthy")
+    s2 = status("regmirror2")
+    assert s2["bindings_total"] == 0 and s2["stats"]["transactions"] == 0, s2
+
+    def primary_complete():
+        loc = location_users(stack)
+        nodes = status("regmirror")["nodes"]
+        return loc and all(n["confirmed"] == len(loc) and n["drift"] == 0 for n in nodes)
+
+    ok, took = poll(primary_complete, 30, 0.5)
+    assert ok, (len(location_users(stack)), status("regmirror")["nodes"])
+    loc = location_users(stack)
+    for n in ("ast1", "ast2"):
+        users = node_users(stack, n)
+        assert loc <= users, sorted(loc - users)[:10]
+        assert not any(u.endswith("!") for u in users), sorted(users)[:10]
+    assert before.user in loc and late.user in loc and gone.user not in loc
+    assert stack.mirrored(before.user) and stack.mirrored(late.user)
+    assert stack.absent(gone.user)
