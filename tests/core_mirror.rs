@@ -565,6 +565,31 @@ fn credential_rejected_then_corrected() {
 }
 
 #[test]
+fn credential_replaced_while_a_request_is_in_flight_is_used_at_once() {
+    // A password change reaches regmirror while REGISTERs signed with the old one are on
+    // their way; their rejection must not park the binding in backoff with the new one known.
+    let mut s = sim(2);
+    for r in &mut s.registrars {
+        r.response_delay = ms(200);
+    }
+    let now = s.now;
+    s.mirror
+        .aor_update(now, "1001", secs(7200), None, Some(cred("1001", "wrong")));
+    // The challenge comes back at 200 ms and the answer with the old secret leaves: change
+    // the credential while that answer is in flight.
+    s.run_for(ms(300));
+    let now = s.now;
+    s.mirror
+        .set_credential(now, "1001", Some(cred("1001", "s3cret")));
+    s.run_for(secs(2));
+    assert_eq!(states(&s, "1001"), vec![Some(BindingState::Registered); 2]);
+    assert!(!s
+        .take_events()
+        .iter()
+        .any(|e| matches!(e, Event::CredentialRejected { .. })));
+}
+
+#[test]
 fn aor_back_during_unregister_ends_registered() {
     let mut s = sim(3);
     for r in &mut s.registrars {
