@@ -26,6 +26,12 @@ fn config() -> MirrorConfig {
     MirrorConfig {
         domain: DOMAIN.into(),
         contact_host: "10.77.0.20:5060".into(),
+        // Every registration takes the challenge round trip (what the target counts);
+        // with reuse on, later AORs would answer the first one's nonce preemptively.
+        farm: regmirror::core::farm::FarmConfig {
+            nonce_reuse: Duration::ZERO,
+            ..Default::default()
+        },
         ..MirrorConfig::default()
     }
 }

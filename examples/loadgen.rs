@@ -84,6 +84,9 @@ struct Args {
     full_registrar: bool,
     /// Plain `recv_from`/`send_to` per datagram instead of `recvmmsg`/`sendmmsg` batches.
     no_mmsg: bool,
+    /// `farm.nonce_reuse` in seconds. 0 (the default here) = every registration takes the full
+    /// challenge round trip, which is what the target counts; 20 = production default.
+    nonce_reuse: u64,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -100,6 +103,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         timeout: Duration::from_secs(100),
         full_registrar: false,
         no_mmsg: false,
+        nonce_reuse: 0,
     };
     while let Some(k) = it.next() {
         if k == "--no-echo" {
@@ -127,6 +131,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--replay-rate" => a.replay_rate = Some(n as u32),
             "--replay-secs" => a.replay_secs = n as u64,
             "--timeout-secs" => a.timeout = Duration::from_secs(n as u64),
+            "--nonce-reuse" => a.nonce_reuse = n as u64,
             _ => return Err(format!("unknown option {k}")),
         }
     }
@@ -333,6 +338,8 @@ async fn drive(a: &Args, addrs: &[SocketAddr]) -> Result<Outcome, Box<dyn std::e
         ..MirrorConfig::default()
     };
     let mut cfg = cfg;
+    cfg.farm.nonce_reuse = Duration::from_secs(a.nonce_reuse);
+    println!("nonce_reuse_secs {}", a.nonce_reuse);
     if let Some(r) = a.replay_rate {
         cfg.farm.replay_rate = r;
     }
