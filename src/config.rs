@@ -185,6 +185,10 @@ pub struct FarmSettings {
     /// younger than this (`0s` = off). Keep it below the nodes' `nonce_lifetime` (32 s).
     #[serde(with = "humantime_serde")]
     pub nonce_reuse: Duration,
+    /// Congestion control: a node whose answers take longer than this gets fewer REGISTERs in
+    /// flight (down to 4), more again while it answers faster (`0s` = fixed budget).
+    #[serde(with = "humantime_serde")]
+    pub latency_target: Duration,
     /// REGISTER operations in flight per node.
     pub max_inflight_per_node: usize,
     /// Period of the full reconciliation against Kamailio's `location` table.
@@ -203,6 +207,7 @@ impl Default for FarmSettings {
             probe_failures: 2,
             replay_rate: 200,
             nonce_reuse: Duration::from_secs(20),
+            latency_target: Duration::from_millis(50),
             max_inflight_per_node: 128,
             reconcile_interval: Duration::from_secs(60),
             audit_interval: Duration::from_secs(30),
@@ -488,6 +493,14 @@ impl Config {
                 "must be 0s (off) or at most 1h (below the nodes' nonce_lifetime)",
             ));
         }
+        if !f.latency_target.is_zero()
+            && !(Duration::from_millis(1)..=Duration::from_secs(30)).contains(&f.latency_target)
+        {
+            return Err(invalid(
+                "farm.latency_target",
+                "must be 0s (off) or between 1ms and 30s",
+            ));
+        }
         if !(1..=1_000_000).contains(&f.max_inflight_per_node) {
             return Err(invalid(
                 "farm.max_inflight_per_node",
@@ -654,6 +667,9 @@ url = "mysql://regmirror:hunter2@db/regmirror"
         assert!(err_of(&farm("nonce_reuse = \"2h\"")).contains("farm.nonce_reuse"));
         assert!(err_of(&farm("nonce_reuse = \"20\"")).contains("nonce_reuse"));
         assert!(Config::from_toml(&farm("nonce_reuse = \"0s\"")).is_ok());
+        assert_eq!(c.farm.latency_target, Duration::from_millis(50));
+        assert!(err_of(&farm("latency_target = \"1m\"")).contains("farm.latency_target"));
+        assert!(Config::from_toml(&farm("latency_target = \"0s\"")).is_ok());
         assert!(err_of(&farm("reconcile_interval = \"0s\"")).contains("farm.reconcile_interval"));
         assert!(Config::from_toml(&farm("probe_interval = \"0s\"\nreplay_rate = 0")).is_ok());
     }

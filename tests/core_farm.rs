@@ -387,3 +387,92 @@ fn converges_with_5_percent_loss_and_50_ms_delay_through_a_node_restart() {
     assert_eq!(s.mirror.stats().registered, 3 * n);
     assert_eq!(s.mirror.stats().nodes_down, 0);
 }
+
+/// `farm.latency_target`: a node whose answers slow down past its unloaded round trip plus the
+/// target gets fewer REGISTERs in flight; a uniformly distant node keeps the whole budget; every
+/// binding still ends up registered.
+#[test]
+fn congested_node_gets_a_smaller_window_and_still_gets_everything() {
+    // Returns (in flight at most while congested, registered at the end).
+    let run = |target_ms: u64, congested_ms: u64| {
+        let mut cfg = config();
+        cfg.max_inflight_per_node = 128;
+        cfg.farm.probe_interval = None;
+        cfg.farm.latency_target = Duration::from_millis(target_ms);
+        let mut s = Sim::new(cfg, 1, Transport::Udp, 7);
+        let n = 6000;
+        for i in 0..n {
+            let u = user(i);
+            s.add_user(&u, Secret::Password(format!("pw-{u}")));
+        }
+        // Unloaded: 5 ms answers for a few hundred AORs.
+        s.registrars[0].response_delay = Duration::from_millis(5);
+        let now = s.now;
+        for i in 0..300 {
+            let u = user(i);
+            s.mirror
+                .aor_update(now, &u, secs(3600), None, Some(cred(&u)));
+        }
+        s.run_for(secs(1));
+        // A storm while the node is slow.
+        s.registrars[0].response_delay = Duration::from_millis(congested_ms);
+        let now = s.now;
+        for i in 300..n {
+            let u = user(i);
+            s.mirror
+                .aor_update(now, &u, secs(3600), None, Some(cred(&u)));
+        }
+        let mut peak = 0;
+        // One cut per round trip (x0.7): 128 -> the floor of 4 in about ten round trips.
+        for step in 0..50 {
+            s.run_for(Duration::from_millis(100));
+            if step >= 35 {
+                peak = peak.max(s.mirror.node_health(0).unwrap().inflight);
+            }
+        }
+        // The node recovers; the backlog drains.
+        s.registrars[0].response_delay = Duration::from_millis(5);
+        s.run_for(secs(60));
+        let registered = (0..n)
+            .filter(|i| {
+                s.mirror.binding(&user(*i), 0).map(|b| b.state) == Some(BindingState::Registered)
+            })
+            .count();
+        (peak, registered, n)
+    };
+    let (peak, done, n) = run(50, 300);
+    assert!(peak <= 6, "congested node kept {peak} in flight");
+    assert_eq!(done, n);
+    // Control off: the fixed budget stays full.
+    let (peak, done, n) = run(0, 300);
+    assert_eq!(peak, 128);
+    assert_eq!(done, n);
+}
+
+/// A node that is merely far away (every answer 200 ms from the start) is not throttled.
+#[test]
+fn distant_node_keeps_its_budget() {
+    let mut cfg = config();
+    cfg.max_inflight_per_node = 128;
+    cfg.farm.probe_interval = None;
+    cfg.farm.latency_target = Duration::from_millis(50);
+    let mut s = Sim::new(cfg, 1, Transport::Udp, 7);
+    s.registrars[0].response_delay = Duration::from_millis(200);
+    let n = 4000;
+    for i in 0..n {
+        let u = user(i);
+        s.add_user(&u, Secret::Password(format!("pw-{u}")));
+    }
+    let now = s.now;
+    for i in 0..n {
+        let u = user(i);
+        s.mirror
+            .aor_update(now, &u, secs(3600), None, Some(cred(&u)));
+    }
+    let mut peak = 0;
+    for _ in 0..30 {
+        s.run_for(Duration::from_millis(100));
+        peak = peak.max(s.mirror.node_health(0).unwrap().inflight);
+    }
+    assert!(peak >= 100, "a distant node was throttled to {peak}");
+}

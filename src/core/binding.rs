@@ -158,6 +158,8 @@ pub(crate) struct Txn {
     pub expires: u32,
     pub auth: AuthSent,
     pub timers: NonInviteClient,
+    /// When the request first left: the answer's round trip drives the node's window.
+    pub sent_at: Instant,
     /// Kept for retransmission.
     pub payload: Vec<u8>,
 }

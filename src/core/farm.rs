@@ -22,6 +22,12 @@ pub struct FarmConfig {
     /// A node's latest nonce answers other bindings' REGISTERs preemptively while younger than
     /// this (zero = never). Keep it below the nodes' `nonce_lifetime` (Asterisk: 32 s).
     pub nonce_reuse: Duration,
+    /// Congestion control of the send budget (zero = off: `max_inflight_per_node` is a fixed
+    /// window). When a node's answers take longer than this, its window of operations in flight
+    /// shrinks (x0.7, at most once per target interval); while they come faster it grows by one
+    /// per window of answers, up to `max_inflight_per_node`. Protects a farm (and whatever
+    /// shares its CPUs and database) from registration storms; the backlog drains afterwards.
+    pub latency_target: Duration,
 }
 
 impl Default for FarmConfig {
@@ -32,6 +38,7 @@ impl Default for FarmConfig {
             probe_failures: 2,
             replay_rate: 200,
             nonce_reuse: Duration::from_secs(20),
+            latency_target: Duration::ZERO,
         }
     }
 }

@@ -144,6 +144,9 @@ pub struct NodeHealthView {
     /// Bindings waiting in the paced replay queue.
     pub replay_pending: usize,
     pub inflight: usize,
+    /// Operations allowed in flight now (`max_inflight_per_node`, or less while the node is
+    /// congested: `farm.latency_target`).
+    pub window: usize,
     /// Digest challenges (401/407) received from the node.
     pub challenges: u64,
     /// REGISTERs sent with the node's latest nonce preemptively.
@@ -257,6 +260,15 @@ struct NodeState {
     /// Stable across `add_node`/`remove_node` (Call-IDs use it, not the index).
     uid: u32,
     inflight: usize,
+    /// Congestion window (`farm.latency_target`): operations allowed in flight.
+    window: f64,
+    /// No second cut of the window before this (one per target interval).
+    cut_until: Option<Instant>,
+    /// Fastest answer of the previous and of the current base period: the node's unloaded
+    /// round trip, so a distant node is not mistaken for a congested one.
+    base_prev: Option<Duration>,
+    base_cur: Option<Duration>,
+    base_period_end: Option<Instant>,
     waiting: VecDeque<u32>,
     /// Paced queue: replays after the node comes up or is added, reconciliation additions.
     replay: VecDeque<u32>,
@@ -275,6 +287,11 @@ impl NodeState {
             node,
             uid,
             inflight: 0,
+            window: f64::MAX,
+            cut_until: None,
+            base_prev: None,
+            base_cur: None,
+            base_period_end: None,
             waiting: VecDeque::new(),
             replay: VecDeque::new(),
             pacer: Pacer::default(),
@@ -509,6 +526,7 @@ impl Mirror {
         let Some(txn) = self.bindings[idx].txn.take() else {
             return;
         };
+        self.congestion_feedback(now, idx % self.nodes.len(), Some(now - txn.sent_at));
         self.forget_relocated(txn.id);
         self.on_final(now, idx, *txn, info);
         self.emit_change(idx, before, None);
@@ -690,6 +708,7 @@ impl Mirror {
             since: ns.health.since,
             replay_pending: ns.replay.len(),
             inflight: ns.inflight,
+            window: budget(&self.cfg, ns),
             challenges: ns.challenges,
             preemptive: ns.preemptive,
             preemptive_challenged: ns.preemptive_challenged,
@@ -1030,6 +1049,11 @@ impl Mirror {
         ns.waiting.clear();
         ns.replay.clear();
         ns.pacer = Pacer::default();
+        ns.window = f64::MAX;
+        ns.cut_until = None;
+        ns.base_prev = None;
+        ns.base_cur = None;
+        ns.base_period_end = None;
     }
 
     /// Queues every binding of `node` for a paced replay, newest changed AOR first: registers
@@ -1081,7 +1105,7 @@ impl Mirror {
     fn pump_replay(&mut self, now: Instant, node: usize) {
         loop {
             let ns = &mut self.nodes[node];
-            if !ns.health.up || ns.inflight >= self.cfg.max_inflight_per_node {
+            if !ns.health.up || ns.inflight >= budget(&self.cfg, ns) {
                 return;
             }
             let Some(&idx) = ns.replay.front() else {
@@ -1170,6 +1194,37 @@ impl Mirror {
         self.queue = BinaryHeap::from(aor_timers);
         for idx in 0..self.bindings.len() {
             self.schedule(idx);
+        }
+    }
+
+    /// Adjusts the node's window from one answer's round trip (`None` = no answer at all).
+    fn congestion_feedback(&mut self, now: Instant, node: usize, rtt: Option<Duration>) {
+        let target = self.cfg.farm.latency_target;
+        if target.is_zero() {
+            return;
+        }
+        let max = self.cfg.max_inflight_per_node.max(1) as f64;
+        let ns = &mut self.nodes[node];
+        ns.window = ns.window.min(max);
+        if ns.base_period_end.is_none_or(|t| now >= t) {
+            ns.base_prev = ns.base_cur.take();
+            ns.base_period_end = Some(now + BASE_PERIOD);
+        }
+        if let Some(r) = rtt {
+            ns.base_cur = Some(ns.base_cur.map_or(r, |b| b.min(r)));
+        }
+        let base = match (ns.base_prev, ns.base_cur) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or_default(),
+        };
+        // Congested: answers slower than the unloaded round trip by more than the target.
+        if rtt.is_none_or(|r| r > base + target) {
+            if ns.cut_until.is_none_or(|t| now >= t) {
+                ns.window = (ns.window * 0.7).max(MIN_WINDOW);
+                ns.cut_until = Some(now + target);
+            }
+        } else {
+            ns.window = (ns.window + 1.0 / ns.window).min(max);
         }
     }
 
@@ -1356,7 +1411,7 @@ impl Mirror {
             b.phase = Phase::Queued;
             return;
         }
-        if ns.inflight < self.cfg.max_inflight_per_node {
+        if ns.inflight < budget(&self.cfg, ns) {
             ns.inflight += 1;
             b.phase = Phase::InFlight;
             b.rounds = 0;
@@ -1372,7 +1427,7 @@ impl Mirror {
         let node = idx % self.nodes.len();
         let ns = &mut self.nodes[node];
         ns.inflight = ns.inflight.saturating_sub(1);
-        if !ns.health.up {
+        if !ns.health.up || ns.inflight >= budget(&self.cfg, ns) {
             return;
         }
         while let Some(w) = self.nodes[node].waiting.pop_front() {
@@ -1441,6 +1496,7 @@ impl Mirror {
             expires,
             auth,
             timers: NonInviteClient::new(now, &self.timers, tcp),
+            sent_at: now,
             payload,
         }));
         self.counters.transactions += 1;
@@ -1767,6 +1823,7 @@ impl Mirror {
                             self.forget_relocated(t.id);
                         }
                         self.counters.timeouts += 1;
+                        self.congestion_feedback(now, idx % self.nodes.len(), None);
                         self.on_failure(now, idx, LastResult::Timeout, None);
                         self.register_timed_out(now, idx % self.nodes.len());
                     }
@@ -1872,6 +1929,20 @@ fn from_tag(prefix: u32, slot: usize, node_uid: u32, gen: u32) -> Id {
 }
 
 /// The user part of an AOR (`user`, `user@domain`, `sip:user@domain`), if it is a valid one.
+/// The congestion window never closes below this many operations in flight per node.
+const MIN_WINDOW: f64 = 4.0;
+/// How long a node's fastest answer counts as its unloaded round trip (two periods kept).
+const BASE_PERIOD: Duration = Duration::from_secs(10);
+
+/// Operations a node may have in flight now: the fixed budget, or the congestion window.
+fn budget(cfg: &MirrorConfig, ns: &NodeState) -> usize {
+    if cfg.farm.latency_target.is_zero() {
+        cfg.max_inflight_per_node
+    } else {
+        (ns.window.min(cfg.max_inflight_per_node as f64) as usize).max(MIN_WINDOW as usize)
+    }
+}
+
 pub fn user_part(aor: &str) -> Option<&str> {
     let a = aor.trim();
     let a = a

@@ -52,6 +52,12 @@ pub struct NodeRow {
     pub preemptive: u64,
     #[serde(default)]
     pub preemptive_challenged: u64,
+    /// REGISTER operations in flight, and how many the node may have now (the congestion
+    /// window of `farm.latency_target`, at most `max_inflight_per_node`).
+    #[serde(default)]
+    pub inflight: u64,
+    #[serde(default)]
+    pub window: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -147,6 +153,8 @@ pub fn farm_status(
                 challenges: h.as_ref().map_or(0, |h| h.challenges),
                 preemptive: h.as_ref().map_or(0, |h| h.preemptive),
                 preemptive_challenged: h.as_ref().map_or(0, |h| h.preemptive_challenged),
+                inflight: h.as_ref().map_or(0, |h| h.inflight as u64),
+                window: h.as_ref().map_or(0, |h| h.window as u64),
                 ..Default::default()
             }
         })

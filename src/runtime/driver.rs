@@ -120,6 +120,7 @@ impl Driver {
                 probe_failures: config.farm.probe_failures,
                 replay_rate: config.farm.replay_rate,
                 nonce_reuse: config.farm.nonce_reuse,
+                latency_target: config.farm.latency_target,
             },
             ..MirrorConfig::default()
         };

@@ -385,6 +385,23 @@ fn render_farm(o: &mut String, f: &FarmStatus) {
     }
     for (name, help, get) in [
         (
+            "regmirror_node_inflight",
+            "REGISTER operations in flight, by node",
+            (|n| n.inflight) as fn(&crate::runtime::admin::NodeRow) -> u64,
+        ),
+        (
+            "regmirror_node_window",
+            "REGISTER operations the node may have in flight now (farm.latency_target congestion window), by node",
+            |n| n.window,
+        ),
+    ] {
+        family(o, name, "gauge", help);
+        for n in &f.nodes {
+            let _ = writeln!(o, "{name}{{node=\"{}\"}} {}", label(&n.name), get(n));
+        }
+    }
+    for (name, help, get) in [
+        (
             "regmirror_register_challenges_total",
             "digest challenges (401/407) received, by node",
             (|n| n.challenges) as fn(&crate::runtime::admin::NodeRow) -> u64,
@@ -497,10 +514,14 @@ mod tests {
             challenges: 2,
             preemptive: 40,
             preemptive_challenged: 1,
+            inflight: 5,
+            window: 12,
             ..Default::default()
         });
         let t = m.render(Some(&f));
         assert_exposition(&t);
+        assert!(t.contains("regmirror_node_window{node=\"ast1\"} 12"));
+        assert!(t.contains("regmirror_node_inflight{node=\"ast1\"} 5"));
         assert!(t.contains("regmirror_register_responses_total{code=\"200\"} 1"));
         assert!(t.contains("regmirror_bindings{node=\"ast1\",state=\"registered\"} 3"));
         assert!(t.contains("regmirror_binding_drift{node=\"ast1\"} 1"));
