@@ -11,7 +11,7 @@ watch polls regmirror's /metrics every 100 ms and the node container's health ev
   t_create  this script's start (replay.sh starts it right before `docker-compose up -d ast1`)
   t_healthy the container's healthcheck passes
   t_up      regmirror's probe sees the node answer (regmirror_node_up 1): the replay starts
-  t_full    the node's `registered` bindings are back to N (after having dropped) and none queued
+  t_full    the node has answered N REGISTERs with 200 since BEFORE and none is queued
 CPU: each container's cgroup v1 cpuacct usage between t_up and t_full (% of one core), and one
 `docker stats --no-stream` started in the middle of the expected replay (the brief's measure; for
 replays shorter than its ~2 s sampling window it undercounts). Errors: deltas of the counters
@@ -118,11 +118,32 @@ def wait(admin, n, timeout):
 
 def watch(admin, node, n, rate, before_path, out_path):
     t_create = time.time()
+    with open(before_path) as f:
+        before = parse(f.read())
+
+    def done(m):
+        """REGISTERs the node accepted since BEFORE: its final answers minus its challenges,
+        minus every answer other than 200/401 (those are counted for all nodes together). A
+        replayed binding still shows `registered` while it waits (its last state), so the
+        `regmirror_bindings` gauge cannot tell when the replay is over."""
+        lat = f'{{node="{node}"}}'
+        finals = (get(m, "regmirror_register_latency_seconds_count", lat) or 0) - (
+            get(before, "regmirror_register_latency_seconds_count", lat) or 0)
+        chal = (get(m, "regmirror_register_challenges_total", lat) or 0) - (
+            get(before, "regmirror_register_challenges_total", lat) or 0)
+        bad = sum(v - (get(before, k[0], k[1]) or 0) for k, v in m.items()
+                  if k[0] == "regmirror_register_responses_total"
+                  and not re.search(r'code="(200|401)"', k[1]))
+        # the AMI audit may find replayed-but-not-yet-sent bindings missing and send them early
+        repaired = (get(m, "regmirror_drift_repaired_total") or 0) - (
+            get(before, "regmirror_drift_repaired_total") or 0)
+        return finals - chal - bad - repaired
+
     expected = n / rate if rate else n / 10000
     deadline = t_create + 90 + 3 * expected
     t = {"t_create": t_create, "t_healthy": None, "t_up": None, "t_full": None}
     container, last_health = None, 0.0
-    dropped, down_again, worst_failed, was_up = False, 0, 0, False
+    down_again, worst_failed, was_up = 0, 0, False
     cpu0, stats, sampler = {}, {}, None
     while time.time() < deadline:
         now = time.time()
@@ -134,7 +155,6 @@ def watch(admin, node, n, rate, before_path, out_path):
                 t["t_healthy"] = time.time()
         m = parse(fetch(admin))
         up = get(m, "regmirror_node_up", f'{{node="{node}"}}')
-        reg = bindings(m, node, "registered")
         failed = bindings(m, node, "failed") or 0
         if up == 1 and t["t_up"] is None:
             t["t_up"] = now
@@ -148,9 +168,7 @@ def watch(admin, node, n, rate, before_path, out_path):
             if was_up and up == 0:
                 down_again += 1
             was_up = up == 1
-            if reg is not None and reg < n:
-                dropped = True
-            if dropped and reg == n and get(m, "regmirror_queued_bindings") == 0:
+            if done(m) >= n and get(m, "regmirror_queued_bindings") == 0:
                 t["t_full"] = now
                 break
         time.sleep(0.1)
@@ -166,8 +184,6 @@ def watch(admin, node, n, rate, before_path, out_path):
         sampler.join()
     time.sleep(1)  # late answers and retransmissions land in the counters
     after = parse(fetch(admin))
-    with open(before_path) as f:
-        before = parse(f.read())
 
     def delta(name, labels=""):
         return (get(after, name, labels) or 0) - (get(before, name, labels) or 0)
@@ -189,6 +205,7 @@ def watch(admin, node, n, rate, before_path, out_path):
     report.update({
         "n": n, "rate": rate,
         "registered": bindings(after, node, "registered"),
+        "accepted": int(done(after)),
         "healthy_s": round(t["t_healthy"] - t_create, 2) if t["t_healthy"] else None,
         "up_s": round(t["t_up"] - t_create, 2) if t["t_up"] else None,
         "replay_s": round(t["t_full"] - t["t_up"], 2) if t["t_full"] and t["t_up"] else None,
@@ -198,6 +215,7 @@ def watch(admin, node, n, rate, before_path, out_path):
         "retransmits": int(delta("regmirror_retransmits_total")),
         "timeouts": int(delta("regmirror_transaction_timeouts_total")),
         "retries": int(delta("regmirror_register_retries_total")),
+        "drift_repaired": int(delta("regmirror_drift_repaired_total")),
         "replays": int(delta("regmirror_replays_total")),
         "failed_transitions": int(delta("regmirror_binding_transitions_total",
                                         f'{{node="{node}",state="failed"}}')),
