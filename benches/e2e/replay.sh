@@ -14,7 +14,7 @@
 # /metrics deltas: REGISTER answers other than 200/401, retransmissions, Timer F timeouts, failing
 # bindings, the node marked down again; ast1's own WARNING/ERROR lines) and the CPU.
 #
-#   benches/e2e/replay.sh                        # N=5000, pacings 200 500 1000 2000 4000, ~8 min
+#   benches/e2e/replay.sh                        # N=5000, pacings 200 500 1000 2000 4000, ~4 min
 #   N=1000 RATES="200 1000" benches/e2e/replay.sh
 #
 # Env: N (5000), RATES ("200 500 1000 2000 4000"), OUT (target/e2ebench/replay-<time>),
