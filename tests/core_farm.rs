@@ -476,3 +476,37 @@ fn distant_node_keeps_its_budget() {
     }
     assert!(peak >= 100, "a distant node was throttled to {peak}");
 }
+
+/// A replay paced faster than the node answers waits on the send budget without asking to be
+/// woken in the past (the driver spun at 50% of a core doing that).
+#[test]
+fn replay_with_a_full_budget_does_not_ask_for_past_wakeups() {
+    let mut cfg = config();
+    cfg.max_inflight_per_node = 4;
+    cfg.farm.replay_rate = 4000;
+    let mut s = Sim::new(cfg, 1, Transport::Udp, 11);
+    let n = 400;
+    for i in 0..n {
+        let u = user(i);
+        s.add_user(&u, Secret::Password(format!("pw-{u}")));
+    }
+    let now = s.now;
+    for i in 0..n {
+        let u = user(i);
+        s.mirror
+            .aor_update(now, &u, secs(3600), None, Some(cred(&u)));
+    }
+    s.run_for(secs(5));
+    let id = s.add_node();
+    s.registrars[id].response_delay = Duration::from_millis(50);
+    for _ in 0..20 {
+        s.run_for(Duration::from_millis(7));
+        let h = s.mirror.node_health(id as u16).unwrap();
+        if h.replay_pending > 0 && h.inflight >= 4 {
+            let next = s.mirror.poll_timeout().unwrap();
+            assert!(next > s.now, "asked to wake {:?} in the past", s.now - next);
+        }
+    }
+    s.run_for(secs(30));
+    assert_eq!(s.registrars[id].live_contacts(s.now), n);
+}

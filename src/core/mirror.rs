@@ -592,9 +592,12 @@ impl Mirror {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t = self.queue.peek().map(|Reverse((at, _))| *at);
         for ns in &self.nodes {
-            let replay = (ns.health.up && !ns.replay.is_empty())
-                .then_some(ns.pacer.next_at)
-                .flatten();
+            // With the send budget full the next replay slot waits for an answer, not the clock:
+            // a past slot time here would wake the driver in a loop (found by the replay bench).
+            let replay =
+                (ns.health.up && !ns.replay.is_empty() && ns.inflight < budget(&self.cfg, ns))
+                    .then_some(ns.pacer.next_at)
+                    .flatten();
             for d in [ns.health.deadline(), replay].into_iter().flatten() {
                 t = Some(t.map_or(d, |t| t.min(d)));
             }
