@@ -628,6 +628,9 @@ impl Sim {
 
     /// Runs the whole system until `end` (virtual time).
     pub fn run_until(&mut self, end: Instant) {
+        // A mirror that keeps asking to be woken without time moving would spin a real driver
+        // at 100% CPU; fail loudly instead of hanging the test.
+        let mut stuck = (self.now, 0u32);
         loop {
             self.pump();
             let next_packet = self.queue.peek().map(|Reverse((t, _))| *t);
@@ -638,6 +641,16 @@ impl Sim {
             match next {
                 Some(t) if t <= end => {
                     self.now = self.now.max(t);
+                    if stuck.0 == self.now {
+                        stuck.1 += 1;
+                        assert!(
+                            stuck.1 < 1_000_000,
+                            "the mirror asks for wake-ups at {:?} without time moving",
+                            self.now
+                        );
+                    } else {
+                        stuck = (self.now, 0);
+                    }
                     self.step();
                 }
                 _ => {
