@@ -383,41 +383,42 @@ fn render_farm(o: &mut String, f: &FarmStatus) {
             n.drift
         );
     }
-    for (name, help, get) in [
+    // One series per node for each of these, read straight from the node's status row.
+    type NodeValue = fn(&crate::runtime::admin::NodeRow) -> u64;
+    let per_node: [(&str, &str, &str, NodeValue); 5] = [
         (
             "regmirror_node_inflight",
+            "gauge",
             "REGISTER operations in flight, by node",
-            (|n| n.inflight) as fn(&crate::runtime::admin::NodeRow) -> u64,
+            |n| n.inflight,
         ),
         (
             "regmirror_node_window",
+            "gauge",
             "REGISTER operations the node may have in flight now (farm.latency_target congestion window), by node",
             |n| n.window,
         ),
-    ] {
-        family(o, name, "gauge", help);
-        for n in &f.nodes {
-            let _ = writeln!(o, "{name}{{node=\"{}\"}} {}", label(&n.name), get(n));
-        }
-    }
-    for (name, help, get) in [
         (
             "regmirror_register_challenges_total",
+            "counter",
             "digest challenges (401/407) received, by node",
-            (|n| n.challenges) as fn(&crate::runtime::admin::NodeRow) -> u64,
+            |n| n.challenges,
         ),
         (
             "regmirror_register_preemptive_total",
+            "counter",
             "REGISTERs answering the node's latest nonce preemptively (farm.nonce_reuse), by node",
             |n| n.preemptive,
         ),
         (
             "regmirror_register_preemptive_challenged_total",
+            "counter",
             "preemptive REGISTERs the node challenged again (nonce expired or another realm), by node",
             |n| n.preemptive_challenged,
         ),
-    ] {
-        family(o, name, "counter", help);
+    ];
+    for (name, kind, help, get) in per_node {
+        family(o, name, kind, help);
         for n in &f.nodes {
             let _ = writeln!(o, "{name}{{node=\"{}\"}} {}", label(&n.name), get(n));
         }
