@@ -47,17 +47,22 @@ fn cred(user: &str) -> Credential {
 /// A sim with `aors` users known to every registrar, all live (notified at the start).
 fn sim_with(nodes: usize, aors: usize, seed: u64) -> Sim {
     let mut s = Sim::new(config(), nodes, Transport::Udp, seed);
-    for i in 0..aors {
+    go_live(&mut s, 0..aors);
+    s
+}
+
+/// Users `range` become known to every registrar and live now (notified with their credential).
+fn go_live(s: &mut Sim, range: std::ops::Range<usize>) {
+    for i in range.clone() {
         let u = user(i);
         s.add_user(&u, Secret::Password(format!("pw-{u}")));
     }
     let now = s.now;
-    for i in 0..aors {
+    for i in range {
         let u = user(i);
         s.mirror
             .aor_update(now, &u, secs(3600), None, Some(cred(&u)));
     }
-    s
 }
 
 fn is_register(p: &[u8]) -> bool {
@@ -401,27 +406,13 @@ fn congested_node_gets_a_smaller_window_and_still_gets_everything() {
         cfg.farm.latency_target = Duration::from_millis(target_ms);
         let mut s = Sim::new(cfg, 1, Transport::Udp, 7);
         let n = 6000;
-        for i in 0..n {
-            let u = user(i);
-            s.add_user(&u, Secret::Password(format!("pw-{u}")));
-        }
         // Unloaded: 5 ms answers for a few hundred AORs.
         s.registrars[0].response_delay = Duration::from_millis(5);
-        let now = s.now;
-        for i in 0..300 {
-            let u = user(i);
-            s.mirror
-                .aor_update(now, &u, secs(3600), None, Some(cred(&u)));
-        }
+        go_live(&mut s, 0..300);
         s.run_for(secs(1));
         // A storm while the node is slow.
         s.registrars[0].response_delay = Duration::from_millis(congested_ms);
-        let now = s.now;
-        for i in 300..n {
-            let u = user(i);
-            s.mirror
-                .aor_update(now, &u, secs(3600), None, Some(cred(&u)));
-        }
+        go_live(&mut s, 300..n);
         let mut peak = 0;
         // One cut per round trip (x0.7): 128 -> the floor of 4 in about ten round trips.
         for step in 0..50 {
@@ -458,17 +449,7 @@ fn distant_node_keeps_its_budget() {
     cfg.farm.latency_target = Duration::from_millis(50);
     let mut s = Sim::new(cfg, 1, Transport::Udp, 7);
     s.registrars[0].response_delay = Duration::from_millis(200);
-    let n = 4000;
-    for i in 0..n {
-        let u = user(i);
-        s.add_user(&u, Secret::Password(format!("pw-{u}")));
-    }
-    let now = s.now;
-    for i in 0..n {
-        let u = user(i);
-        s.mirror
-            .aor_update(now, &u, secs(3600), None, Some(cred(&u)));
-    }
+    go_live(&mut s, 0..4000);
     let mut peak = 0;
     for _ in 0..30 {
         s.run_for(Duration::from_millis(100));
@@ -486,16 +467,7 @@ fn replay_with_a_full_budget_does_not_ask_for_past_wakeups() {
     cfg.farm.replay_rate = 4000;
     let mut s = Sim::new(cfg, 1, Transport::Udp, 11);
     let n = 400;
-    for i in 0..n {
-        let u = user(i);
-        s.add_user(&u, Secret::Password(format!("pw-{u}")));
-    }
-    let now = s.now;
-    for i in 0..n {
-        let u = user(i);
-        s.mirror
-            .aor_update(now, &u, secs(3600), None, Some(cred(&u)));
-    }
+    go_live(&mut s, 0..n);
     s.run_for(secs(5));
     let id = s.add_node();
     s.registrars[id].response_delay = Duration::from_millis(50);
