@@ -618,15 +618,19 @@ fn registrars(mut args: impl Iterator<Item = String>) -> Result<(), Box<dyn std:
         let stop = stop.clone();
         let nonce_prefix = format!("{}/", 1_732_300_000 + addrs.len());
         if quick {
-            let reg = QuickRegistrar::new(users, nonce_prefix);
-            threads.push(std::thread::spawn(move || serve_quick(socket, reg, &stop)));
+            let mut reg = QuickRegistrar::new(users, nonce_prefix);
+            threads.push(std::thread::spawn(move || {
+                serve(socket, &stop, |b| reg.handle(b))
+            }));
         } else {
             let mut reg = FakeRegistrar::new(addr, REALM);
             reg.keep_log = false;
             for u in 0..users {
                 reg.add_user(&format!("u{u}"), Secret::Password(PASSWORD.into()));
             }
-            threads.push(std::thread::spawn(move || serve(socket, reg, &stop)));
+            threads.push(std::thread::spawn(move || {
+                serve(socket, &stop, |b| reg.handle(Instant::now(), b))
+            }));
         }
     }
     println!("ready {}", addrs.join(" "));
@@ -652,8 +656,13 @@ fn registrars(mut args: impl Iterator<Item = String>) -> Result<(), Box<dyn std:
     Ok(())
 }
 
-/// Returns `[requests, 200s, 401s, other answers]`.
-fn serve(socket: UdpSocket, mut reg: FakeRegistrar, stop: &AtomicBool) -> [u64; 4] {
+/// Answers on `socket` with `handle` until `stop`. Returns `[requests, 200s, 401s, other
+/// answers]`.
+fn serve<R: IntoIterator<Item = Vec<u8>>>(
+    socket: UdpSocket,
+    stop: &AtomicBool,
+    mut handle: impl FnMut(&[u8]) -> R,
+) -> [u64; 4] {
     let mut counts = [0u64; 4];
     let mut buf = vec![0u8; 65_536];
     while !stop.load(Ordering::Relaxed) {
@@ -661,7 +670,7 @@ fn serve(socket: UdpSocket, mut reg: FakeRegistrar, stop: &AtomicBool) -> [u64; 
             continue;
         };
         counts[0] += 1;
-        for resp in reg.handle(Instant::now(), &buf[..n]) {
+        for resp in handle(&buf[..n]) {
             match resp.get(8..11) {
                 Some(b"200") => counts[1] += 1,
                 Some(b"401") => counts[2] += 1,
@@ -818,26 +827,6 @@ impl QuickRegistrar {
 
 fn md5_hex(data: &[u8]) -> String {
     regmirror::core::digest::Algorithm::Md5.hex(data)
-}
-
-fn serve_quick(socket: UdpSocket, mut reg: QuickRegistrar, stop: &AtomicBool) -> [u64; 4] {
-    let mut counts = [0u64; 4];
-    let mut buf = vec![0u8; 65_536];
-    while !stop.load(Ordering::Relaxed) {
-        let Ok((n, from)) = socket.recv_from(&mut buf) else {
-            continue;
-        };
-        counts[0] += 1;
-        if let Some(resp) = reg.handle(&buf[..n]) {
-            match resp.get(8..11) {
-                Some(b"200") => counts[1] += 1,
-                Some(b"401") => counts[2] += 1,
-                _ => counts[3] += 1,
-            }
-            let _ = socket.send_to(&resp, from);
-        }
-    }
-    counts
 }
 
 /// Request/response exchanges per second over loopback: one sender keeping `window`
