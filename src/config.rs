@@ -191,6 +191,8 @@ pub struct FarmSettings {
     pub latency_target: Duration,
     /// REGISTER operations in flight per node.
     pub max_inflight_per_node: usize,
+    /// REGISTER operations started per second per node, replays included (0 = no limit).
+    pub max_register_rate: u32,
     /// Period of the full reconciliation against Kamailio's `location` table.
     #[serde(with = "humantime_serde")]
     pub reconcile_interval: Duration,
@@ -209,6 +211,7 @@ impl Default for FarmSettings {
             nonce_reuse: Duration::from_secs(20),
             latency_target: Duration::from_millis(50),
             max_inflight_per_node: 128,
+            max_register_rate: 0,
             reconcile_interval: Duration::from_secs(60),
             audit_interval: Duration::from_secs(30),
         }
@@ -485,6 +488,12 @@ impl Config {
             return Err(invalid(
                 "farm.replay_rate",
                 "must be at most 100000 per second (0 = unpaced)",
+            ));
+        }
+        if f.max_register_rate > 100_000 {
+            return Err(invalid(
+                "farm.max_register_rate",
+                "must be at most 100000 per second (0 = no limit)",
             ));
         }
         if f.nonce_reuse > Duration::from_secs(3600) {

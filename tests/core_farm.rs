@@ -482,3 +482,117 @@ fn replay_with_a_full_budget_does_not_ask_for_past_wakeups() {
     s.run_for(secs(30));
     assert_eq!(s.registrars[id].live_contacts(s.now), n);
 }
+
+/// `farm.max_register_rate`: a storm of new registrations (and a replay onto a node that comes
+/// back) starts at most that many operations per second on each node; the rest waits in the
+/// node's queue and every binding still lands. Without the cap the same storm goes out at once.
+#[test]
+fn register_rate_caps_every_operation_per_node_and_everything_still_lands() {
+    // Returns (most REGISTER operations started on a node in any 1 s window, seconds until
+    // every binding was on both nodes).
+    let run = |rate: u32| {
+        let mut cfg = config();
+        cfg.max_inflight_per_node = 128;
+        cfg.farm.probe_interval = None;
+        cfg.farm.replay_rate = 0;
+        cfg.farm.max_register_rate = rate;
+        let mut s = Sim::new(cfg, 2, Transport::Udp, 5);
+        let n = 1500;
+        let start = s.now;
+        go_live(&mut s, 0..n);
+        let done = run_until_cond(&mut s, Duration::from_millis(50), secs(60), |s| {
+            (0..2).all(|r| s.registrars[r].live_contacts(s.now) == n)
+        })
+        .expect("every binding on both nodes");
+        let mut peak = 0;
+        for r in 0..2 {
+            // Operations = first attempts (no Authorization or a preemptive one: CSeq 1).
+            let starts: Vec<Instant> = s.registrars[r]
+                .log
+                .iter()
+                .filter(|x| x.cseq == 1)
+                .map(|x| x.at)
+                .collect();
+            for (i, t) in starts.iter().enumerate() {
+                let in_window = starts[i..]
+                    .iter()
+                    .take_while(|u| **u < *t + secs(1))
+                    .count();
+                peak = peak.max(in_window);
+            }
+        }
+        (peak, (done - start).as_secs_f64())
+    };
+    let (peak, took) = run(300);
+    assert!(
+        peak <= 300 + 30,
+        "{peak} operations started in one second at a cap of 300"
+    );
+    assert!(
+        (4.0..=7.0).contains(&took),
+        "1500 at 300/s should take about 5 s, took {took:.1} s"
+    );
+    let (peak, took) = run(0);
+    assert!(
+        peak >= 1400,
+        "without a cap the storm goes out at once: {peak} in 1 s"
+    );
+    assert!(took < 2.0, "without a cap: {took:.1} s");
+}
+
+/// The cap also paces a replay onto a node that came back empty, below `replay_rate`.
+#[test]
+fn register_rate_caps_a_replay_too() {
+    let mut cfg = config();
+    cfg.farm.replay_rate = 1000;
+    cfg.farm.max_register_rate = 100;
+    let mut s = Sim::new(cfg, 1, Transport::Udp, 9);
+    let n = 300;
+    go_live(&mut s, 0..n);
+    s.run_for(secs(10));
+    assert_eq!(s.registrars[0].live_contacts(s.now), n);
+    s.registrars[0].down = true;
+    s.run_for(secs(20));
+    assert!(!s.mirror.node_up(0));
+    s.registrars[0].restart_empty();
+    s.registrars[0].down = false;
+    let all = run_until_cond(&mut s, Duration::from_millis(50), secs(60), |s| {
+        s.registrars[0].live_contacts(s.now) == n
+    })
+    .expect("every binding replayed");
+    let up_at = event_at(&s, |e| matches!(e, Event::NodeUp { node: 0 })).expect("node up");
+    let took = (all - up_at).as_secs_f64();
+    // 300 at 100/s = 3 s (replay_rate alone would take 0.3 s).
+    assert!((2.5..=4.5).contains(&took), "replay took {took:.1} s");
+}
+
+/// Refreshes of contacts a node holds go before a backlog of new registrations (here queued
+/// behind `max_register_rate`): a storm must not let existing contacts lapse on the node.
+#[test]
+fn refreshes_go_before_a_storm_backlog_so_no_contact_lapses() {
+    let mut cfg = config();
+    cfg.register_expires = 300; // refreshed 36 s before expiry: 264 s after each 200
+    cfg.farm.probe_interval = None;
+    cfg.farm.replay_rate = 0;
+    cfg.farm.max_register_rate = 100;
+    let mut s = Sim::new(cfg, 1, Transport::Udp, 3);
+    let old = 500;
+    go_live(&mut s, 0..old);
+    s.run_for(secs(250));
+    assert_eq!(s.registrars[0].live_contacts(s.now), old);
+    // 6,000 new registrations just before the old ones' refreshes fall due: 60 s of backlog
+    // at the cap, past the old contacts' expiry (300 s).
+    let n = old + 6000;
+    go_live(&mut s, old..n);
+    for _ in 0..160 {
+        s.run_for(Duration::from_millis(500));
+        let held = (0..old)
+            .filter(|i| s.registrars[0].contact(&user(*i), s.now).is_some())
+            .count();
+        assert_eq!(held, old, "an existing contact lapsed during the storm");
+    }
+    let done = run_until_cond(&mut s, secs(1), secs(60), |s| {
+        s.registrars[0].live_contacts(s.now) == n
+    });
+    assert!(done.is_some(), "the storm's bindings all landed");
+}

@@ -3,7 +3,7 @@ mod common;
 
 use common::{md5_hex, pool, rows_of, url};
 use regmirror::core::digest::Secret;
-use regmirror::store::credentials::{fetch_credential, live_aors};
+use regmirror::store::credentials::{fetch_credential, fetch_credentials, live_aors, MAX_BATCH};
 use regmirror::store::provision::{
     add_user, add_user_with, list_users, remove_user, remove_user_with, set_password,
     set_password_with, show_user, FailPoint, NewUser, Storage,
@@ -72,6 +72,67 @@ async fn add_passwd_remove_round_trip() {
     remove_user(&prov, id).await.unwrap();
     assert!(rows_of(&prov, id).await.is_empty());
     assert_eq!(fetch_credential(&reader, id, REALM).await.unwrap(), None);
+}
+
+/// The batched lookup (one statement per `MAX_BATCH` users) answers for each user exactly what
+/// the single lookup answers: plaintext, HA1 only, unknown, a name the collation matches in
+/// another case, the same user twice, across a batch boundary.
+#[tokio::test]
+async fn batched_lookup_answers_like_the_single_one() {
+    let Some(prov) = pool("REGMIRROR_TEST_PROVISIONER_URL").await else {
+        return;
+    };
+    let Some(reader) = pool("REGMIRROR_TEST_REGMIRROR_URL").await else {
+        return;
+    };
+    for (id, storage) in [
+        ("batch-plain", Storage::Plaintext),
+        ("batch-ha1", Storage::HashedOnly),
+    ] {
+        let _ = remove_user(&prov, id).await;
+        add_user(&prov, &NewUser::new(id, REALM, "batch-pw", storage))
+            .await
+            .unwrap();
+    }
+    let mut users: Vec<String> = (0..MAX_BATCH + 40)
+        .map(|i| format!("batch-unknown-{i}"))
+        .collect();
+    for (at, id) in [
+        (0, "batch-plain"),
+        (7, "batch-ha1"),
+        (MAX_BATCH - 1, "BATCH-PLAIN"),
+        (MAX_BATCH, "batch-ha1"),
+        (MAX_BATCH + 3, "batch-plain"),
+    ] {
+        users.insert(at, id.to_string());
+    }
+    let batched = fetch_credentials(&reader, &users, REALM).await.unwrap();
+    assert_eq!(batched.len(), users.len());
+    for (user, got) in users.iter().zip(&batched) {
+        let single = fetch_credential(&reader, user, REALM).await.unwrap();
+        assert_eq!(got, &single, "{user}");
+    }
+    let known = batched.iter().filter(|c| c.is_some()).count();
+    // Four known entries, and the other-case name where the collation is case-insensitive.
+    assert!((4..=5).contains(&known), "{known} known");
+    assert_eq!(
+        batched[0].as_ref().unwrap().secret,
+        Secret::Password("batch-pw".into())
+    );
+    assert_eq!(
+        batched[7].as_ref().unwrap().secret,
+        Secret::Ha1Md5 {
+            realm: REALM.into(),
+            ha1: md5_hex("batch-ha1", REALM, "batch-pw")
+        }
+    );
+    assert!(fetch_credentials(&reader, &[], REALM)
+        .await
+        .unwrap()
+        .is_empty());
+    for id in ["batch-plain", "batch-ha1"] {
+        remove_user(&prov, id).await.unwrap();
+    }
 }
 
 #[tokio::test]

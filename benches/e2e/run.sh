@@ -129,7 +129,10 @@ stack_up() { # mode
             "$DOCKER" cp "$c":/etc/regmirror/regmirror.toml "$OUT/regmirror.toml"
             sed -i -e 's/^probe_interval = .*/probe_interval = "5s"/' -e 's/^probe_timeout = .*/probe_timeout = "2s"/' \
                 -e 's/^reconcile_interval = .*/reconcile_interval = "60s"/' \
-                -e 's/^audit_interval = .*/audit_interval = "30s"/' "$OUT/regmirror.toml"
+                -e "s/^audit_interval = .*/audit_interval = \"${AUDIT_INTERVAL:-30s}\"/" "$OUT/regmirror.toml"
+            if [ -n "${MAX_REGISTER_RATE:-}" ]; then
+                sed -i -e '/^max_register_rate = /d' -e "/^\[farm\]/a max_register_rate = $MAX_REGISTER_RATE" "$OUT/regmirror.toml"
+            fi
             "$DOCKER" cp "$OUT/regmirror.toml" "$c":/etc/regmirror/regmirror.toml
             "$DOCKER" restart "$c" >/dev/null
         done
@@ -235,6 +238,10 @@ for mode in $MODES; do
     case "$mode" in none|tutorial|regmirror1|regmirror) ;; *) log "unknown mode $mode"; exit 2 ;; esac
     log "mode $mode: stack up"
     stack_up "$mode"
+    if [ -n "${NODE_CPU_SHARES:-}" ]; then
+        for s in ast1 ast2; do "$DOCKER" update --cpu-shares "$NODE_CPU_SHARES" "$(compose ps -q "$s")" >/dev/null; done
+        log "nodes at cpu-shares $NODE_CPU_SHARES"
+    fi
     provision "$BASE" "$total_users"
     lo=$BASE
     bad=0

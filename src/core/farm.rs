@@ -28,6 +28,10 @@ pub struct FarmConfig {
     /// per window of answers, up to `max_inflight_per_node`. Protects a farm (and whatever
     /// shares its CPUs and database) from registration storms; the backlog drains afterwards.
     pub latency_target: Duration,
+    /// REGISTER operations started per second per node, whatever their cause (0 = no limit).
+    /// Caps the farm's share of a machine or database it shares with the phone-facing path
+    /// during a registration storm; the rest waits in the node's queue and drains afterwards.
+    pub max_register_rate: u32,
 }
 
 impl Default for FarmConfig {
@@ -39,6 +43,7 @@ impl Default for FarmConfig {
             replay_rate: 200,
             nonce_reuse: Duration::from_secs(20),
             latency_target: Duration::ZERO,
+            max_register_rate: 0,
         }
     }
 }
@@ -180,6 +185,11 @@ pub(crate) struct Pacer {
 }
 
 impl Pacer {
+    /// Whether a send may go at `now` (without booking a slot).
+    pub fn ready(&self, now: Instant, rate: u32) -> bool {
+        rate == 0 || self.next_at.is_none_or(|t| t <= now)
+    }
+
     /// Whether one send may go at `now`; if so, books the next slot.
     pub fn take<R: Rng>(&mut self, now: Instant, rate: u32, rng: &mut R) -> bool {
         if rate == 0 {

@@ -270,9 +270,15 @@ struct NodeState {
     base_cur: Option<Duration>,
     base_period_end: Option<Instant>,
     waiting: VecDeque<u32>,
+    /// Refreshes of bindings the node holds, started before anything in `waiting`: they have a
+    /// deadline (the node's expiry), so a storm of new registrations queued behind the send
+    /// budget or `max_register_rate` must not let existing contacts lapse.
+    refreshes: VecDeque<u32>,
     /// Paced queue: replays after the node comes up or is added, reconciliation additions.
     replay: VecDeque<u32>,
     pacer: Pacer,
+    /// `farm.max_register_rate`: every operation start, replays included.
+    rate: Pacer,
     health: Health,
     /// Latest challenge per realm, answered by every binding on the node (`Binding::realm`).
     nonces: Vec<NodeNonce>,
@@ -293,8 +299,10 @@ impl NodeState {
             base_cur: None,
             base_period_end: None,
             waiting: VecDeque::new(),
+            refreshes: VecDeque::new(),
             replay: VecDeque::new(),
             pacer: Pacer::default(),
+            rate: Pacer::default(),
             health: Health::new(),
             nonces: Vec::new(),
             challenges: 0,
@@ -591,14 +599,21 @@ impl Mirror {
     /// Earliest timer (may be one that turns out to be cancelled: waking then is harmless).
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t = self.queue.peek().map(|Reverse((at, _))| *at);
+        let limited = self.cfg.farm.max_register_rate > 0;
         for ns in &self.nodes {
-            // With the send budget full the next replay slot waits for an answer, not the clock:
-            // a past slot time here would wake the driver in a loop (found by the replay bench).
-            let replay =
-                (ns.health.up && !ns.replay.is_empty() && ns.inflight < budget(&self.cfg, ns))
-                    .then_some(ns.pacer.next_at)
-                    .flatten();
-            for d in [ns.health.deadline(), replay].into_iter().flatten() {
+            // With the send budget full the next slot waits for an answer, not the clock: a
+            // past slot time here would wake the driver in a loop (found by the replay bench).
+            let can_send = ns.health.up && ns.inflight < budget(&self.cfg, ns);
+            let rate = ns.rate.next_at.filter(|_| limited);
+            let replay = (can_send && !ns.replay.is_empty())
+                .then(|| ns.pacer.next_at.max(rate))
+                .flatten();
+            let queued = !ns.waiting.is_empty() || !ns.refreshes.is_empty();
+            let waiting = (can_send && queued).then_some(rate).flatten();
+            for d in [ns.health.deadline(), replay, waiting]
+                .into_iter()
+                .flatten()
+            {
                 t = Some(t.map_or(d, |t| t.min(d)));
             }
         }
@@ -930,7 +945,7 @@ impl Mirror {
                 HealthAction::ProbeFailed(false) => {}
             }
         }
-        self.pump_replay(now, node);
+        self.pump_waiting(now, node);
     }
 
     fn send_probe(&mut self, now: Instant, node: usize) {
@@ -1050,6 +1065,7 @@ impl Mirror {
         let ns = &mut self.nodes[node];
         ns.inflight = 0;
         ns.waiting.clear();
+        ns.refreshes.clear();
         ns.replay.clear();
         ns.pacer = Pacer::default();
         ns.window = f64::MAX;
@@ -1118,9 +1134,13 @@ impl Mirror {
                 ns.replay.pop_front(); // started or dropped meanwhile
                 continue;
             }
-            if !ns.pacer.take(now, self.cfg.farm.replay_rate, &mut self.rng) {
+            let rate = self.cfg.farm.max_register_rate;
+            if !ns.rate.ready(now, rate)
+                || !ns.pacer.take(now, self.cfg.farm.replay_rate, &mut self.rng)
+            {
                 return;
             }
+            ns.rate.take(now, rate, &mut self.rng);
             ns.replay.pop_front();
             ns.inflight += 1;
             let idx = idx as usize;
@@ -1186,6 +1206,8 @@ impl Mirror {
         for ns in &mut self.nodes {
             let w: VecDeque<u32> = ns.waiting.drain(..).filter_map(&remap).collect();
             ns.waiting = w;
+            let f: VecDeque<u32> = ns.refreshes.drain(..).filter_map(&remap).collect();
+            ns.refreshes = f;
             let r: VecDeque<u32> = ns.replay.drain(..).filter_map(&remap).collect();
             ns.replay = r;
         }
@@ -1414,14 +1436,23 @@ impl Mirror {
             b.phase = Phase::Queued;
             return;
         }
-        if ns.inflight < budget(&self.cfg, ns) {
+        if ns.inflight < budget(&self.cfg, ns)
+            && ns
+                .rate
+                .take(now, self.cfg.farm.max_register_rate, &mut self.rng)
+        {
             ns.inflight += 1;
             b.phase = Phase::InFlight;
             b.rounds = 0;
             self.send_request(now, idx);
         } else {
+            let queue = if b.confirmed && op == Op::Register {
+                &mut ns.refreshes
+            } else {
+                &mut ns.waiting
+            };
             b.phase = Phase::Queued;
-            ns.waiting.push_back(idx as u32);
+            queue.push_back(idx as u32);
         }
     }
 
@@ -1430,22 +1461,45 @@ impl Mirror {
         let node = idx % self.nodes.len();
         let ns = &mut self.nodes[node];
         ns.inflight = ns.inflight.saturating_sub(1);
-        if !ns.health.up || ns.inflight >= budget(&self.cfg, ns) {
-            return;
-        }
-        while let Some(w) = self.nodes[node].waiting.pop_front() {
-            let w = w as usize;
-            if self.bindings[w].phase == Phase::Queued {
-                let before = self.bindings[w].state();
-                self.nodes[node].inflight += 1;
-                let b = &mut self.bindings[w];
-                b.phase = Phase::InFlight;
-                b.rounds = 0;
-                self.send_request(now, w);
-                self.emit_change(w, before, None);
-                self.schedule(w);
+        self.pump_waiting(now, node);
+    }
+
+    /// Starts queued bindings, refreshes first, then paced replays, as far as the send budget
+    /// and `farm.max_register_rate` allow.
+    fn pump_waiting(&mut self, now: Instant, node: usize) {
+        loop {
+            let ns = &mut self.nodes[node];
+            if !ns.health.up || ns.inflight >= budget(&self.cfg, ns) {
                 return;
             }
+            let queue = if ns.refreshes.is_empty() {
+                &mut ns.waiting
+            } else {
+                &mut ns.refreshes
+            };
+            let Some(&w) = queue.front() else {
+                break;
+            };
+            let w = w as usize;
+            if self.bindings[w].phase != Phase::Queued {
+                queue.pop_front(); // started or dropped meanwhile
+                continue;
+            }
+            if !ns
+                .rate
+                .take(now, self.cfg.farm.max_register_rate, &mut self.rng)
+            {
+                return;
+            }
+            queue.pop_front();
+            ns.inflight += 1;
+            let before = self.bindings[w].state();
+            let b = &mut self.bindings[w];
+            b.phase = Phase::InFlight;
+            b.rounds = 0;
+            self.send_request(now, w);
+            self.emit_change(w, before, None);
+            self.schedule(w);
         }
         self.pump_replay(now, node);
     }

@@ -1,7 +1,7 @@
 //! The driver loop: feeds datagrams, credential lookups and timeouts into the `Mirror`, then
 //! drains its transmits and events (the str0m/quinn sans-IO loop).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -63,6 +63,13 @@ pub struct Driver {
     lookups_tx: mpsc::Sender<Lookup>,
     lookups_rx: mpsc::Receiver<Lookup>,
     lookups_pending: HashSet<String>,
+    /// Per audited node (AMI set): bindings confirmed lately, oldest first. An audit's listing
+    /// starts before its snapshot is applied; what the node confirmed meanwhile may be missing
+    /// from the listing without being missing from the node.
+    recently_confirmed: HashMap<String, VecDeque<(Instant, Arc<str>)>>,
+    /// Users whose credential to look up, batched by the credential reader.
+    lookup_queue: mpsc::UnboundedSender<String>,
+    lookup_queue_rx: Option<mpsc::UnboundedReceiver<String>>,
     /// REGISTERs in flight by branch: latency per node, and the shutdown drain.
     inflight: InFlight,
     /// Shutting down: notifications are refused, in-flight transactions finish.
@@ -121,6 +128,7 @@ impl Driver {
                 replay_rate: config.farm.replay_rate,
                 nonce_reuse: config.farm.nonce_reuse,
                 latency_target: config.farm.latency_target,
+                max_register_rate: config.farm.max_register_rate,
             },
             ..MirrorConfig::default()
         };
@@ -131,6 +139,7 @@ impl Driver {
             .ha_active
             .store(u64::from(ha.is_active()), Ordering::Relaxed);
         let (lookups_tx, lookups_rx) = mpsc::channel(4096);
+        let (lookup_queue, lookup_queue_rx) = mpsc::unbounded_channel();
         let (reconcile_tx, reconcile_rx) = mpsc::channel(1);
         let (audit_tx, audit_rx) = mpsc::channel(16);
         let (tcp, tcp_rx) = TcpLinks::new(config.sip.listen.ip());
@@ -151,6 +160,9 @@ impl Driver {
             lookups_tx,
             lookups_rx,
             lookups_pending: HashSet::new(),
+            recently_confirmed: HashMap::new(),
+            lookup_queue,
+            lookup_queue_rx: Some(lookup_queue_rx),
             inflight,
             draining: false,
             reconcile_tx,
@@ -185,6 +197,7 @@ impl Driver {
             self.mirror.handle_timeout(Instant::now());
         }
         self.on_ha_timeout(Instant::now()).await;
+        self.spawn_credential_reader();
         self.spawn_reconciler();
         self.spawn_auditors();
         self.flush().await;
@@ -270,6 +283,20 @@ impl Driver {
             removed_users = removed,
             "{level_first} done"
         );
+        let cap = self.config.farm.max_register_rate;
+        let needed = refreshes_per_second(
+            r.live.len(),
+            self.config.sip.register_expires,
+            self.config.sip.timer_f,
+        );
+        if cap > 0 && needed > 0.8 * f64::from(cap) {
+            tracing::warn!(
+                live = r.live.len(),
+                refreshes_per_second = needed.round(),
+                max_register_rate = cap,
+                "farm.max_register_rate leaves no room beyond refreshing the live bindings: raise it (or sip.register_expires)"
+            );
+        }
     }
 
     fn on_lookup(&mut self, l: Lookup) {
@@ -336,7 +363,12 @@ impl Driver {
         let Some(node) = self.nodes.iter().position(|n| n.name == a.node) else {
             return;
         };
-        let r = self.mirror.audit(a.at, node as u16, &a.users);
+        let mut users = a.users;
+        if let Some(recent) = self.recently_confirmed.get(&a.node) {
+            let since = recent.iter().rev().take_while(|(t, _)| *t >= a.at);
+            users.extend(since.map(|(_, u)| u.to_string()));
+        }
+        let r = self.mirror.audit(a.at, node as u16, &users);
         let repaired = (r.missing + r.stale) as u64;
         self.metrics
             .drift_repaired
@@ -470,8 +502,7 @@ impl Driver {
                         continue; // standby: the active instance audits
                     }
                     let at = Instant::now();
-                    match fetch_contact_users(&target, &contact_host, Duration::from_secs(20)).await
-                    {
+                    match fetch_contact_users(&target, &contact_host, AUDIT_LISTING_MAX).await {
                         Ok(users) => {
                             let s = AuditSnapshot {
                                 node: name.clone(),
@@ -748,6 +779,9 @@ impl Driver {
             } => {
                 let name = self.node_name(node);
                 self.metrics.count_transition(&name, state_name(state));
+                if state == BindingState::Registered {
+                    self.note_confirmed(&name, &aor);
+                }
                 tracing::info!(user = %aor, node = %name, state = state_name(state), reason = %reason, "binding");
             }
             Event::CredentialRejected { aor, node } => {
@@ -879,6 +913,26 @@ impl Driver {
         );
     }
 
+    /// Remembers a confirmation for the node's next audit (nodes without AMI are not audited).
+    fn note_confirmed(&mut self, node: &str, aor: &Arc<str>) {
+        if !self
+            .config
+            .nodes
+            .iter()
+            .any(|n| n.name == node && n.ami.is_some())
+        {
+            return;
+        }
+        let now = Instant::now();
+        let recent = self.recently_confirmed.entry(node.to_string()).or_default();
+        while recent.front().is_some_and(|(t, _)| {
+            now.duration_since(*t) > AUDIT_LISTING_MAX + Duration::from_secs(10)
+        }) {
+            recent.pop_front();
+        }
+        recent.push_back((now, aor.clone()));
+    }
+
     fn node_name(&self, node: u16) -> String {
         self.nodes
             .get(usize::from(node))
@@ -886,41 +940,76 @@ impl Driver {
             .unwrap_or_else(|| format!("#{node}"))
     }
 
-    /// Looks the user's credential up off the driver task; retries with backoff while the
-    /// database is unreachable, so an outage delays bindings but loses none.
+    /// Queues a lookup of the user's credential for the credential reader (once per user
+    /// while one is pending).
     fn lookup(&mut self, user: &str) {
-        if !self.lookups_pending.insert(user.to_string()) {
-            return;
+        if self.lookups_pending.insert(user.to_string()) {
+            let _ = self.lookup_queue.send(user.to_string());
         }
+    }
+
+    /// Looks credentials up off the driver task, every user queued meanwhile in one statement
+    /// (a storm of notifications costs the shared database one query per batch, not one per
+    /// registration); retries with backoff while the database is unreachable, so an outage
+    /// delays bindings but loses none.
+    fn spawn_credential_reader(&mut self) {
+        let Some(mut queue) = self.lookup_queue_rx.take() else {
+            return;
+        };
         let pool = self.pool.clone();
         let tx = self.lookups_tx.clone();
         let realm = self.config.sip.domain.clone();
         let metrics = self.metrics.clone();
-        let user = user.to_string();
         tokio::spawn(async move {
-            let mut wait = Duration::from_millis(500);
+            let mut batch: Vec<String> = Vec::new();
             loop {
-                Metrics::inc(&metrics.credential_lookups);
-                match store::credentials::fetch_credential(&pool, &user, &realm).await {
-                    Ok(found) => {
-                        if found.is_none() {
-                            Metrics::inc(&metrics.credential_unknown_users);
-                            tracing::warn!(user = %user, "no credential for this user: not mirrored");
-                        }
-                        let result = found.map(|c| Credential {
-                            username: c.username,
-                            secret: c.secret,
-                        });
-                        let _ = tx.send(Lookup { user, result }).await;
-                        return;
+                if batch.is_empty() {
+                    match queue.recv().await {
+                        Some(u) => batch.push(u),
+                        None => return,
                     }
-                    Err(e) => {
-                        metrics
-                            .credential_lookup_errors
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(user = %user, error = %e, retry_in = ?wait, "credential lookup failed");
-                        tokio::time::sleep(wait).await;
-                        wait = (wait * 2).min(Duration::from_secs(30));
+                    // Gather what arrives meanwhile: in a storm a point query takes about as
+                    // long as the next notification takes to come, so without a short wait
+                    // batches stay at one or two users.
+                    tokio::time::sleep(LOOKUP_LINGER).await;
+                }
+                while batch.len() < store::credentials::MAX_BATCH {
+                    match queue.try_recv() {
+                        Ok(u) => batch.push(u),
+                        Err(_) => break,
+                    }
+                }
+                let mut wait = Duration::from_millis(500);
+                loop {
+                    metrics
+                        .credential_lookups
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    Metrics::inc(&metrics.credential_queries);
+                    match store::credentials::fetch_credentials(&pool, &batch, &realm).await {
+                        Ok(found) => {
+                            for (user, found) in batch.drain(..).zip(found) {
+                                if found.is_none() {
+                                    Metrics::inc(&metrics.credential_unknown_users);
+                                    tracing::warn!(user = %user, "no credential for this user: not mirrored");
+                                }
+                                let result = found.map(|c| Credential {
+                                    username: c.username,
+                                    secret: c.secret,
+                                });
+                                if tx.send(Lookup { user, result }).await.is_err() {
+                                    return;
+                                }
+                            }
+                            break;
+                        }
+                        Err(e) => {
+                            metrics
+                                .credential_lookup_errors
+                                .fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(users = batch.len(), error = %e, retry_in = ?wait, "credential lookup failed");
+                            tokio::time::sleep(wait).await;
+                            wait = (wait * 2).min(Duration::from_secs(30));
+                        }
                     }
                 }
             }
@@ -1015,4 +1104,19 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
+}
+
+/// An audit's contact listing is given up after this long.
+const AUDIT_LISTING_MAX: Duration = Duration::from_secs(20);
+
+/// How long the credential reader waits after the first lookup of a batch for more to queue.
+const LOOKUP_LINGER: Duration = Duration::from_millis(10);
+
+/// REGISTERs per second per node that refreshing `live` bindings costs at `register_expires`
+/// (each is refreshed Timer F and a few seconds before its expiry, at worst at half of it:
+/// `binding::refresh_delay`).
+fn refreshes_per_second(live: usize, register_expires: u32, timer_f: Duration) -> f64 {
+    let expires = f64::from(register_expires);
+    let every = (expires - timer_f.as_secs_f64() - 4.0).max(expires / 2.0);
+    live as f64 / every.max(1.0)
 }

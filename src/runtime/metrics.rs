@@ -46,6 +46,8 @@ pub struct Metrics {
     pub datagrams_malformed: AtomicU64,
     pub datagrams_oversized: AtomicU64,
     pub credential_lookups: AtomicU64,
+    /// Statements that read credentials (a batch of lookups is one).
+    pub credential_queries: AtomicU64,
     pub credential_lookup_errors: AtomicU64,
     pub credential_unknown_users: AtomicU64,
     pub send_errors: AtomicU64,
@@ -148,6 +150,11 @@ impl Metrics {
                 "regmirror_credential_lookups_total",
                 "credential lookups in the database",
                 &self.credential_lookups,
+            ),
+            (
+                "regmirror_credential_queries_total",
+                "database statements that read credentials (one per batch of lookups)",
+                &self.credential_queries,
             ),
             (
                 "regmirror_db_errors_total",

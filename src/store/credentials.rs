@@ -1,5 +1,6 @@
 //! Reading what regmirror needs at run time: the credential to answer an
 //! Asterisk challenge with, and the AORs Kamailio holds live in `location`.
+use std::collections::HashMap;
 use std::fmt;
 
 use sqlx::mysql::MySqlPool;
@@ -44,19 +45,71 @@ pub async fn fetch_credential(
     let Some((password, ha1)) = row else {
         return Ok(None);
     };
+    Ok(credential_of(username, realm, password, ha1))
+}
+
+/// Most users [`fetch_credentials`] asks for in one statement.
+pub const MAX_BATCH: usize = 256;
+
+/// The credentials of several users at once (one statement per [`MAX_BATCH`] users): what
+/// [`fetch_credential`] answers for each, in the order asked. Under a registration storm this
+/// turns a point query per notification into one per batch on the database Kamailio waits on.
+pub async fn fetch_credentials(
+    pool: &MySqlPool,
+    usernames: &[String],
+    realm: &str,
+) -> Result<Vec<Option<StoredCredential>>, StoreError> {
+    let mut out = Vec::with_capacity(usernames.len());
+    for chunk in usernames.chunks(MAX_BATCH) {
+        let marks = vec!["?"; chunk.len()].join(",");
+        let sql = format!(
+            "SELECT `username`, `password`, `ha1` FROM `regmirror_credentials` \
+             WHERE `realm` = ? AND `username` IN ({marks})"
+        );
+        let mut q = sqlx::query_as::<_, (String, Option<String>, Option<String>)>(&sql).bind(realm);
+        for u in chunk {
+            q = q.bind(u);
+        }
+        let rows = q.fetch_all(pool).await?;
+        // The first row per exact username, like `LIMIT 1` in the single lookup.
+        let mut found: HashMap<&str, (Option<String>, Option<String>)> = HashMap::new();
+        for (name, password, ha1) in &rows {
+            found
+                .entry(name.as_str())
+                .or_insert_with(|| (password.clone(), ha1.clone()));
+        }
+        for u in chunk {
+            match found.get(u.as_str()) {
+                Some((p, h)) => out.push(credential_of(u, realm, p.clone(), h.clone())),
+                // Not found under the exact name: the column's collation may still match it
+                // (case, accents) as the single lookup would; ask the way it does.
+                None if !rows.is_empty() => out.push(fetch_credential(pool, u, realm).await?),
+                None => out.push(None),
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn credential_of(
+    username: &str,
+    realm: &str,
+    password: Option<String>,
+    ha1: Option<String>,
+) -> Option<StoredCredential> {
     let secret = match (password, ha1) {
         (Some(p), _) if !p.is_empty() => Secret::Password(p),
         (_, Some(h)) if is_md5_hex(&h) => Secret::Ha1Md5 {
             realm: realm.to_string(),
             ha1: h.to_ascii_lowercase(),
         },
-        _ => return Ok(None),
+        _ => return None,
     };
-    Ok(Some(StoredCredential {
+    Some(StoredCredential {
         username: username.to_string(),
         realm: realm.to_string(),
         secret,
-    }))
+    })
 }
 
 fn is_md5_hex(s: &str) -> bool {
