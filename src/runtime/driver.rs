@@ -363,6 +363,7 @@ impl Driver {
         let Some(node) = self.nodes.iter().position(|n| n.name == a.node) else {
             return;
         };
+        let listed = a.users.len();
         let mut users = a.users;
         if let Some(recent) = self.recently_confirmed.get(&a.node) {
             let since = recent.iter().rev().take_while(|(t, _)| *t >= a.at);
@@ -376,7 +377,7 @@ impl Driver {
         if repaired > 0 {
             tracing::warn!(node = %a.node, missing = r.missing, stale = r.stale, "drift repaired");
         } else {
-            tracing::debug!(node = %a.node, contacts = a.users.len(), "audit: no drift");
+            tracing::debug!(node = %a.node, contacts = listed, "audit: no drift");
         }
     }
 
