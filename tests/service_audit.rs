@@ -426,6 +426,20 @@ level = "regmirror=info,warn"
         "only the lost contact is drift"
     );
     assert_eq!(reg.registrations(victim), 2);
+    // The repair starts with fresh timers: no retransmission of it 500 ms (T1) after a listing
+    // that took 1.5 s (seen when the audit used the listing's start as the current time).
+    let retransmitted = reg
+        .reg
+        .lock()
+        .unwrap()
+        .log
+        .iter()
+        .filter(|l| &l.user == victim && l.retransmission)
+        .count();
+    assert_eq!(
+        retransmitted, 0,
+        "the repair REGISTER was retransmitted at once"
+    );
     let logs = std::fs::read_to_string(&svc.log).unwrap();
     assert!(
         logs.lines()

@@ -369,7 +369,8 @@ impl Driver {
             let since = recent.iter().rev().take_while(|(t, _)| *t >= a.at);
             users.extend(since.map(|(_, u)| u.to_string()));
         }
-        let r = self.mirror.audit(a.at, node as u16, &users);
+        // Repairs start now, not when the listing started (timers would begin in the past).
+        let r = self.mirror.audit(Instant::now(), node as u16, &users);
         let repaired = (r.missing + r.stale) as u64;
         self.metrics
             .drift_repaired
