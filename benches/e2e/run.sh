@@ -23,6 +23,8 @@
 #      audit 30 s; compose: the compose file's test periods 1 s / 15 s / 10 s), CONVERGE_MAX (150 s
 #      after a burst), STALL_SECS (stop waiting when no node count moved for that
 #      long; default 20, 70 for regmirror with REGMIRROR_FARM=example: one reconcile period), OUT (target/e2ebench/<time>), KEEP_STACK=1 (do not tear down at the end),
+#      MAX_REGISTER_RATE (regmirror's farm.max_register_rate for this run; default: the compose
+#      file's, 100), AUDIT_INTERVAL (30s), NODE_CPU_SHARES (docker cpu-shares of ast1/ast2),
 #      SQL_PROFILE=1 (MariaDB general log per step: DIR/sql-profile.md, statements per phone
 #      registration by client; costs MariaDB CPU, so profile at low rates only), SQL_PROFILE_SETTLE
 #      (5 s logged after the burst).
