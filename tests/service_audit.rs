@@ -7,13 +7,14 @@
 //! Asserts: registrations confirmed while a listing is being fetched are not "missing" (no
 //! re-register, no "drift repaired"), and a contact deleted behind regmirror's back is repaired.
 mod common;
-use common::{bin, free_port_tcp, free_port_udp, http, provision, wait_for};
+use common::{
+    bin, free_port_tcp, free_port_udp, http, metric, notify, provision, wait_for, Service,
+};
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -255,45 +256,6 @@ fn ami_session(
     }
 }
 
-/// Sends Kamailio's "save" notification from 127.0.0.1 (trusted) and returns the status code.
-fn notify(sip: SocketAddr, aor: &str, seq: u32) -> u16 {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let local = s.local_addr().unwrap();
-    let msg = format!(
-        "MESSAGE sip:regmirror@{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-a{seq}\r\n\
-         From: <sip:kamailio@{REALM}>;tag=k{seq}\r\nTo: <sip:regmirror@{sip}>\r\nCall-ID: a{seq}@test\r\n\
-         CSeq: {seq} MESSAGE\r\nMax-Forwards: 70\r\nX-RegMirror-Event: save\r\nX-RegMirror-AOR: {aor}@{REALM}\r\n\
-         X-RegMirror-Expires: 3600\r\nContent-Length: 0\r\n\r\n"
-    );
-    s.send_to(msg.as_bytes(), sip).unwrap();
-    let mut buf = [0u8; 4096];
-    let n = s.recv(&mut buf).expect("an answer to the notification");
-    let text = String::from_utf8_lossy(&buf[..n]);
-    text.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
-struct Service {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn drift_repaired(admin: &str) -> f64 {
     metric(&http(admin, "/metrics").1, "regmirror_drift_repaired_total")
 }
@@ -375,7 +337,11 @@ level = "regmirror=info,warn"
 
     // A registration storm spanning several slow listings: one user every 100 ms.
     for (i, u) in users.iter().enumerate() {
-        assert_eq!(notify(sip, u, i as u32 + 1), 200, "notification for {u}");
+        assert_eq!(
+            notify(sip, REALM, u, 3600, i as u32 + 1),
+            200,
+            "notification for {u}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     wait_for(

@@ -9,12 +9,13 @@
 //! every contact in place. With `chromium` installed it also screenshots the status page
 //! (`tests/status-page.sh`, artifact under `target/artifacts/`).
 mod common;
-use common::{bin, free_port_tcp, free_port_udp, http, provision, wait_for};
+use common::{
+    bin, free_port_tcp, free_port_udp, http, metric, notify, provision, wait_for, Service,
+};
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -114,46 +115,6 @@ fn out(o: &Output) -> String {
     )
 }
 
-/// Sends Kamailio's notification from 127.0.0.1 (trusted) and returns the status code.
-fn notify(sip: SocketAddr, aor: &str, expires: u32, seq: u32) -> u16 {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let local = s.local_addr().unwrap();
-    let event = if expires == 0 { "delete" } else { "save" };
-    let msg = format!(
-        "MESSAGE sip:regmirror@{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-t{seq}\r\n\
-         From: <sip:kamailio@{REALM}>;tag=k{seq}\r\nTo: <sip:regmirror@{sip}>\r\nCall-ID: n{seq}@test\r\n\
-         CSeq: {seq} MESSAGE\r\nMax-Forwards: 70\r\nX-RegMirror-Event: {event}\r\nX-RegMirror-AOR: {aor}@{REALM}\r\n\
-         X-RegMirror-Expires: {expires}\r\nContent-Length: 0\r\n\r\n"
-    );
-    s.send_to(msg.as_bytes(), sip).unwrap();
-    let mut buf = [0u8; 4096];
-    let n = s.recv(&mut buf).expect("an answer to the notification");
-    let text = String::from_utf8_lossy(&buf[..n]);
-    text.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
-struct Service {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[test]
 fn service_registers_reports_and_shuts_down_gracefully() {
     let Some(db) = common::url("REGMIRROR_TEST_REGMIRROR_URL") else {
@@ -221,8 +182,8 @@ level = "regmirror=debug,info"
     });
 
     // Registration reaches every node.
-    assert_eq!(notify(sip, "7100", 3600, 1), 200);
-    assert_eq!(notify(sip, "7101", 3600, 2), 200);
+    assert_eq!(notify(sip, REALM, "7100", 3600, 1), 200);
+    assert_eq!(notify(sip, REALM, "7101", 3600, 2), 200);
     wait_for(
         "7100 and 7101 on both nodes",
         Duration::from_secs(10),
@@ -316,7 +277,7 @@ level = "regmirror=debug,info"
     status_page(&admin);
 
     // Unregister: the contact goes from both nodes, `status` says no binding (exit 2).
-    assert_eq!(notify(sip, "7101", 0, 3), 200);
+    assert_eq!(notify(sip, REALM, "7101", 0, 3), 200);
     wait_for("7101 gone", Duration::from_secs(10), || {
         !r1.has_contact("7101") && !r2.has_contact("7101")
     });
@@ -327,7 +288,7 @@ level = "regmirror=debug,info"
     // Graceful shutdown with a registration in flight on slow nodes.
     r1.delay_ms.store(300, Ordering::Relaxed);
     r2.delay_ms.store(300, Ordering::Relaxed);
-    assert_eq!(notify(sip, "7102", 3600, 4), 200);
+    assert_eq!(notify(sip, REALM, "7102", 3600, 4), 200);
     std::thread::sleep(Duration::from_millis(100));
     let t0 = Instant::now();
     let pid = svc.child.id().to_string();

@@ -6,12 +6,11 @@
 //! one connection), the registrar closing every connection does not lose the binding (the next
 //! refresh opens a new connection and is answered 200), and the logs hold no password.
 mod common;
-use common::{bin, free_port_tcp, free_port_udp, http, provision, wait_for};
+use common::{bin, free_port_tcp, free_port_udp, http, notify, provision, wait_for, Service};
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -152,39 +151,6 @@ fn serve(
     }
 }
 
-/// Kamailio's notification from 127.0.0.1 (trusted, over UDP); returns the status code.
-fn notify(sip: SocketAddr, aor: &str, expires: u32, seq: u32) -> u16 {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let local = s.local_addr().unwrap();
-    let msg = format!(
-        "MESSAGE sip:regmirror@{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-tcp{seq}\r\n\
-         From: <sip:kamailio@{REALM}>;tag=k{seq}\r\nTo: <sip:regmirror@{sip}>\r\nCall-ID: tcp{seq}@test\r\n\
-         CSeq: {seq} MESSAGE\r\nMax-Forwards: 70\r\nX-RegMirror-Event: save\r\nX-RegMirror-AOR: {aor}@{REALM}\r\n\
-         X-RegMirror-Expires: {expires}\r\nContent-Length: 0\r\n\r\n"
-    );
-    s.send_to(msg.as_bytes(), sip).unwrap();
-    let mut buf = [0u8; 4096];
-    let n = s.recv(&mut buf).expect("an answer to the notification");
-    String::from_utf8_lossy(&buf[..n])
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
-struct Service {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn registers_over_tcp_and_survives_the_node_closing_the_connection() {
     let Some(db) = common::url("REGMIRROR_TEST_REGMIRROR_URL") else {
@@ -244,7 +210,7 @@ level = "regmirror=debug,info"
     });
 
     // The registration reaches the node over TCP: challenge and answer on one connection.
-    assert_eq!(notify(sip, USER, 3600, 1), 200);
+    assert_eq!(notify(sip, REALM, USER, 3600, 1), 200);
     wait_for(
         "the contact on the TCP node",
         Duration::from_secs(10),

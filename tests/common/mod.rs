@@ -131,3 +131,47 @@ pub fn db_errno(err: &sqlx::Error) -> Option<u16> {
         _ => None,
     }
 }
+
+/// Kamailio's notification for `aor` ("save", or "delete" when `expires` is 0), sent from
+/// 127.0.0.1 (trusted) over UDP to regmirror's SIP socket; returns the status code it answers.
+pub fn notify(sip: std::net::SocketAddr, realm: &str, aor: &str, expires: u32, seq: u32) -> u16 {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    let local = s.local_addr().unwrap();
+    let event = if expires == 0 { "delete" } else { "save" };
+    let msg = format!(
+        "MESSAGE sip:regmirror@{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-n{seq}\r\n\
+         From: <sip:kamailio@{realm}>;tag=k{seq}\r\nTo: <sip:regmirror@{sip}>\r\nCall-ID: n{seq}@test\r\n\
+         CSeq: {seq} MESSAGE\r\nMax-Forwards: 70\r\nX-RegMirror-Event: {event}\r\nX-RegMirror-AOR: {aor}@{realm}\r\n\
+         X-RegMirror-Expires: {expires}\r\nContent-Length: 0\r\n\r\n"
+    );
+    s.send_to(msg.as_bytes(), sip).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.recv(&mut buf).expect("an answer to the notification");
+    String::from_utf8_lossy(&buf[..n])
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A running `regmirror run` and its log file; killed when dropped.
+pub struct Service {
+    pub child: std::process::Child,
+    pub log: std::path::PathBuf,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of one series in a Prometheus text page (0 when absent).
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
