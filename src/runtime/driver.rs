@@ -340,7 +340,7 @@ impl Driver {
             tracing::warn!(node = %n.name, address = %n.address, "node added to the farm: replaying live bindings");
             self.nodes.push(node);
             self.config.nodes.push(n.clone());
-            self.spawn_auditor(n);
+            self.spawn_auditor(n, self.config.farm.audit_interval);
             added += 1;
         }
         if added + removed > 0 {
@@ -476,12 +476,27 @@ impl Driver {
 
     /// One AMI audit loop per node that has `ami` configured.
     fn spawn_auditors(&self) {
-        for n in &self.config.nodes {
-            self.spawn_auditor(n);
+        let audited = self.config.nodes.iter().filter(|n| n.ami.is_some()).count();
+        for (i, n) in self
+            .config
+            .nodes
+            .iter()
+            .filter(|n| n.ami.is_some())
+            .enumerate()
+        {
+            // Staggered: a listing costs its node about 0.1 ms of CPU per contact (2 s for
+            // 22,000), so nodes listing at the same moment take a small box's every core at once
+            // (BENCHMARKS.md part 4).
+            let first = self
+                .config
+                .farm
+                .audit_interval
+                .mul_f64((i + 1) as f64 / audited as f64);
+            self.spawn_auditor(n, first);
         }
     }
 
-    fn spawn_auditor(&self, n: &crate::config::NodeConfig) {
+    fn spawn_auditor(&self, n: &crate::config::NodeConfig, first: Duration) {
         {
             let (Some(addr), Some(user), Some(secret)) = (n.ami, &n.ami_user, &n.ami_secret) else {
                 return;
@@ -498,8 +513,10 @@ impl Driver {
             let metrics = self.metrics.clone();
             let active = self.ha.subscribe();
             tokio::spawn(async move {
+                let mut wait = first;
                 loop {
-                    tokio::time::sleep(interval).await;
+                    tokio::time::sleep(wait).await;
+                    wait = interval;
                     if !*active.borrow() {
                         continue; // standby: the active instance audits
                     }
@@ -901,7 +918,7 @@ impl Driver {
     fn reload_standby(&mut self, new: Config) {
         for n in &new.nodes {
             if !self.config.nodes.iter().any(|m| m.name == n.name) {
-                self.spawn_auditor(n);
+                self.spawn_auditor(n, self.config.farm.audit_interval);
             }
         }
         self.config.nodes = new.nodes.clone();
