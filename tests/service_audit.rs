@@ -7,14 +7,11 @@
 //! Asserts: registrations confirmed while a listing is being fetched are not "missing" (no
 //! re-register, no "drift repaired"), and a contact deleted behind regmirror's back is repaired.
 mod common;
-use common::{
-    bin, free_port_tcp, free_port_udp, http, metric, notify, provision, wait_for, Service,
-};
+use common::{free_port_tcp, free_port_udp, http, metric, notify, provision, wait_for, Service};
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -286,12 +283,8 @@ fn audit_ignores_registrations_confirmed_during_a_slow_listing_and_repairs_real_
     let admin_port = free_port_tcp();
     let admin = format!("http://127.0.0.1:{admin_port}");
     let dir = std::env::temp_dir().join(format!("regmirror-audit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("regmirror.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"[sip]
+    let config = format!(
+        r#"[sip]
 listen = "{sip}"
 domain = "{REALM}"
 t1 = "100ms"
@@ -313,23 +306,9 @@ listen = "127.0.0.1:{admin_port}"
 [log]
 level = "regmirror=info,warn"
 "#,
-            reg.addr, ami.addr
-        ),
-    )
-    .unwrap();
-    let log = dir.join("stderr.log");
-    let child = bin()
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("REGMIRROR__DATABASE__URL", &db)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let svc = Service { child, log };
-    wait_for("/readyz", Duration::from_secs(10), || {
-        http(&admin, "/readyz").0 == 200
-    });
+        reg.addr, ami.addr
+    );
+    let svc = Service::start(&dir, &config, &db, &admin);
     // The audit runs against the empty table first (and proves the login works).
     wait_for("a first listing", Duration::from_secs(5), || {
         ami.started() >= 1

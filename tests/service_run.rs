@@ -15,7 +15,7 @@ use common::{
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -131,12 +131,8 @@ fn service_registers_reports_and_shuts_down_gracefully() {
     let admin_port = free_port_tcp();
     let admin = format!("http://127.0.0.1:{admin_port}");
     let dir = std::env::temp_dir().join(format!("regmirror-service-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("regmirror.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"[sip]
+    let config = format!(
+        r#"[sip]
 listen = "{sip}"
 domain = "{REALM}"
 t1 = "100ms"
@@ -157,29 +153,14 @@ listen = "127.0.0.1:{admin_port}"
 format = "json"
 level = "regmirror=debug,info"
 "#,
-            r1.addr, r2.addr
-        ),
-    )
-    .unwrap();
+        r1.addr, r2.addr
+    );
 
     // Before the service runs: `status` cannot reach it.
     let o = status(&admin, &[]);
     assert_eq!(o.status.code(), Some(3), "{}", out(&o));
 
-    let log = dir.join("stderr.log");
-    let child = bin()
-        .args(["run", "--config"])
-        .arg(&cfg)
-        // The password-bearing URL comes from the environment, as in production.
-        .env("REGMIRROR__DATABASE__URL", &db)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut svc = Service { child, log };
-    wait_for("/readyz", Duration::from_secs(10), || {
-        http(&admin, "/readyz").0 == 200
-    });
+    let mut svc = Service::start(&dir, &config, &db, &admin);
 
     // Registration reaches every node.
     assert_eq!(notify(sip, REALM, "7100", 3600, 1), 200);

@@ -6,11 +6,10 @@
 //! one connection), the registrar closing every connection does not lose the binding (the next
 //! refresh opens a new connection and is answered 200), and the logs hold no password.
 mod common;
-use common::{bin, free_port_tcp, free_port_udp, http, notify, provision, wait_for, Service};
+use common::{free_port_tcp, free_port_udp, http, notify, provision, wait_for, Service};
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -165,13 +164,9 @@ fn registers_over_tcp_and_survives_the_node_closing_the_connection() {
     let admin_port = free_port_tcp();
     let admin = format!("http://127.0.0.1:{admin_port}");
     let dir = std::env::temp_dir().join(format!("regmirror-service-tcp-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("regmirror.toml");
     // Probes off: the refresh alone has to reopen the connection.
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"[sip]
+    let config = format!(
+        r#"[sip]
 listen = "{sip}"
 domain = "{REALM}"
 [kamailio]
@@ -191,23 +186,9 @@ listen = "127.0.0.1:{admin_port}"
 format = "json"
 level = "regmirror=debug,info"
 "#,
-            node.addr
-        ),
-    )
-    .unwrap();
-    let log = dir.join("stderr.log");
-    let child = bin()
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("REGMIRROR__DATABASE__URL", &db)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let svc = Service { child, log };
-    wait_for("/readyz", Duration::from_secs(10), || {
-        http(&admin, "/readyz").0 == 200
-    });
+        node.addr
+    );
+    let svc = Service::start(&dir, &config, &db, &admin);
 
     // The registration reaches the node over TCP: challenge and answer on one connection.
     assert_eq!(notify(sip, REALM, USER, 3600, 1), 200);

@@ -162,6 +162,31 @@ pub struct Service {
     pub log: std::path::PathBuf,
 }
 
+impl Service {
+    /// Writes `config` to `dir/regmirror.toml` and runs `regmirror run` on it, the database URL
+    /// (with its password) from the environment as in production and stderr in
+    /// `dir/stderr.log`; returns once `/readyz` on `admin` answers 200.
+    pub fn start(dir: &std::path::Path, config: &str, db: &str, admin: &str) -> Service {
+        std::fs::create_dir_all(dir).unwrap();
+        let cfg = dir.join("regmirror.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let log = dir.join("stderr.log");
+        let child = bin()
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("REGMIRROR__DATABASE__URL", db)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let svc = Service { child, log };
+        wait_for("/readyz", std::time::Duration::from_secs(10), || {
+            http(admin, "/readyz").0 == 200
+        });
+        svc
+    }
+}
+
 impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.child.kill();
