@@ -1142,17 +1142,22 @@ impl Mirror {
             }
             ns.rate.take(now, rate, &mut self.rng);
             ns.replay.pop_front();
-            ns.inflight += 1;
-            let idx = idx as usize;
-            let before = self.bindings[idx].state();
-            let b = &mut self.bindings[idx];
-            b.phase = Phase::InFlight;
-            b.rounds = 0;
-            self.send_request(now, idx);
+            self.launch_queued(now, idx as usize);
             self.counters.replayed += 1;
-            self.emit_change(idx, before, None);
-            self.schedule(idx);
         }
+    }
+
+    /// A binding taken off one of its node's queues goes in flight.
+    fn launch_queued(&mut self, now: Instant, idx: usize) {
+        let node = idx % self.nodes.len();
+        self.nodes[node].inflight += 1;
+        let before = self.bindings[idx].state();
+        let b = &mut self.bindings[idx];
+        b.phase = Phase::InFlight;
+        b.rounds = 0;
+        self.send_request(now, idx);
+        self.emit_change(idx, before, None);
+        self.schedule(idx);
     }
 
     /// Starts `op`, through the paced queue when reconciliation added the AOR.
@@ -1492,14 +1497,7 @@ impl Mirror {
                 return;
             }
             queue.pop_front();
-            ns.inflight += 1;
-            let before = self.bindings[w].state();
-            let b = &mut self.bindings[w];
-            b.phase = Phase::InFlight;
-            b.rounds = 0;
-            self.send_request(now, w);
-            self.emit_change(w, before, None);
-            self.schedule(w);
+            self.launch_queued(now, w);
         }
         self.pump_replay(now, node);
     }
