@@ -193,6 +193,12 @@ pub struct FarmSettings {
     pub max_inflight_per_node: usize,
     /// REGISTER operations started per second per node, replays included (0 = no limit).
     pub max_register_rate: u32,
+    /// With `max_register_rate`: while Kamailio notifies faster than it, new registrations,
+    /// unregistrations and replays wait (refreshes go) for at most this long per storm, so the
+    /// nodes stay off the CPUs and database the phones need; then the queues drain at the cap.
+    /// `0s` = off.
+    #[serde(with = "humantime_serde")]
+    pub storm_hold: Duration,
     /// Period of the full reconciliation against Kamailio's `location` table.
     #[serde(with = "humantime_serde")]
     pub reconcile_interval: Duration,
@@ -212,8 +218,9 @@ impl Default for FarmSettings {
             latency_target: Duration::from_millis(50),
             max_inflight_per_node: 128,
             max_register_rate: 0,
+            storm_hold: Duration::from_secs(30),
             reconcile_interval: Duration::from_secs(60),
-            audit_interval: Duration::from_secs(30),
+            audit_interval: Duration::from_secs(300),
         }
     }
 }
@@ -496,6 +503,12 @@ impl Config {
                 "must be at most 100000 per second (0 = no limit)",
             ));
         }
+        if f.storm_hold > Duration::from_secs(600) {
+            return Err(invalid(
+                "farm.storm_hold",
+                "must be 0s (off) or at most 10m (the farm lags Kamailio by that much in a storm)",
+            ));
+        }
         if f.nonce_reuse > Duration::from_secs(3600) {
             return Err(invalid(
                 "farm.nonce_reuse",
@@ -669,7 +682,8 @@ url = "mysql://regmirror:hunter2@db/regmirror"
         assert_eq!(c.farm.replay_rate, 200);
         assert_eq!(c.farm.nonce_reuse, Duration::from_secs(20));
         assert_eq!(c.farm.reconcile_interval, Duration::from_secs(60));
-        assert_eq!(c.farm.audit_interval, Duration::from_secs(30));
+        assert_eq!(c.farm.audit_interval, Duration::from_secs(300));
+        assert_eq!(c.farm.storm_hold, Duration::from_secs(30));
         let farm = |kv: &str| format!("{GOOD}\n[farm]\n{kv}\n");
         assert!(err_of(&farm("probe_timeout = \"40s\"")).contains("farm.probe_timeout"));
         assert!(err_of(&farm("probe_failures = 0")).contains("farm.probe_failures"));

@@ -596,3 +596,105 @@ fn refreshes_go_before_a_storm_backlog_so_no_contact_lapses() {
     });
     assert!(done.is_some(), "the storm's bindings all landed");
 }
+
+/// Kamailio notifies `rate` new users per second for `secs_long`, from user `first` on (fed
+/// every 10 ms, as a storm arrives). Returns the storm's start and end.
+fn notify_storm(s: &mut Sim, first: usize, rate: usize, secs_long: u64) -> (Instant, Instant) {
+    let start = s.now;
+    let per_step = rate / 100;
+    let mut next = first;
+    for _ in 0..secs_long * 100 {
+        go_live(s, next..next + per_step);
+        next += per_step;
+        s.run_for(Duration::from_millis(10));
+    }
+    (start, s.now)
+}
+
+/// Requests (retransmissions aside) the nodes got from users `users` in `[from, to)`.
+fn requests_between(s: &Sim, users: std::ops::Range<usize>, from: Instant, to: Instant) -> usize {
+    let names: HashSet<String> = users.map(user).collect();
+    s.registrars
+        .iter()
+        .flat_map(|r| r.log.iter())
+        .filter(|x| !x.retransmission && x.at >= from && x.at < to && names.contains(&x.user))
+        .count()
+}
+
+fn storm_config(hold: u64) -> MirrorConfig {
+    let mut cfg = config();
+    cfg.register_expires = 300; // refreshed 36 s before expiry, less up to 5%: 251-264 s
+    cfg.farm.probe_interval = None;
+    cfg.farm.replay_rate = 0;
+    cfg.farm.max_register_rate = 100;
+    cfg.farm.storm_hold = secs(hold);
+    cfg
+}
+
+/// `farm.storm_hold`: while Kamailio notifies faster than `max_register_rate`, new
+/// registrations wait (the nodes stay off the CPUs and database the phones need), refreshes of
+/// contacts the nodes hold still go, and once the storm is over everything lands at the cap.
+#[test]
+fn a_storm_holds_new_registrations_but_not_refreshes_and_everything_lands_after() {
+    let mut s = Sim::new(storm_config(30), 2, Transport::Udp, 21);
+    let old = 200;
+    go_live(&mut s, 0..old);
+    s.run_for(secs(250));
+    assert!((0..2).all(|r| s.registrars[r].live_contacts(s.now) == old));
+    assert!(!s.mirror.storm_holding(s.now), "200 at once is not a storm");
+    // 400/s for 10 s (4x the cap); the old contacts' refreshes fall due in the middle of it.
+    let n = old + 4000;
+    let (start, end) = notify_storm(&mut s, old, 400, 10);
+    assert!(s.mirror.storm_holding(end - Duration::from_millis(10)));
+    // The first second lets through what arrived before the rate showed (at most the cap).
+    let during = requests_between(&s, old..n, start + secs(1), end);
+    assert_eq!(
+        during, 0,
+        "new registrations went to the nodes during the storm"
+    );
+    let early = requests_between(&s, old..n, start, start + secs(1));
+    assert!(
+        early <= 2 * 110,
+        "{early} requests before the storm was seen"
+    );
+    // About half of the 2 x 200 refreshes fall due inside the 10 s (held, none would go).
+    let refreshed = requests_between(&s, 0..old, start, end);
+    assert!(
+        refreshed >= old / 2,
+        "refreshes due in the storm were held too: {refreshed}"
+    );
+    let held = (0..old)
+        .filter(|i| (0..2).all(|r| s.registrars[r].contact(&user(*i), s.now).is_some()))
+        .count();
+    assert_eq!(held, old, "an existing contact lapsed during the storm");
+    // The storm ends a second after the last notification; the backlog drains at the cap.
+    let done = run_until_cond(&mut s, Duration::from_millis(100), secs(120), |s| {
+        (0..2).all(|r| s.registrars[r].live_contacts(s.now) == n)
+    })
+    .expect("every binding on both nodes after the storm");
+    assert!(!s.mirror.storm_holding(s.now));
+    let took = (done - end).as_secs_f64();
+    // ~3,900 per node at 100/s once the hold ends: ~39 s.
+    assert!((35.0..=50.0).contains(&took), "drained in {took:.1} s");
+}
+
+/// A storm that lasts longer than `storm_hold` holds new work only that long; then the queue
+/// drains at the cap while the storm goes on.
+#[test]
+fn a_storm_longer_than_the_hold_drains_at_the_cap_after_the_hold() {
+    let mut s = Sim::new(storm_config(5), 1, Transport::Udp, 22);
+    let (start, end) = notify_storm(&mut s, 0, 300, 20);
+    let held = requests_between(&s, 0..6000, start + secs(1), start + secs(5));
+    assert_eq!(held, 0, "new registrations went out during the hold");
+    let after = requests_between(&s, 0..6000, start + secs(6), end);
+    // 14 s at the cap of 100/s (an operation is one REGISTER or two with a challenge).
+    assert!(
+        (1200..=3000).contains(&after),
+        "{after} requests after the hold"
+    );
+    // Next storm: held again after a quiet second.
+    s.run_for(secs(2));
+    let (start2, end2) = notify_storm(&mut s, 6000, 300, 3);
+    let held2 = requests_between(&s, 6000..6900, start2 + secs(1), end2);
+    assert_eq!(held2, 0, "a new storm after a quiet second is held again");
+}

@@ -20,11 +20,12 @@
 #      800"), STOP_AFTER (2: leave a mode after that many non-clean steps in a row; 0 = run every
 #      rate), STEP_SECS (10),
 #      REGMIRROR_FARM (example: regmirror.example.toml's farm periods, probe 5 s, reconcile 60 s,
-#      audit 30 s; compose: the compose file's test periods 1 s / 15 s / 10 s), CONVERGE_MAX (150 s
+#      audit 5 min; compose: the compose file's test periods 1 s / 15 s / 10 s), CONVERGE_MAX (150 s
 #      after a burst), STALL_SECS (stop waiting when no node count moved for that
 #      long; default 20, 70 for regmirror with REGMIRROR_FARM=example: one reconcile period), OUT (target/e2ebench/<time>), KEEP_STACK=1 (do not tear down at the end),
 #      MAX_REGISTER_RATE (regmirror's farm.max_register_rate for this run; default: the compose
-#      file's, 100), AUDIT_INTERVAL (30s), NODE_CPU_SHARES (docker cpu-shares of ast1/ast2),
+#      file's, 100), AUDIT_INTERVAL (5m, the example config's), STORM_HOLD (farm.storm_hold; default
+#      the service's, 30s; 0s = off), NODE_CPU_SHARES (docker cpu-shares of ast1/ast2),
 #      SQL_PROFILE=1 (MariaDB general log per step: DIR/sql-profile.md, statements per phone
 #      registration by client; costs MariaDB CPU, so profile at low rates only), SQL_PROFILE_SETTLE
 #      (5 s logged after the burst).
@@ -131,9 +132,12 @@ stack_up() { # mode
             "$DOCKER" cp "$c":/etc/regmirror/regmirror.toml "$OUT/regmirror.toml"
             sed -i -e 's/^probe_interval = .*/probe_interval = "5s"/' -e 's/^probe_timeout = .*/probe_timeout = "2s"/' \
                 -e 's/^reconcile_interval = .*/reconcile_interval = "60s"/' \
-                -e "s/^audit_interval = .*/audit_interval = \"${AUDIT_INTERVAL:-30s}\"/" "$OUT/regmirror.toml"
+                -e "s/^audit_interval = .*/audit_interval = \"${AUDIT_INTERVAL:-5m}\"/" "$OUT/regmirror.toml"
             if [ -n "${MAX_REGISTER_RATE:-}" ]; then
                 sed -i -e '/^max_register_rate = /d' -e "/^\[farm\]/a max_register_rate = $MAX_REGISTER_RATE" "$OUT/regmirror.toml"
+            fi
+            if [ -n "${STORM_HOLD:-}" ]; then
+                sed -i -e '/^storm_hold = /d' -e "/^\[farm\]/a storm_hold = \"$STORM_HOLD\"" "$OUT/regmirror.toml"
             fi
             "$DOCKER" cp "$OUT/regmirror.toml" "$c":/etc/regmirror/regmirror.toml
             "$DOCKER" restart "$c" >/dev/null

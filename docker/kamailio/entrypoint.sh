@@ -17,7 +17,7 @@ set -euo pipefail
 : "${DB_HOST:=mariadb}" "${DB_PORT:=3306}" "${DB_NAME:=regmirror}"
 : "${DB_USER:=kamailio}" "${DB_PASSWORD:=kamailio-demo}"
 : "${ANTIFLOOD_EXEMPT:=}"
-: "${KAMAILIO_SHM_MB:=128}" "${KAMAILIO_PKG_MB:=16}"
+: "${KAMAILIO_SHM_MB:=256}" "${KAMAILIO_PKG_MB:=16}"
 
 env_cfg=/etc/kamailio/kamailio-env.cfg
 {

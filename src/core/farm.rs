@@ -32,6 +32,12 @@ pub struct FarmConfig {
     /// Caps the farm's share of a machine or database it shares with the phone-facing path
     /// during a registration storm; the rest waits in the node's queue and drains afterwards.
     pub max_register_rate: u32,
+    /// Storm hold (zero = off; needs `max_register_rate`): while Kamailio notifies faster than
+    /// `max_register_rate` per second, every node's queue grows whatever regmirror does, so new
+    /// work (registrations, unregistrations, replays) waits instead of taking CPU and database
+    /// from the phones' path; refreshes of contacts the nodes hold still go. For at most this
+    /// long per storm; then the queues drain at the cap, storm or not.
+    pub storm_hold: Duration,
 }
 
 impl Default for FarmConfig {
@@ -44,6 +50,7 @@ impl Default for FarmConfig {
             nonce_reuse: Duration::from_secs(20),
             latency_target: Duration::ZERO,
             max_register_rate: 0,
+            storm_hold: Duration::ZERO,
         }
     }
 }
@@ -174,6 +181,68 @@ impl Health {
         }
     }
 }
+
+/// Registration-storm detector behind `FarmConfig::storm_hold`: Kamailio's notifications
+/// counted per window of at least a second.
+#[derive(Debug, Default)]
+pub(crate) struct StormGate {
+    window_start: Option<Instant>,
+    count: u32,
+    /// The current window already, or else the last one, went over the threshold.
+    hot: bool,
+    /// Start of the current storm (set while `hot`).
+    since: Option<Instant>,
+    /// The latest time seen (for `poll_timeout`, which is given none).
+    last_seen: Option<Instant>,
+}
+
+impl StormGate {
+    /// One notification at `now`.
+    pub fn arrival(&mut self, now: Instant, threshold: u32) {
+        self.tick(now, threshold);
+        self.count = self.count.saturating_add(1);
+        if self.count > threshold {
+            self.hot = true; // no need to wait for the window's end
+            self.since.get_or_insert(now);
+        }
+    }
+
+    /// Closes the window once a second has passed: its rate decides whether the storm goes on.
+    pub fn tick(&mut self, now: Instant, threshold: u32) {
+        self.last_seen = Some(self.last_seen.map_or(now, |t| t.max(now)));
+        let start = *self.window_start.get_or_insert(now);
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed < STORM_WINDOW {
+            return;
+        }
+        self.hot = f64::from(self.count) > f64::from(threshold) * elapsed.as_secs_f64();
+        if !self.hot {
+            self.since = None;
+        }
+        self.count = 0;
+        self.window_start = Some(now);
+    }
+
+    /// Whether new work is held at `now`: in a storm that began less than `hold` ago.
+    pub fn holding(&self, now: Instant, hold: Duration) -> bool {
+        self.hot && self.since.is_some_and(|s| now < s + hold)
+    }
+
+    pub fn now_hint(&self) -> Option<Instant> {
+        self.last_seen
+    }
+
+    /// When `holding` may change on its own: the window's end or the hold's (only while holding).
+    pub fn deadline(&self, now: Instant, hold: Duration) -> Option<Instant> {
+        if !self.holding(now, hold) {
+            return None;
+        }
+        let window_end = self.window_start? + STORM_WINDOW;
+        Some(window_end.min(self.since? + hold))
+    }
+}
+
+const STORM_WINDOW: Duration = Duration::from_secs(1);
 
 /// How late a pacer may be and still send the slots it missed.
 const CATCH_UP: Duration = Duration::from_millis(10);

@@ -28,7 +28,7 @@ use super::binding::{
 pub use super::binding::{BindingState, LastResult};
 use super::digest::{self, Challenge, RequestInfo, Secret};
 pub use super::farm::FarmConfig;
-use super::farm::{Health, HealthAction, Pacer, Probe};
+use super::farm::{Health, HealthAction, Pacer, Probe, StormGate};
 use super::transaction::{branch, parse_branch, Id, NonInviteClient, TimerAction, Timers};
 
 pub type NodeId = u16;
@@ -330,6 +330,7 @@ pub struct Mirror {
     events: VecDeque<Event>,
     next_txn: u32,
     counters: Counters,
+    storm: StormGate,
     /// Probes are scheduled from the first call that brings a time.
     started: bool,
     /// A reconciliation succeeded: the mirror knows the complete desired state, so `audit`
@@ -382,6 +383,7 @@ impl Mirror {
             events: VecDeque::new(),
             next_txn: 0,
             counters: Counters::default(),
+            storm: StormGate::default(),
             started: false,
             reconciled: false,
             relocated: HashMap::new(),
@@ -408,6 +410,9 @@ impl Mirror {
         credential: Option<Credential>,
     ) {
         self.ensure_started(now);
+        if self.storm_gated() {
+            self.storm.arrival(now, self.cfg.farm.max_register_rate);
+        }
         let Some(user) = user_part(aor) else {
             self.counters.invalid_aors += 1;
             return;
@@ -545,6 +550,9 @@ impl Mirror {
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.ensure_started(now);
+        if self.storm_gated() {
+            self.storm.tick(now, self.cfg.farm.max_register_rate);
+        }
         while let Some(&Reverse((at, key))) = self.queue.peek() {
             if at > now {
                 break;
@@ -596,21 +604,36 @@ impl Mirror {
         e
     }
 
+    /// Whether a registration storm holds new work at `now` (`FarmConfig::storm_hold`).
+    pub fn storm_holding(&self, now: Instant) -> bool {
+        self.storm_gated() && self.storm.holding(now, self.cfg.farm.storm_hold)
+    }
+
+    fn storm_gated(&self) -> bool {
+        self.cfg.farm.max_register_rate > 0 && !self.cfg.farm.storm_hold.is_zero()
+    }
+
     /// Earliest timer (may be one that turns out to be cancelled: waking then is harmless).
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t = self.queue.peek().map(|Reverse((at, _))| *at);
         let limited = self.cfg.farm.max_register_rate > 0;
+        // Held: only refreshes may go; the hold's end is a timer of its own.
+        let now = self.storm.now_hint();
+        let held = now.is_some_and(|now| self.storm_holding(now));
+        let storm_end = now
+            .filter(|_| held)
+            .and_then(|now| self.storm.deadline(now, self.cfg.farm.storm_hold));
         for ns in &self.nodes {
             // With the send budget full the next slot waits for an answer, not the clock: a
             // past slot time here would wake the driver in a loop (found by the replay bench).
             let can_send = ns.health.up && ns.inflight < budget(&self.cfg, ns);
             let rate = ns.rate.next_at.filter(|_| limited);
-            let replay = (can_send && !ns.replay.is_empty())
+            let replay = (can_send && !held && !ns.replay.is_empty())
                 .then(|| ns.pacer.next_at.max(rate))
                 .flatten();
-            let queued = !ns.waiting.is_empty() || !ns.refreshes.is_empty();
+            let queued = !ns.refreshes.is_empty() || (!held && !ns.waiting.is_empty());
             let waiting = (can_send && queued).then_some(rate).flatten();
-            for d in [ns.health.deadline(), replay, waiting]
+            for d in [ns.health.deadline(), replay, waiting, storm_end]
                 .into_iter()
                 .flatten()
             {
@@ -1122,6 +1145,9 @@ impl Mirror {
 
     /// Sends from the replay queue as fast as the pacer and the send budget allow.
     fn pump_replay(&mut self, now: Instant, node: usize) {
+        if self.storm_holding(now) {
+            return;
+        }
         loop {
             let ns = &mut self.nodes[node];
             if !ns.health.up || ns.inflight >= budget(&self.cfg, ns) {
@@ -1423,6 +1449,7 @@ impl Mirror {
     /// Begins `op` now, or queues it behind the node's send budget.
     fn start_op(&mut self, now: Instant, idx: usize, op: Op) {
         let node = idx % self.nodes.len();
+        let storm = self.storm_holding(now);
         let b = &mut self.bindings[idx];
         if b.phase == Phase::InFlight {
             return; // decided when the transaction ends
@@ -1441,7 +1468,10 @@ impl Mirror {
             b.phase = Phase::Queued;
             return;
         }
-        if ns.inflight < budget(&self.cfg, ns)
+        let refresh = b.confirmed && op == Op::Register;
+        let held = !refresh && storm;
+        if !held
+            && ns.inflight < budget(&self.cfg, ns)
             && ns
                 .rate
                 .take(now, self.cfg.farm.max_register_rate, &mut self.rng)
@@ -1451,7 +1481,7 @@ impl Mirror {
             b.rounds = 0;
             self.send_request(now, idx);
         } else {
-            let queue = if b.confirmed && op == Op::Register {
+            let queue = if refresh {
                 &mut ns.refreshes
             } else {
                 &mut ns.waiting
@@ -1470,14 +1500,18 @@ impl Mirror {
     }
 
     /// Starts queued bindings, refreshes first, then paced replays, as far as the send budget
-    /// and `farm.max_register_rate` allow.
+    /// and `farm.max_register_rate` allow (only refreshes while a storm holds new work).
     fn pump_waiting(&mut self, now: Instant, node: usize) {
+        let held = self.storm_holding(now);
         loop {
             let ns = &mut self.nodes[node];
             if !ns.health.up || ns.inflight >= budget(&self.cfg, ns) {
                 return;
             }
             let queue = if ns.refreshes.is_empty() {
+                if held {
+                    return;
+                }
                 &mut ns.waiting
             } else {
                 &mut ns.refreshes

@@ -12,7 +12,7 @@ use sqlx::mysql::MySqlPoolOptions;
 use sqlx::MySqlPool;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, TransportKind};
 use crate::core::binding::ResponseInfo;
@@ -88,6 +88,9 @@ pub struct Driver {
     /// nodes; a takeover starts a fresh one.
     ha: Ha,
     mirror_config: MirrorConfig,
+    /// Follows `Mirror::storm_holding`: the reconciler and the auditors wait while it is true
+    /// (their full reads cost the database and the nodes what the phones need in a storm).
+    storm_tx: watch::Sender<bool>,
 }
 
 /// How long a shutdown waits for in-flight transactions before exiting anyway.
@@ -129,6 +132,7 @@ impl Driver {
                 nonce_reuse: config.farm.nonce_reuse,
                 latency_target: config.farm.latency_target,
                 max_register_rate: config.farm.max_register_rate,
+                storm_hold: config.farm.storm_hold,
             },
             ..MirrorConfig::default()
         };
@@ -175,6 +179,7 @@ impl Driver {
             tcp_rx,
             ha,
             mirror_config: mcfg,
+            storm_tx: watch::channel(false).0,
         })
     }
 
@@ -249,6 +254,32 @@ impl Driver {
                 }
             }
             self.flush().await;
+            self.publish_storm();
+        }
+    }
+
+    /// Tells the background readers, the metrics and the log when a storm hold begins or ends.
+    fn publish_storm(&mut self) {
+        let holding = self.ha.is_active() && self.mirror.storm_holding(Instant::now());
+        if !self
+            .storm_tx
+            .send_if_modified(|h| std::mem::replace(h, holding) != holding)
+        {
+            return;
+        }
+        self.metrics
+            .storm_holding
+            .store(u64::from(holding), Ordering::Relaxed);
+        if holding {
+            Metrics::inc(&self.metrics.storm_holds);
+            tracing::info!(
+                max_register_rate = self.config.farm.max_register_rate,
+                storm_hold = ?self.config.farm.storm_hold,
+                "registration storm: new work on the nodes waits (refreshes go)"
+            );
+        } else {
+            let queued = self.mirror.stats().queued;
+            tracing::info!(queued, "registration storm over: the nodes' queues drain");
         }
     }
 
@@ -391,11 +422,12 @@ impl Driver {
         let interval = self.config.farm.reconcile_interval;
         let metrics = self.metrics.clone();
         let mut active = self.ha.subscribe();
+        let mut storm = self.storm_tx.subscribe();
         tokio::spawn(async move {
             let mut wait = Duration::from_secs(1);
             loop {
                 // Standby reads nothing; a takeover reads at once.
-                if !ha_rt::until_active(&mut active).await {
+                if !ha_rt::until_active(&mut active).await || !until_calm(&mut storm).await {
                     return;
                 }
                 let at = Instant::now();
@@ -512,6 +544,7 @@ impl Driver {
             let interval = self.config.farm.audit_interval;
             let metrics = self.metrics.clone();
             let active = self.ha.subscribe();
+            let mut storm = self.storm_tx.subscribe();
             tokio::spawn(async move {
                 let mut wait = first;
                 loop {
@@ -519,6 +552,10 @@ impl Driver {
                     wait = interval;
                     if !*active.borrow() {
                         continue; // standby: the active instance audits
+                    }
+                    // A listing costs the node ~0.1 ms of CPU per contact: not during a storm.
+                    if !until_calm(&mut storm).await {
+                        return;
                     }
                     let at = Instant::now();
                     match fetch_contact_users(&target, &contact_host, AUDIT_LISTING_MAX).await {
@@ -1123,6 +1160,11 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
+}
+
+/// Waits until no registration storm holds new work; false once the driver is gone.
+async fn until_calm(storm: &mut watch::Receiver<bool>) -> bool {
+    storm.wait_for(|holding| !*holding).await.is_ok()
 }
 
 /// An audit's contact listing is given up after this long.

@@ -60,6 +60,10 @@ pub struct Metrics {
     pub reconcile_runs: AtomicU64,
     pub reconcile_errors: AtomicU64,
     pub ami_errors: AtomicU64,
+    /// Registration storms that held new work (`farm.storm_hold`).
+    pub storm_holds: AtomicU64,
+    /// 1 while a storm holds new work.
+    pub storm_holding: AtomicU64,
     pub nodes_down: AtomicU64,
     /// 1 while this instance talks to the nodes (always, without `[ha]`).
     pub ha_active: AtomicU64,
@@ -201,6 +205,11 @@ impl Metrics {
                 "AMI audits that failed",
                 &self.ami_errors,
             ),
+            (
+                "regmirror_storm_holds_total",
+                "registration storms during which new work on the nodes waited (farm.storm_hold)",
+                &self.storm_holds,
+            ),
         ] {
             family(&mut o, name, "counter", help);
             let _ = writeln!(o, "{name} {}", get(c));
@@ -213,6 +222,13 @@ impl Metrics {
             "nodes marked down by probing",
         );
         let _ = writeln!(o, "regmirror_nodes_down {}", get(&self.nodes_down));
+        family(
+            &mut o,
+            "regmirror_storm_holding",
+            "gauge",
+            "1 while a registration storm holds new work on the nodes",
+        );
+        let _ = writeln!(o, "regmirror_storm_holding {}", get(&self.storm_holding));
         family(
             &mut o,
             "regmirror_ha_active",
