@@ -695,6 +695,8 @@ url = "mysql://regmirror:hunter2@db/regmirror"
         assert!(Config::from_toml(&farm("latency_target = \"0s\"")).is_ok());
         assert!(err_of(&farm("reconcile_interval = \"0s\"")).contains("farm.reconcile_interval"));
         assert!(Config::from_toml(&farm("probe_interval = \"0s\"\nreplay_rate = 0")).is_ok());
+        assert!(err_of(&farm("storm_hold = \"11m\"")).contains("farm.storm_hold"));
+        assert!(Config::from_toml(&farm("storm_hold = \"0s\"")).is_ok());
     }
 
     #[test]

@@ -501,3 +501,34 @@ def test_ha_pair_standby_failover_and_return(stack, crowd, new_user, phone):
     assert before.user in loc and late.user in loc and gone.user not in loc
     assert stack.mirrored(before.user) and stack.mirrored(late.user)
     assert stack.absent(gone.user)
+
+
+# ----- 9. a registration storm (farm.storm_hold) -----
+
+def test_registration_storm_is_held_then_every_binding_lands(stack):
+    """The compose stack caps each node at 100 REGISTERs/s: 400 phones registering at 200/s
+    are a storm. The active instance holds new work on the nodes while it lasts (the box's
+    CPUs and MariaDB stay with the phones), every phone gets its 200, and once it is over
+    every binding reaches both nodes."""
+    users = provision(stack, 400, "9")
+    holds = sum(metric(s, "regmirror_storm_holds_total") or 0 for s in ADMINS)
+    result, seen_holding = {}, False
+    storm = threading.Thread(
+        target=lambda: result.update(rc=bulk_register(stack, users, 5409, rate=200)))
+    storm.start()
+    while storm.is_alive():
+        seen_holding |= any((metric(s, "regmirror_storm_holding") or 0) > 0 for s in ADMINS)
+        time.sleep(0.2)
+    storm.join()
+    try:
+        assert result.get("rc") == 0, "a phone failed to register during the storm"
+        assert seen_holding, "regmirror_storm_holding never went to 1 during the storm"
+        assert sum(metric(s, "regmirror_storm_holds_total") or 0 for s in ADMINS) > holds
+        ok, took = poll(lambda: converged(stack, users), 60, 1)
+        assert ok, "the storm's bindings did not all reach both nodes"
+        print(f"all 400 on both nodes {took:.1f} s after the storm")
+        assert all((metric(s, "regmirror_storm_holding") or 0) == 0 for s in ADMINS)
+    finally:
+        bulk_register(stack, users, 5409, rate=50, expires=0)
+        for u, _ in users:
+            stack.remove_user(u)
