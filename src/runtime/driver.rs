@@ -88,8 +88,9 @@ pub struct Driver {
     /// nodes; a takeover starts a fresh one.
     ha: Ha,
     mirror_config: MirrorConfig,
-    /// Follows `Mirror::storm_holding`: the reconciler and the auditors wait while it is true
-    /// (their full reads cost the database and the nodes what the phones need in a storm).
+    /// Follows `Mirror::storm_holding`: the credential reader, the reconciler and the auditors
+    /// wait while it is true (their reads cost the database and the nodes what the phones need
+    /// in a storm).
     storm_tx: watch::Sender<bool>,
 }
 
@@ -1016,6 +1017,7 @@ impl Driver {
         let tx = self.lookups_tx.clone();
         let realm = self.config.sip.domain.clone();
         let metrics = self.metrics.clone();
+        let mut storm = self.storm_tx.subscribe();
         tokio::spawn(async move {
             let mut batch: Vec<String> = Vec::new();
             loop {
@@ -1028,6 +1030,11 @@ impl Driver {
                     // long as the next notification takes to come, so without a short wait
                     // batches stay at one or two users.
                     tokio::time::sleep(LOOKUP_LINGER).await;
+                    // New work waits out a storm anyway: read its credentials afterwards, in
+                    // full batches, rather than beside Kamailio's own queries.
+                    if !until_calm(&mut storm).await {
+                        return;
+                    }
                 }
                 while batch.len() < store::credentials::MAX_BATCH {
                     match queue.try_recv() {
