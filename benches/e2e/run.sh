@@ -72,10 +72,22 @@ declare -A CID
 cids() { for s in mariadb kamailio ast1 ast2 tester; do CID[$s]=$(compose ps -q "$s"); done; }
 
 # Count the block's contacts (sip:<user>@<kamailio>) on one node.
-node_count() { # node lo hi
-    "$DOCKER" exec "${CID[$1]}" asterisk -rx "pjsip show contacts" 2>/dev/null \
-        | { grep -oE 'sip:[0-9]+@10\.77\.0\.20:5060' || true; } | cut -d: -f2 | cut -d@ -f1 | sort -u \
-        | awk -v lo="$2" -v hi="$3" '$1 >= lo && $1 <= hi' | wc -l
+node_count() { # node lo hi: users of the block with a contact on the node; -1 = no listing
+    # The CLI listing takes ~15 s at 45,000 contacts; one that ends without its footer is not
+    # a count (run 11 read 0 for minutes from a node that, rerun, held every binding).
+    local out try
+    for try in 1 2 3; do
+        out=$("$DOCKER" exec "${CID[$1]}" asterisk -rx "pjsip show contacts" 2>/dev/null) || true
+        if printf '%s\n' "$out" | grep -qE '^Objects found: |No objects found'; then
+            printf '%s\n' "$out" \
+                | { grep -oE 'sip:[0-9]+@10\.77\.0\.20:5060' || true; } | cut -d: -f2 | cut -d@ -f1 | sort -u \
+                | awk -v lo="$2" -v hi="$3" '$1 >= lo && $1 <= hi' | wc -l
+            return
+        fi
+        sleep 1
+    done
+    log "$1: pjsip show contacts gave no complete listing ($(printf '%s' "$out" | wc -c) bytes)"
+    echo -1
 }
 
 location_count() { # lo hi
@@ -261,6 +273,10 @@ for mode in $MODES; do
         fi
     done
     compose logs --no-color kamailio >"$OUT/kamailio-$mode.log" 2>&1 || true
+    # Everything but regmirror's per-binding INFO lines, and the nodes' own logs.
+    for svc in regmirror regmirror2 ast1 ast2; do
+        compose logs --no-color "$svc" 2>&1 | grep -v ' binding user=' >"$OUT/$svc-$mode.log" || true
+    done
     compose exec -T kamailio kamcmd -s unix:/run/kamailio/kamailio_ctl core.shmmem >"$OUT/kamailio-shm-$mode.txt" 2>&1 || true
 done
 python3 "$HERE/step_summary.py" --table "$OUT/results.csv" >"$OUT/results.md"
