@@ -620,9 +620,7 @@ impl Mirror {
         // Held: only refreshes may go; the hold's end is a timer of its own.
         let now = self.storm.now_hint();
         let held = now.is_some_and(|now| self.storm_holding(now));
-        let storm_end = now
-            .filter(|_| held)
-            .and_then(|now| self.storm.deadline(now, self.cfg.farm.storm_hold));
+        let storm_end = now.and_then(|now| self.storm.deadline(now, self.cfg.farm.storm_hold));
         for ns in &self.nodes {
             // With the send budget full the next slot waits for an answer, not the clock: a
             // past slot time here would wake the driver in a loop (found by the replay bench).
