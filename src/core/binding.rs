@@ -201,6 +201,9 @@ pub(crate) struct Binding {
     /// Min-Expires learnt from a 423 (0 = none).
     pub min_expires: u32,
     pub failures: u16,
+    /// Seconds the pending refresh may wait past `action_at` and keep its margin before the
+    /// node's expiry (`FarmConfig::storm_hold`); 0 once it waited or for a short grant.
+    pub refresh_slack: u16,
     /// Challenge/423 round trips within the current attempt.
     pub rounds: u8,
     pub phase: Phase,
@@ -225,6 +228,7 @@ impl Default for Binding {
             granted: 0,
             min_expires: 0,
             failures: 0,
+            refresh_slack: 0,
             rounds: 0,
             phase: Phase::Absent,
             op: Op::Register,

@@ -35,8 +35,10 @@ pub struct FarmConfig {
     /// Storm hold (zero = off; needs `max_register_rate`): while Kamailio notifies faster than
     /// `max_register_rate` per second, every node's queue grows whatever regmirror does, so new
     /// work (registrations, unregistrations, replays) waits instead of taking CPU and database
-    /// from the phones' path; refreshes of contacts the nodes hold still go. For at most this
-    /// long per storm; then the queues drain at the cap, storm or not.
+    /// from the phones' path. Refreshes are scheduled this much earlier, so one falling due in a
+    /// hold can wait for the hold's end and still have its usual margin before the node's expiry;
+    /// one without that slack (a short grant) still goes. For at most this long per storm; then
+    /// the queues drain at the cap, storm or not.
     pub storm_hold: Duration,
 }
 
@@ -226,6 +228,11 @@ impl StormGate {
     /// Whether new work is held at `now`: in a storm that began less than `hold` ago.
     pub fn holding(&self, now: Instant, hold: Duration) -> bool {
         self.hot && self.since.is_some_and(|s| now < s + hold)
+    }
+
+    /// The latest moment the current storm's hold can end (None outside a storm).
+    pub fn hold_end(&self, hold: Duration) -> Option<Instant> {
+        self.since.map(|s| s + hold)
     }
 
     pub fn now_hint(&self) -> Option<Instant> {

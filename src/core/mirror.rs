@@ -199,6 +199,8 @@ pub struct MirrorStats {
     pub probes_failed: u64,
     /// Bindings re-registered or contacts unregistered by `audit`.
     pub drift_repaired: u64,
+    /// Refreshes that fell due in a storm hold and waited (`FarmConfig::storm_hold`).
+    pub refreshes_deferred: u64,
 }
 
 #[derive(Debug, Default)]
@@ -213,6 +215,7 @@ struct Counters {
     invalid_aors: u64,
     replayed: u64,
     drift_repaired: u64,
+    refreshes_deferred: u64,
 }
 
 /// Immediate re-sends (challenges, 423) allowed in one attempt before it counts as failed.
@@ -701,6 +704,7 @@ impl Mirror {
             invalid_aors: c.invalid_aors,
             replayed: c.replayed,
             drift_repaired: c.drift_repaired,
+            refreshes_deferred: c.refreshes_deferred,
             ..Default::default()
         };
         for ns in &self.nodes {
@@ -1655,6 +1659,12 @@ impl Mirror {
             None => None,
         };
         let margin = self.timers.timer_f + REFRESH_SLACK;
+        // With a storm hold, refresh that much earlier so a refresh due in a hold can wait.
+        let hold = if self.storm_gated() {
+            self.cfg.farm.storm_hold
+        } else {
+            Duration::ZERO
+        };
         let b = &mut self.bindings[idx];
         b.last = LastResult::Status(info.code);
         b.failures = 0;
@@ -1664,7 +1674,11 @@ impl Mirror {
             b.confirmed = true;
             b.server_bound = true;
             b.phase = Phase::Registered;
-            b.action_at = Some(now + refresh_delay(&mut self.rng, g, margin));
+            let delay = refresh_delay(&mut self.rng, g, margin + hold);
+            let left = Duration::from_secs(u64::from(g)).saturating_sub(delay);
+            let slack = left.saturating_sub(margin).min(hold).as_secs();
+            b.refresh_slack = u16::try_from(slack).unwrap_or(u16::MAX);
+            b.action_at = Some(now + delay);
             self.finish_op(now, idx);
             if !want {
                 // The AOR died while this REGISTER was in flight.
@@ -1918,10 +1932,16 @@ impl Mirror {
                 }
             }
         }
+        let deferred = self.refresh_deferral(now, idx);
         let b = &mut self.bindings[idx];
         if b.txn.is_none() && b.action_at.is_some_and(|t| t <= now) {
             b.action_at = None;
             match b.phase {
+                Phase::Registered if deferred.is_some() => {
+                    b.action_at = deferred;
+                    b.refresh_slack = 0;
+                    self.counters.refreshes_deferred += 1;
+                }
                 Phase::Registered => self.start_op(now, idx, Op::Register),
                 Phase::Backoff => {
                     let op = b.op;
@@ -1933,6 +1953,19 @@ impl Mirror {
         self.emit_change(idx, before, None);
         let slot = (idx / self.nodes.len()) as u32;
         self.maybe_free_aor(now, slot);
+    }
+
+    /// Where a refresh falling due in a storm hold waits: the hold's latest end, or as long as
+    /// the binding's slack allows (None: refresh now).
+    fn refresh_deferral(&self, now: Instant, idx: usize) -> Option<Instant> {
+        let b = &self.bindings[idx];
+        if b.refresh_slack == 0 || b.phase != Phase::Registered || !self.storm_holding(now) {
+            return None;
+        }
+        let due = b.action_at?;
+        let latest = due + Duration::from_secs(u64::from(b.refresh_slack));
+        let until = self.storm.hold_end(self.cfg.farm.storm_hold)?.min(latest);
+        (until > now).then_some(until)
     }
 
     /// Pushes a timer-queue entry when the binding's deadline moved.

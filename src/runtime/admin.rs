@@ -78,6 +78,8 @@ pub struct StatsView {
     pub credential_rejected: u64,
     pub stray_responses: u64,
     pub queued: u64,
+    #[serde(default)]
+    pub refreshes_deferred: u64,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
@@ -215,6 +217,7 @@ pub fn farm_status(
             credential_rejected: stats.credential_rejected,
             stray_responses: stats.stray_responses,
             queued: stats.queued as u64,
+            refreshes_deferred: stats.refreshes_deferred,
         },
         bindings_total: total,
         bindings: problems,

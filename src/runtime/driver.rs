@@ -316,10 +316,16 @@ impl Driver {
             "{level_first} done"
         );
         let cap = self.config.farm.max_register_rate;
+        // The core refreshes Timer F + 4 s before expiry, and a storm hold's length earlier.
+        let hold = if cap > 0 {
+            self.config.farm.storm_hold
+        } else {
+            Duration::ZERO
+        };
         let needed = refreshes_per_second(
             r.live.len(),
             self.config.sip.register_expires,
-            self.config.sip.timer_f,
+            self.config.sip.timer_f + Duration::from_secs(4) + hold,
         );
         if cap > 0 && needed > 0.8 * f64::from(cap) {
             tracing::warn!(
@@ -1183,8 +1189,8 @@ const LOOKUP_LINGER: Duration = Duration::from_millis(10);
 /// REGISTERs per second per node that refreshing `live` bindings costs at `register_expires`
 /// (each is refreshed Timer F and a few seconds before its expiry, at worst at half of it:
 /// `binding::refresh_delay`).
-fn refreshes_per_second(live: usize, register_expires: u32, timer_f: Duration) -> f64 {
+fn refreshes_per_second(live: usize, register_expires: u32, margin: Duration) -> f64 {
     let expires = f64::from(register_expires);
-    let every = (expires - timer_f.as_secs_f64() - 4.0).max(expires / 2.0);
+    let every = (expires - margin.as_secs_f64()).max(expires / 2.0);
     live as f64 / every.max(1.0)
 }

@@ -354,6 +354,11 @@ fn render_farm(o: &mut String, f: &FarmStatus) {
             "responses matching no transaction",
             s.stray_responses,
         ),
+        (
+            "regmirror_storm_deferred_refreshes_total",
+            "refreshes that fell due in a storm hold and waited for its end",
+            s.refreshes_deferred,
+        ),
     ] {
         family(o, name, "counter", help);
         let _ = writeln!(o, "{name} {v}");
