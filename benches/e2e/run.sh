@@ -28,7 +28,10 @@
 #      the service's, 30s; 0s = off), NODE_CPU_SHARES (docker cpu-shares of ast1/ast2),
 #      SQL_PROFILE=1 (MariaDB general log per step: DIR/sql-profile.md, statements per phone
 #      registration by client; costs MariaDB CPU, so profile at low rates only), SQL_PROFILE_SETTLE
-#      (5 s logged after the burst).
+#      (5 s logged after the burst), HEALTH_INTERVAL (30s: the containers' healthcheck period
+#      for this run; the compose default of 2 s runs ~3 docker execs a second, and each exec
+#      (runc) takes the CPUs for tens of ms: 100-300 ms stalls every ~2 s at 1,000/s and more,
+#      worse with more containers, so every mode runs with 30 s).
 # Results: $OUT/results.csv, $OUT/results.md, raw SIPp files and docker stats per step.
 # Not part of tests/run-all.sh: it is a benchmark. It always ends with `scripts/stack down`.
 set -euo pipefail
@@ -43,6 +46,7 @@ STOP_AFTER=${STOP_AFTER:-2}
 STEP_SECS=${STEP_SECS:-10}
 CONVERGE_MAX=${CONVERGE_MAX:-150}
 export REGMIRROR_FARM=${REGMIRROR_FARM:-example}
+export HEALTH_INTERVAL=${HEALTH_INTERVAL:-30s}
 STALL_SECS=${STALL_SECS:-}
 SQL_PROFILE=${SQL_PROFILE:-0}
 SQL_PROFILE_SETTLE=${SQL_PROFILE_SETTLE:-5}

@@ -606,6 +606,20 @@ pub fn refresh_delay<R: Rng>(rng: &mut R, granted: u32, margin: Duration) -> Dur
     base.saturating_sub(jitter).max(MIN_REFRESH)
 }
 
+/// The first refresh of a binding that just landed: anywhere from half the grant to the usual
+/// refresh time. Bindings that landed together (a registration storm, a replay) would otherwise
+/// all fall due together again every period, for many periods (5% jitter spreads them slowly),
+/// and with `farm.max_register_rate` each such wave holds back new registrations.
+pub fn first_refresh_delay<R: Rng>(rng: &mut R, granted: u32, margin: Duration) -> Duration {
+    let g = Duration::from_secs(u64::from(granted));
+    let latest = (g / 2).max(g.saturating_sub(margin));
+    let spread = latest.saturating_sub(g / 2);
+    if spread.is_zero() {
+        return refresh_delay(rng, granted, margin);
+    }
+    (g / 2 + spread.mul_f64(rng.gen_range(0.0..=1.0))).max(MIN_REFRESH)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -646,6 +660,28 @@ mod tests {
             let d = backoff(&mut rng, base, max, f);
             assert!(d >= w / 2 && d <= w, "{f}: {d:?}");
         }
+    }
+
+    #[test]
+    fn first_refresh_spreads_over_the_second_half_of_the_grant() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let margin = Duration::from_secs(66);
+        let d: Vec<u64> = (0..1000)
+            .map(|_| first_refresh_delay(&mut rng, 600, margin).as_secs())
+            .collect();
+        assert!(d.iter().all(|&s| (300..=534).contains(&s)), "{d:?}");
+        // Spread, not bunched: each quarter of the window gets a share.
+        for q in 0..4u64 {
+            let (lo, hi) = (300 + q * 58, 300 + (q + 1) * 58);
+            let n = d.iter().filter(|&&s| (lo..hi).contains(&s)).count();
+            assert!((150..=350).contains(&n), "{n} in {lo}..{hi}");
+        }
+        // A short grant has no room to spread: the usual refresh.
+        let s = first_refresh_delay(&mut rng, 60, margin);
+        assert!(
+            s <= Duration::from_secs(30) && s >= Duration::from_secs(28),
+            "{s:?}"
+        );
     }
 
     #[test]

@@ -22,8 +22,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::binding::{
-    backoff, refresh_delay, valid_user, AuthNext, AuthSent, Binding, NodeNonce, Op, Phase,
-    RegisterRequest, ResponseInfo, Txn, NODE_REALMS,
+    backoff, first_refresh_delay, refresh_delay, valid_user, AuthNext, AuthSent, Binding,
+    NodeNonce, Op, Phase, RegisterRequest, ResponseInfo, Txn, NODE_REALMS,
 };
 pub use super::binding::{BindingState, LastResult};
 use super::digest::{self, Challenge, RequestInfo, Secret};
@@ -1670,11 +1670,16 @@ impl Mirror {
         b.failures = 0;
         if txn.expires > 0 {
             let g = granted.filter(|&g| g > 0).unwrap_or(txn.expires);
+            let landed = !b.confirmed;
             b.granted = g;
             b.confirmed = true;
             b.server_bound = true;
             b.phase = Phase::Registered;
-            let delay = refresh_delay(&mut self.rng, g, margin + hold);
+            let delay = if landed {
+                first_refresh_delay(&mut self.rng, g, margin + hold)
+            } else {
+                refresh_delay(&mut self.rng, g, margin + hold)
+            };
             let left = Duration::from_secs(u64::from(g)).saturating_sub(delay);
             let slack = left.saturating_sub(margin).min(hold).as_secs();
             b.refresh_slack = u16::try_from(slack).unwrap_or(u16::MAX);
