@@ -597,11 +597,17 @@ pub fn backoff<R: Rng>(rng: &mut R, base: Duration, max: Duration, failures: u16
 /// The shortest refresh delay, whatever the node grants.
 pub const MIN_REFRESH: Duration = Duration::from_secs(5);
 
+/// A refresh period before jitter: `margin` before the expiry of a `granted` s grant, but not
+/// before half of it.
+pub fn refresh_period(granted: u32, margin: Duration) -> Duration {
+    let g = Duration::from_secs(u64::from(granted));
+    (g / 2).max(g.saturating_sub(margin))
+}
+
 /// When to refresh a binding granted for `granted` seconds: `margin` before expiry but not
 /// before half of it, minus up to 5% jitter so bindings registered together drift apart.
 pub fn refresh_delay<R: Rng>(rng: &mut R, granted: u32, margin: Duration) -> Duration {
-    let g = Duration::from_secs(u64::from(granted));
-    let base = (g / 2).max(g.saturating_sub(margin));
+    let base = refresh_period(granted, margin);
     let jitter = base.mul_f64(rng.gen_range(0.0..=0.05));
     base.saturating_sub(jitter).max(MIN_REFRESH)
 }
@@ -612,7 +618,7 @@ pub fn refresh_delay<R: Rng>(rng: &mut R, granted: u32, margin: Duration) -> Dur
 /// and with `farm.max_register_rate` each such wave holds back new registrations.
 pub fn first_refresh_delay<R: Rng>(rng: &mut R, granted: u32, margin: Duration) -> Duration {
     let g = Duration::from_secs(u64::from(granted));
-    let latest = (g / 2).max(g.saturating_sub(margin));
+    let latest = refresh_period(granted, margin);
     let spread = latest.saturating_sub(g / 2);
     if spread.is_zero() {
         return refresh_delay(rng, granted, margin);

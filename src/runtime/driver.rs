@@ -15,7 +15,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, TransportKind};
-use crate::core::binding::ResponseInfo;
+use crate::core::binding::{refresh_period, ResponseInfo};
 use crate::core::mirror::{
     BindingState, Credential, Event, FarmConfig, Mirror, MirrorConfig, Node, Transmit, Transport,
 };
@@ -1190,7 +1190,6 @@ const LOOKUP_LINGER: Duration = Duration::from_millis(10);
 /// (each is refreshed Timer F and a few seconds before its expiry, at worst at half of it:
 /// `binding::refresh_delay`).
 fn refreshes_per_second(live: usize, register_expires: u32, margin: Duration) -> f64 {
-    let expires = f64::from(register_expires);
-    let every = (expires - margin.as_secs_f64()).max(expires / 2.0);
+    let every = refresh_period(register_expires, margin).as_secs_f64();
     live as f64 / every.max(1.0)
 }
