@@ -22,6 +22,7 @@ import subprocess
 import threading
 import time
 import queue
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -77,6 +78,96 @@ def holds(fn, duration, interval=0.1):
         if time.monotonic() >= end:
             return True, None
         time.sleep(interval)
+
+
+COMPOSE = ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "-p", PROJECT]
+ADMINS = {"regmirror": "http://10.77.0.40:9070", "regmirror2": "http://10.77.0.41:9070"}
+
+
+def compose(*args, timeout=120):
+    res = subprocess.run(COMPOSE + list(args), capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, f"docker-compose {args}: {res.stdout}\n{res.stderr}"
+    return res
+
+
+def cid(service):
+    out = subprocess.run(
+        [DOCKER, "ps", "-aq", "--filter", f"label=com.docker.compose.project={PROJECT}",
+         "--filter", f"label=com.docker.compose.service={service}"],
+        capture_output=True, text=True, check=True).stdout.split()
+    assert out, f"no container for {service}"
+    return out[0]
+
+
+def healthy(service):
+    res = subprocess.run([DOCKER, "inspect", "-f", "{{.State.Health.Status}}", cid(service)],
+                         capture_output=True, text=True)
+    return res.stdout.strip() == "healthy"
+
+
+def wait_healthy(service, timeout=90):
+    ok, took = poll(lambda: healthy(service), timeout, 0.5)
+    assert ok, f"{service} not healthy within {timeout}s"
+    return took
+
+
+def metric(service, name, label=None):
+    """Sum of a metric's samples on one regmirror instance, only those whose labels contain
+    `label` (e.g. 'node="ast1"') when given; None if unreachable or (with a label) absent."""
+    try:
+        text = urllib.request.urlopen(f"{ADMINS[service]}/metrics", timeout=3).read().decode()
+    except OSError:
+        return None
+    found = [(m.group(1) or "", float(m.group(2))) for m in
+             re.finditer(rf"^{name}(?:{{([^}}]*)}})? (\S+)$", text, re.M)]
+    if label is None:
+        return sum(v for _, v in found)
+    matching = [v for labels, v in found if label in labels.split(",")]
+    return sum(matching) if matching else None
+
+
+def status(service):
+    return json.loads(urllib.request.urlopen(f"{ADMINS[service]}/status.json", timeout=3).read())
+
+
+def active():
+    """The instances registering on the nodes (the standby one neither probes nor audits)."""
+    return [s for s in ADMINS if metric(s, "regmirror_ha_active") == 1]
+
+
+def node_users(stack, node):
+    """Users that hold exactly our contact (sip:<user>@Kamailio) on a node; a user with more or
+    other contacts is reported as `user!` so set comparisons catch it."""
+    found = set()
+    for user, uris in stack.contacts(node).items():
+        if user == "kamailio":
+            continue
+        found.add(user if uris == [f"sip:{user}@{KAMAILIO_SIP}"] else f"{user}!")
+    return found
+
+
+def bulk_register(stack, users, port, *, rate=50, expires=600, background=False, calls=None):
+    """Register `users` through Kamailio with one SIPp run from one tester port (rows cycle
+    when calls > len(users): refreshes). Returns SIPp's exit code, or the handle if background."""
+    calls = calls or len(users)
+    timeout = calls // rate + 20  # SIPp's -timeout bounds the whole run
+    base = f"{TMP}/bulk-{port}-{time.monotonic_ns()}"
+    inf = "SEQUENTIAL\n" + "".join(f"{u};{p};{expires}\n" for u, p in users)
+    cmd = (f"mkdir -p {TMP} && printf %s '{inf}' > {base}.csv && "
+           f"sipp -sf /work/tests/sipp/register.xml -inf {base}.csv -i {TESTER} -p {port} "
+           f"-mp {20000 + port % 1000 * 4} -s {REALM} -m {calls} -r {rate} "
+           f"-nostdin -timeout {timeout} -recv_timeout 4000 "
+           f"{KAMAILIO_SIP} > {base}.out 2>&1; echo $? > {base}.rc")
+    if background:
+        return subprocess.Popen([DOCKER, "exec", stack.container("tester"), "bash", "-c", cmd],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stack.sh("tester", cmd, timeout=timeout + 30)
+    return int(stack.sh("tester", f"cat {base}.rc").stdout.strip() or -1)
+
+
+def converged(stack, users, nodes=("ast1", "ast2")):
+    want = {u for u, _ in users}
+    return all(want <= node_users(stack, n) for n in nodes)
 
 
 class Stack:
