@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use regmirror::core::digest::Secret;
 use regmirror::core::mirror::{
-    BindingState, Credential, Event, FarmConfig, MirrorConfig, Transport,
+    BindingState, Coverage, Credential, Event, FarmConfig, MirrorConfig, Transport,
 };
 use regmirror::core::testing::Sim;
 
@@ -769,4 +769,230 @@ fn a_storms_first_refreshes_are_spread_over_the_second_half_of_the_grant() {
     );
     assert!(per_30s[..9].iter().all(|&c| c == 0), "{per_30s:?}");
     assert_eq!(s.registrars[0].live_contacts(s.now), n);
+}
+
+// ---- coverage and lag per node (issue 14) ----
+
+/// Each node's coverage now, after checking the incremental bookkeeping against a recount
+/// from every binding.
+fn coverage(s: &Sim) -> Vec<Coverage> {
+    if let Err(e) = s.mirror.check_coverage(s.now) {
+        panic!("coverage bookkeeping: {e}");
+    }
+    (0..s.registrars.len() as u16)
+        .map(|n| s.mirror.node_health(n).unwrap().coverage)
+        .collect()
+}
+
+/// `(desired, confirmed, lag)` of each node now.
+fn coverage_lag(s: &Sim) -> Vec<(usize, usize, Duration)> {
+    coverage(s)
+        .iter()
+        .map(|c| (c.desired, c.confirmed, c.lag(s.now)))
+        .collect()
+}
+
+/// Every node holds every desired binding: coverage 1, lag 0.
+fn caught_up(s: &Sim) -> bool {
+    coverage(s)
+        .iter()
+        .all(|c| c.ratio() == 1.0 && c.lag(s.now).is_zero())
+}
+
+/// A storm of new AORs against a rate-capped farm (held, then drained at the cap), one node
+/// also slow to answer: while the backlog drains each node's lag is the age of the oldest user
+/// it does not have yet (never less) and its coverage stays below 1; then lag 0, coverage 1.
+#[test]
+fn a_storm_shows_as_lag_that_rises_and_drains_to_full_coverage() {
+    let mut s = Sim::new(storm_config(10), 2, Transport::Udp, 31);
+    s.registrars[1].response_delay = Duration::from_millis(300);
+    let n = 1500;
+    let (start, end) = notify_storm(&mut s, 0, 300, 5);
+    // notify_storm makes 3 users live per 10 ms step, in order.
+    let notified = |i: usize| start + Duration::from_millis(10 * (i / 3) as u64);
+    for (r, (desired, confirmed, lag)) in coverage_lag(&s).into_iter().enumerate() {
+        assert_eq!(desired, n, "node {r}");
+        assert!(
+            confirmed < n && lag > secs(1),
+            "node {r}: {confirmed} {lag:?}"
+        );
+    }
+    let mut peak = Duration::ZERO;
+    while !caught_up(&s) {
+        assert!(
+            s.now < end + secs(120),
+            "never caught up: {:?}",
+            coverage_lag(&s)
+        );
+        for (r, c) in coverage(&s).iter().enumerate() {
+            let lag = c.lag(s.now);
+            peak = peak.max(lag);
+            let reg = &s.registrars[r];
+            assert!(c.ratio() < 1.0 || lag.is_zero(), "node {r}: {c:?}");
+            assert!(
+                c.confirmed <= reg.live_contacts(s.now),
+                "node {r} counts bindings it does not have: {c:?}"
+            );
+            // Above the oldest missing user's wait by no more than what answers on their way
+            // back add (about 0.1 s of notifications at the cap, plus a round trip).
+            if let Some(i) = (0..n).find(|&i| reg.contact(&user(i), s.now).is_none()) {
+                let waited = s.now - notified(i);
+                assert!(
+                    lag >= waited && lag <= waited + secs(1),
+                    "node {r}: lag {lag:?}, but {} has waited {waited:?}",
+                    user(i)
+                );
+            }
+        }
+        s.run_for(Duration::from_millis(250));
+    }
+    let took = s.now - end;
+    println!("storm of {n}: peak lag {peak:?}, caught up {took:?} after its end");
+    // Held until a second after the storm, then 1,500 at 100/s: the last ones wait ~15 s.
+    assert!(peak >= secs(8), "peak lag {peak:?}");
+    assert_eq!(coverage_lag(&s), vec![(n, n, Duration::ZERO); 2]);
+    assert!((0..2).all(|r| s.registrars[r].live_contacts(s.now) == n));
+}
+
+/// A node that goes down and comes back empty: from the moment it is marked down its
+/// bindings are pending (it may lose them, and this one does), so its lag counts from then,
+/// through the paced replay, back to 0 with coverage 1. The other node is untouched.
+#[test]
+fn a_node_back_empty_lags_from_going_down_until_its_replay_lands() {
+    let n = 500;
+    let mut s = sim_with(2, n, 32);
+    s.run_for(secs(10));
+    assert!(caught_up(&s));
+    s.registrars[1].down = true;
+    s.run_for(secs(20));
+    assert!(!s.mirror.node_up(1));
+    let down_at = event_at(&s, |e| matches!(e, Event::NodeDown { node: 1 })).expect("down");
+    assert_eq!(
+        coverage_lag(&s),
+        vec![(n, n, Duration::ZERO), (n, 0, s.now - down_at)]
+    );
+    s.registrars[1].restart_empty();
+    s.registrars[1].down = false;
+    let mut covered = 0;
+    while !caught_up(&s) {
+        assert!(s.now < down_at + secs(90), "{:?}", coverage_lag(&s));
+        s.run_for(Duration::from_millis(100));
+        let c = coverage(&s);
+        assert_eq!(c[0].confirmed, n);
+        assert!(c[1].confirmed >= covered, "coverage went back: {c:?}");
+        covered = c[1].confirmed;
+        assert!(covered <= s.registrars[1].live_contacts(s.now), "{c:?}");
+        if covered < n {
+            assert_eq!(c[1].lag(s.now), s.now - down_at);
+        }
+    }
+    let up_at = event_at(&s, |e| matches!(e, Event::NodeUp { node: 1 })).expect("up");
+    let replay = s.now - up_at;
+    // 500 at replay_rate 200/s.
+    assert!(replay >= secs(2) && replay <= secs(4), "{replay:?}");
+    assert_eq!(s.registrars[1].live_contacts(s.now), n);
+}
+
+/// A node added at run time: every live binding is pending on it until its replay lands.
+#[test]
+fn an_added_node_lags_until_its_replay_lands() {
+    let n = 400;
+    let mut s = sim_with(1, n, 36);
+    s.run_for(secs(5));
+    let added = s.now;
+    s.add_node();
+    assert_eq!(
+        coverage_lag(&s),
+        vec![(n, n, Duration::ZERO), (n, 0, Duration::ZERO)]
+    );
+    s.run_for(secs(1));
+    let c = coverage(&s);
+    assert!(
+        c[1].confirmed < n && c[1].lag(s.now) == s.now - added,
+        "{c:?}"
+    );
+    let done = run_until_cond(&mut s, Duration::from_millis(100), secs(10), caught_up)
+        .expect("the new node catches up");
+    assert!(done - added >= secs(1), "400 at 200/s: {:?}", done - added);
+    assert_eq!(s.registrars[1].live_contacts(s.now), n);
+}
+
+/// A user Kamailio holds live but the database does not know: desired while its credential
+/// is looked up (that wait is lag like any other), no longer once the lookup says unknown, so
+/// it does not hold coverage below 1. Kamailio saving it again costs one more lookup.
+#[test]
+fn an_unknown_user_does_not_hold_coverage_below_one() {
+    let mut s = sim_with(2, 5, 33);
+    s.run_for(secs(2));
+    assert!(caught_up(&s));
+    for _ in 0..2 {
+        s.take_events();
+        let asked = s.now;
+        s.mirror.aor_update(asked, "ghost", secs(3600), None, None);
+        s.run_for(secs(1));
+        assert!(s.take_events().contains(&Event::CredentialMissing {
+            aor: "ghost".into()
+        }));
+        assert_eq!(coverage_lag(&s), vec![(6, 5, secs(1)); 2]);
+        // The lookup answers: no such user.
+        let now = s.now;
+        s.mirror.set_credential(now, "ghost", None);
+        assert_eq!(coverage_lag(&s), vec![(5, 5, Duration::ZERO); 2]);
+        s.run_for(secs(60));
+        assert!(caught_up(&s));
+    }
+    assert_eq!(coverage_lag(&s), vec![(5, 5, Duration::ZERO); 2]);
+}
+
+/// An AOR Kamailio drops (unregister) or that expires leaves the desired bindings at once,
+/// confirmed or pending: coverage stays 1 and the lag stops counting it.
+#[test]
+fn unregistered_and_expired_aors_leave_the_desired_bindings() {
+    let mut s = sim_with(2, 10, 34);
+    // One more user whose credential lookup never answers, live for 30 s: pending meanwhile.
+    let start = s.now;
+    s.mirror.aor_update(start, "slow", secs(30), None, None);
+    s.run_for(secs(2));
+    assert_eq!(coverage_lag(&s), vec![(11, 10, secs(2)); 2]);
+    // Kamailio: u0 unregistered. Out of the desired bindings before its unregister lands.
+    let now = s.now;
+    s.mirror
+        .aor_update(now, &user(0), Duration::ZERO, None, None);
+    assert_eq!(coverage_lag(&s), vec![(10, 9, secs(2)); 2]);
+    s.run_for(secs(1));
+    assert!((0..2).all(|r| s.registrars[r].contact(&user(0), s.now).is_none()));
+    // "slow" expires: nothing pending any more.
+    s.run_until(start + secs(30));
+    assert_eq!(coverage_lag(&s), vec![(9, 9, Duration::ZERO); 2]);
+    // u1's last contact expires and no notification says so: regmirror's own expiry timer.
+    let now = s.now;
+    s.mirror.aor_update(now, &user(1), secs(20), None, None);
+    s.run_for(secs(21));
+    assert_eq!(coverage_lag(&s), vec![(8, 8, Duration::ZERO); 2]);
+    assert!((0..2).all(|r| s.registrars[r].contact(&user(1), s.now).is_none()));
+}
+
+/// A contact the audit finds missing on a node is pending from then until it is registered
+/// again.
+#[test]
+fn a_contact_lost_behind_our_back_is_pending_until_the_audit_repairs_it() {
+    let mut s = sim_with(2, 10, 35);
+    s.run_for(secs(2));
+    assert!(caught_up(&s));
+    s.registrars[0].response_delay = Duration::from_millis(500);
+    s.registrars[0].contacts.remove(&user(3));
+    let now = s.now;
+    let actual = s.registrars[0].contact_users(now, CONTACT);
+    assert_eq!(s.mirror.audit(now, 0, &actual).missing, 1);
+    s.run_for(Duration::from_millis(200));
+    assert_eq!(
+        coverage_lag(&s),
+        vec![
+            (10, 9, Duration::from_millis(200)),
+            (10, 10, Duration::ZERO)
+        ]
+    );
+    s.run_for(secs(2));
+    assert!(caught_up(&s));
+    assert!(s.registrars[0].contact(&user(3), s.now).is_some());
 }

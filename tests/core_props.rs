@@ -55,7 +55,10 @@ proptest! {
         s.run_for(Duration::from_secs(3 * 3600));
         for n in 0..2u16 {
             prop_assert_eq!(s.mirror.binding("1001", n).map(|b| b.state), Some(BindingState::Registered));
+            let c = s.mirror.node_health(n).unwrap().coverage;
+            prop_assert_eq!((c.desired, c.confirmed, c.lag(s.now)), (1, 1, Duration::ZERO));
         }
+        prop_assert_eq!(s.mirror.check_coverage(s.now), Ok(()));
         prop_assert!(s.registrars.iter().all(|r| r.contact("1001", s.now).is_some()));
 
         s.loss = loss2.into_iter().collect();
@@ -64,6 +67,8 @@ proptest! {
         s.run_for(Duration::from_secs(600));
         prop_assert!(s.registrars.iter().all(|r| r.contact("1001", s.now).is_none()));
         prop_assert_eq!(s.mirror.stats().aors, 0);
+        prop_assert_eq!(s.mirror.check_coverage(s.now), Ok(()));
+        prop_assert_eq!(s.mirror.node_health(0).unwrap().coverage.desired, 0);
     }
 
     /// Any sequence of registrar faults: the binding ends up registered, and a fault never
@@ -75,8 +80,13 @@ proptest! {
         s.registrars[0].script = script.into_iter().collect();
         let now = s.now;
         s.mirror.aor_update(now, "1001", Duration::from_secs(86_400), None, Some(cred()));
-        s.run_for(Duration::from_secs(4 * 3600));
+        // The coverage bookkeeping holds through every fault, not only at the end.
+        for _ in 0..4 * 60 {
+            s.run_for(Duration::from_secs(60));
+            prop_assert_eq!(s.mirror.check_coverage(s.now), Ok(()));
+        }
         prop_assert_eq!(s.mirror.binding("1001", 0).map(|b| b.state), Some(BindingState::Registered));
+        prop_assert_eq!(s.mirror.node_health(0).unwrap().coverage.confirmed, 1);
         prop_assert!(s.registrars[0].contact("1001", s.now).is_some());
         // Refreshes (~27 in 4 h, 2 requests each) plus retransmissions of dropped ones
         // plus the faults themselves.

@@ -203,6 +203,17 @@ level = "regmirror=debug,info"
     // Farm summary.
     let o = status(&admin, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    for node in ["ast1", "ast2"] {
+        let row: Vec<&str> = table
+            .lines()
+            .find(|l| l.starts_with(node))
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        // NODE ADDRESS HEALTH COVERAGE LAG ...
+        assert_eq!(row.get(3..6), Some(&["100%", "0", "s"][..]), "{table}");
+    }
     let f: regmirror::runtime::admin::FarmStatus =
         serde_json::from_str(&http(&admin, "/status.json").1).unwrap();
     assert_eq!(f.live_aors, 2);
@@ -210,6 +221,11 @@ level = "regmirror=debug,info"
         assert_eq!(
             (n.desired, n.confirmed, n.failing, n.drift),
             (2, 2, 0, 0),
+            "{n:?}"
+        );
+        assert_eq!(
+            (n.covered, n.coverage_percent, n.lag_seconds),
+            (2, 100.0, 0.0),
             "{n:?}"
         );
         // Both fake registrars answered probes and REGISTERs.
@@ -252,6 +268,19 @@ level = "regmirror=debug,info"
             2.0,
             "{m}"
         );
+        // Caught up: what a dashboard reads per node.
+        for (name, want) in [
+            ("regmirror_node_desired_bindings", 2.0),
+            ("regmirror_node_confirmed_bindings", 2.0),
+            ("regmirror_node_coverage_ratio", 1.0),
+            ("regmirror_node_lag_seconds", 0.0),
+        ] {
+            assert_eq!(
+                metric(&m, &format!("{name}{{node=\"{node}\"}}")),
+                want,
+                "{m}"
+            );
+        }
     }
 
     // The status page, in a real browser when there is one.

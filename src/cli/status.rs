@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Args;
 use thiserror::Error;
 
-use crate::runtime::admin::{FarmStatus, UserStatus};
+use crate::runtime::admin::{lag_text, percent_text, FarmStatus, UserStatus};
 
 #[derive(Args)]
 pub struct StatusArgs {
@@ -218,6 +218,8 @@ pub fn format_farm(f: &FarmStatus) -> String {
         "NODE",
         "ADDRESS",
         "HEALTH",
+        "COVERAGE",
+        "LAG",
         "DESIRED",
         "CONFIRMED",
         "REGISTERING",
@@ -232,6 +234,8 @@ pub fn format_farm(f: &FarmStatus) -> String {
             n.name.clone(),
             n.address.clone(),
             n.health.clone(),
+            percent_text(n.coverage_percent),
+            lag_text(n.lag_seconds),
             n.desired.to_string(),
             n.confirmed.to_string(),
             n.registering.to_string(),
@@ -326,6 +330,41 @@ mod tests {
             t.contains("HA secondary (standby), peer 10.0.0.40:5070"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn farm_shows_each_nodes_coverage_and_lag() {
+        let mut f = FarmStatus::default();
+        for (name, desired, covered, percent, lag) in [
+            ("ast1", 1000, 1000, 100.0, 0.0),
+            ("ast2", 1000, 973, 97.3, 41.26),
+            ("ast3", 1000, 999, 99.9, 3.04),
+        ] {
+            f.nodes.push(crate::runtime::admin::NodeRow {
+                name: name.into(),
+                address: "10.0.0.1:5060".into(),
+                health: "up".into(),
+                desired,
+                covered,
+                coverage_percent: percent,
+                lag_seconds: lag,
+                ..Default::default()
+            });
+        }
+        let t = format_farm(&f);
+        let row = |node: &str| -> Vec<String> {
+            let line = t.lines().find(|l| l.starts_with(node)).unwrap_or_default();
+            line.split_whitespace().map(String::from).collect()
+        };
+        let header = row("NODE");
+        let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+        let (cov, lag) = (col("COVERAGE"), col("LAG"));
+        assert_eq!(row("ast1")[cov], "100%", "{t}");
+        assert_eq!(row("ast1")[lag..lag + 2], ["0", "s"], "{t}");
+        assert_eq!(row("ast2")[cov], "97.3%", "{t}");
+        assert_eq!(row("ast2")[lag..lag + 2], ["41", "s"], "{t}");
+        assert_eq!(row("ast3")[cov], "99.9%", "{t}");
+        assert_eq!(row("ast3")[lag..lag + 2], ["3.0", "s"], "{t}");
     }
 
     #[test]

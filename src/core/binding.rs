@@ -216,6 +216,11 @@ pub(crate) struct Binding {
     /// The node may hold a binding (so forgetting it needs an unregister).
     pub server_bound: bool,
     pub last: LastResult,
+    /// Coverage bookkeeping (`mirror::Coverage`), which survives `reset`: counted in its node's
+    /// desired bindings.
+    pub desired: bool,
+    /// Desired and not confirmed since then (an entry in its node's lag heap).
+    pub pending_since: Option<Instant>,
 }
 
 impl Default for Binding {
@@ -237,6 +242,8 @@ impl Default for Binding {
             confirmed: false,
             server_bound: false,
             last: LastResult::None,
+            desired: false,
+            pending_since: None,
         }
     }
 }
@@ -265,11 +272,13 @@ impl Binding {
         })
     }
 
-    /// Forget everything but the CSeq (the Call-ID may be reused by the same slot generation).
+    /// Forget everything but the CSeq (the Call-ID may be reused by the same slot generation)
+    /// and the coverage bookkeeping (its node's counters follow it, not the reset).
     pub fn reset(&mut self) {
-        let cseq = self.cseq;
         *self = Binding {
-            cseq,
+            cseq: self.cseq,
+            desired: self.desired,
+            pending_since: self.pending_since,
             ..Binding::default()
         };
     }

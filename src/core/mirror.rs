@@ -153,6 +153,48 @@ pub struct NodeHealthView {
     pub preemptive: u64,
     /// Of those, the ones the node challenged again (nonce expired or another realm).
     pub preemptive_challenged: u64,
+    pub coverage: Coverage,
+}
+
+/// How much of the desired state a node holds, kept incrementally as bindings change (reading
+/// it walks nothing).
+///
+/// A binding is *desired* on a node while its AOR is live per Kamailio and not found unknown or
+/// removed: its credential is known or still being looked up (a lookup answered "no such user"
+/// ends it, so an unknown user does not hold coverage below 1). It is *confirmed* once the node
+/// answered 2xx to its REGISTER (refreshes in flight keep it confirmed) and nothing since said
+/// the node may have lost it: a failed attempt, the node going down (and its replay), the audit
+/// finding the contact missing. A desired binding that is not confirmed is *pending*, from the
+/// moment it became desired or lost its confirmation until the node's next 2xx for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Coverage {
+    pub desired: usize,
+    pub confirmed: usize,
+    /// When the oldest pending binding became pending (`None`: none is).
+    pub oldest_pending: Option<Instant>,
+}
+
+impl Coverage {
+    /// `confirmed / desired`, 1 when nothing is desired.
+    pub fn ratio(&self) -> f64 {
+        coverage_ratio(self.desired as u64, self.confirmed as u64)
+    }
+
+    /// Age of the oldest pending binding at `now`: zero when every desired one is confirmed.
+    pub fn lag(&self, now: Instant) -> Duration {
+        self.oldest_pending
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+    }
+}
+
+/// `confirmed / desired` of a node, 1 when nothing is desired (also for views that only carry
+/// the two counts).
+pub fn coverage_ratio(desired: u64, confirmed: u64) -> f64 {
+    if desired == 0 {
+        1.0
+    } else {
+        confirmed.min(desired) as f64 / desired as f64
+    }
 }
 
 /// One binding, for status pages.
@@ -288,6 +330,13 @@ struct NodeState {
     challenges: u64,
     preemptive: u64,
     preemptive_challenged: u64,
+    /// Bindings desired on the node, and how many of them are pending (`Coverage`).
+    desired: usize,
+    pending: usize,
+    /// `(pending since, AOR slot)` of the node's pending bindings, oldest on top. An entry whose
+    /// binding no longer has that `pending_since` is stale; none is left on top (`unpend`), so
+    /// the top is the lag. Slots, not binding indices: they survive `relayout`.
+    lag: BinaryHeap<Reverse<(Instant, u32)>>,
 }
 
 impl NodeState {
@@ -311,6 +360,9 @@ impl NodeState {
             challenges: 0,
             preemptive: 0,
             preemptive_challenged: 0,
+            desired: 0,
+            pending: 0,
+            lag: BinaryHeap::new(),
         }
     }
 }
@@ -547,6 +599,7 @@ impl Mirror {
         self.on_final(now, idx, *txn, info);
         self.emit_change(idx, before, None);
         self.schedule(idx);
+        self.track(now, idx);
         self.maybe_free_aor(now, (idx / self.nodes.len()) as u32);
     }
 
@@ -755,6 +808,11 @@ impl Mirror {
             challenges: ns.challenges,
             preemptive: ns.preemptive,
             preemptive_challenged: ns.preemptive_challenged,
+            coverage: Coverage {
+                desired: ns.desired,
+                confirmed: ns.desired.saturating_sub(ns.pending),
+                oldest_pending: ns.lag.peek().map(|Reverse((t, _))| *t),
+            },
         })
     }
 
@@ -769,6 +827,44 @@ impl Mirror {
     /// Whether a reconciliation has succeeded since start.
     pub fn is_reconciled(&self) -> bool {
         self.reconciled
+    }
+
+    /// Recounts every node's `Coverage` from the bindings at `now` (no timer due unhandled) and
+    /// compares it with the incremental one; also that no binding counted confirmed is one its
+    /// node may not hold. For tests: this walks everything.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn check_coverage(&self, now: Instant) -> Result<(), String> {
+        let n = self.nodes.len();
+        for (node, ns) in self.nodes.iter().enumerate() {
+            let (mut desired, mut pending, mut oldest) = (0, 0, None::<Instant>);
+            for (slot, a) in self.aors.iter().enumerate() {
+                let b = &self.bindings[slot * n + node];
+                let name = a.name.as_deref().unwrap_or("(free)");
+                if b.desired != a.is_live(now) {
+                    return Err(format!("{name} on node {node}: desired {}", b.desired));
+                }
+                if b.pending_since.is_some() && !b.desired {
+                    return Err(format!("{name} on node {node}: pending, not desired"));
+                }
+                if b.desired && b.pending_since.is_none() && !holds(ns, b) {
+                    return Err(format!("{name} on node {node}: confirmed, not held: {b:?}"));
+                }
+                desired += usize::from(b.desired);
+                if let Some(t) = b.pending_since {
+                    pending += 1;
+                    oldest = Some(oldest.map_or(t, |o| o.min(t)));
+                }
+            }
+            let top = ns.lag.peek().map(|Reverse((t, _))| *t);
+            if (desired, pending, oldest) != (ns.desired, ns.pending, top) {
+                return Err(format!(
+                    "node {node}: counted (desired, pending, oldest) {:?}, recounted {:?}",
+                    (ns.desired, ns.pending, top),
+                    (desired, pending, oldest)
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Adds a node at run time: it gets every live binding through its paced replay queue.
@@ -892,6 +988,7 @@ impl Mirror {
                 self.start_op(now, idx, Op::Register);
                 self.emit_change(idx, before, Some("missing on node".into()));
                 self.schedule(idx);
+                self.track(now, idx);
                 r.missing += 1;
             }
         }
@@ -926,6 +1023,7 @@ impl Mirror {
                 self.start_op(now, idx, Op::Unregister);
                 self.emit_change(idx, None, Some("stale on node".into()));
                 self.schedule(idx);
+                self.track(now, idx);
                 r.stale += 1;
             }
         }
@@ -966,7 +1064,7 @@ impl Mirror {
                         });
                     }
                 }
-                HealthAction::ProbeFailed(true) => self.on_node_down(node),
+                HealthAction::ProbeFailed(true) => self.on_node_down(now, node),
                 HealthAction::ProbeFailed(false) => {}
             }
         }
@@ -1063,14 +1161,16 @@ impl Mirror {
         }
     }
 
-    /// The node is down: abort its transactions and park every binding on it.
-    fn on_node_down(&mut self, node: usize) {
+    /// The node is down: abort its transactions and park every binding on it. Its confirmed
+    /// bindings turn pending: the node may come back without them.
+    fn on_node_down(&mut self, now: Instant, node: usize) {
         self.events.push_back(Event::NodeDown {
             node: node as NodeId,
         });
         let n = self.nodes.len();
         for slot in 0..self.aors.len() {
             let idx = slot * n + node;
+            self.track(now, idx);
             let b = &mut self.bindings[idx];
             if b.phase != Phase::InFlight {
                 continue;
@@ -1110,24 +1210,25 @@ impl Mirror {
                 continue;
             }
             let idx = slot * n + node;
-            let b = &self.bindings[idx];
-            if b.phase == Phase::InFlight {
+            if self.bindings[idx].phase == Phase::InFlight {
                 continue;
             }
+            // Pending on an added node; on one back up since it went down (`on_node_down`).
+            self.track(now, idx);
+            let b = &self.bindings[idx];
+            let before = b.state();
             let op = if self.wants_registration(now, idx) {
                 Op::Register
             } else if b.server_bound {
                 Op::Unregister
             } else {
                 if b.phase != Phase::Absent {
-                    let before = b.state();
                     self.remove_binding(idx);
                     self.emit_change(idx, before, None);
                 }
                 continue;
             };
             let a = &self.aors[slot];
-            let before = b.state();
             let b = &mut self.bindings[idx];
             b.op = op;
             b.failures = 0;
@@ -1299,7 +1400,7 @@ impl Mirror {
             (Some(_), None) => false,
         };
         if silent && self.nodes[node].health.mark_down(now) {
-            self.on_node_down(node);
+            self.on_node_down(now, node);
         }
     }
 
@@ -1342,6 +1443,10 @@ impl Mirror {
     }
 
     fn free_aor(&mut self, slot: u32) {
+        let n = self.nodes.len();
+        for idx in slot as usize * n..(slot as usize + 1) * n {
+            self.untrack(idx);
+        }
         let a = &mut self.aors[slot as usize];
         if let Some(name) = a.name.take() {
             self.by_name.remove(&name);
@@ -1405,13 +1510,89 @@ impl Mirror {
         a.is_live(now) && a.credential.is_some()
     }
 
+    /// Coverage bookkeeping after the binding, its AOR or its node changed (`Coverage`): counts
+    /// it as desired while its AOR is live, and makes it pending when it is desired and its node
+    /// may not hold it. Only the node's 2xx (`unpend` in `on_success`) or no longer being
+    /// desired ends that: a binding being replayed counts again once it landed.
+    fn track(&mut self, now: Instant, idx: usize) {
+        let n = self.nodes.len();
+        // Without a credential yet too: the lookup's wait (held in a storm) is lag as well.
+        if !self.aors[idx / n].is_live(now) {
+            self.untrack(idx);
+            return;
+        }
+        let ns = &mut self.nodes[idx % n];
+        let b = &mut self.bindings[idx];
+        if !b.desired {
+            b.desired = true;
+            ns.desired += 1;
+        }
+        if !holds(ns, b) {
+            self.pend(now, idx);
+        }
+    }
+
+    /// A desired binding the node may not hold: pending from `now` unless it already is.
+    fn pend(&mut self, now: Instant, idx: usize) {
+        let n = self.nodes.len();
+        let b = &mut self.bindings[idx];
+        if !b.desired || b.pending_since.is_some() {
+            return;
+        }
+        b.pending_since = Some(now);
+        let node = idx % n;
+        let ns = &mut self.nodes[node];
+        ns.pending += 1;
+        ns.lag.push(Reverse((now, (idx / n) as u32)));
+        // Stale entries below the top stay until they reach it; rebuild when they dominate.
+        if ns.lag.len() > 64 + 2 * ns.pending {
+            let bindings = &self.bindings;
+            ns.lag
+                .retain(|&Reverse((t, slot))| pending_at(bindings, n, node, slot, t));
+        }
+    }
+
+    /// The binding is no longer desired on its node (its AOR died, or its slot is freed).
+    fn untrack(&mut self, idx: usize) {
+        let n = self.nodes.len();
+        let b = &mut self.bindings[idx];
+        if b.desired {
+            b.desired = false;
+            let ns = &mut self.nodes[idx % n];
+            ns.desired = ns.desired.saturating_sub(1);
+        }
+        self.unpend(idx);
+    }
+
+    /// Ends the binding's pending time (confirmed, or no longer desired).
+    fn unpend(&mut self, idx: usize) {
+        if self.bindings[idx].pending_since.take().is_none() {
+            return;
+        }
+        let n = self.nodes.len();
+        let node = idx % n;
+        let bindings = &self.bindings;
+        let ns = &mut self.nodes[node];
+        ns.pending = ns.pending.saturating_sub(1);
+        // Keep the top valid, so reading the lag is a peek.
+        while let Some(&Reverse((t, slot))) = ns.lag.peek() {
+            if pending_at(bindings, n, node, slot, t) {
+                break;
+            }
+            ns.lag.pop();
+        }
+        if ns.lag.is_empty() && ns.lag.capacity() > SHRINK_ABOVE {
+            ns.lag.shrink_to(SHRINK_ABOVE);
+        }
+    }
+
     /// Decides what a binding with no transaction in flight should do next.
     fn drive(&mut self, now: Instant, idx: usize) {
         let want = self.wants_registration(now, idx);
         let before = self.bindings[idx].state();
         let b = &mut self.bindings[idx];
         match b.phase {
-            Phase::InFlight => return, // decided when the transaction ends
+            Phase::InFlight => {} // decided when the transaction ends
             Phase::Queued => {
                 if want {
                     if b.op != Op::Register {
@@ -1446,6 +1627,7 @@ impl Mirror {
         }
         self.emit_change(idx, before, None);
         self.schedule(idx);
+        self.track(now, idx);
     }
 
     /// Begins `op` now, or queues it behind the node's send budget.
@@ -1670,6 +1852,9 @@ impl Mirror {
         b.failures = 0;
         if txn.expires > 0 {
             let g = granted.filter(|&g| g > 0).unwrap_or(txn.expires);
+            // The node has it: no longer pending (`Coverage`).
+            self.unpend(idx);
+            let b = &mut self.bindings[idx];
             let landed = !b.confirmed;
             b.granted = g;
             b.confirmed = true;
@@ -1956,6 +2141,7 @@ impl Mirror {
             }
         }
         self.emit_change(idx, before, None);
+        self.track(now, idx);
         let slot = (idx / self.nodes.len()) as u32;
         self.maybe_free_aor(now, slot);
     }
@@ -2058,6 +2244,23 @@ fn from_tag(prefix: u32, slot: usize, node_uid: u32, gen: u32) -> Id {
 const MIN_WINDOW: f64 = 4.0;
 /// How long a node's fastest answer counts as its unloaded round trip (two periods kept).
 const BASE_PERIOD: Duration = Duration::from_secs(10);
+
+/// Whether the node holds the binding's registration, as far as the mirror knows: it confirmed
+/// it, is up, and no failure or unregister happened since (a refresh may be queued or in flight).
+fn holds(ns: &NodeState, b: &Binding) -> bool {
+    ns.health.up
+        && b.confirmed
+        && b.op == Op::Register
+        && matches!(b.phase, Phase::Registered | Phase::Queued | Phase::InFlight)
+}
+
+/// Whether a lag-heap entry `(since, slot)` of `node` is current: that binding is still
+/// pending since then.
+fn pending_at(bindings: &[Binding], nodes: usize, node: usize, slot: u32, since: Instant) -> bool {
+    bindings
+        .get(slot as usize * nodes + node)
+        .is_some_and(|b| b.pending_since == Some(since))
+}
 
 /// Operations a node may have in flight now: the fixed budget, or the congestion window.
 fn budget(cfg: &MirrorConfig, ns: &NodeState) -> usize {

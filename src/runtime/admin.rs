@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::core::mirror::{BindingState, Mirror, NodeId};
+use crate::core::mirror::{coverage_ratio, BindingState, Mirror, NodeId};
 use crate::runtime::metrics::Metrics;
 
 /// Questions the admin listener asks the driver task (which owns the `Mirror`).
@@ -37,8 +37,20 @@ pub struct NodeRow {
     pub address: String,
     /// `up`, `down` or `unknown` (no health probe has answered yet).
     pub health: String,
+    /// Bindings that should be on the node now (`core::mirror::Coverage`).
     pub desired: u64,
+    /// Bindings in state `registered`, desired or not, being replayed or not.
     pub confirmed: u64,
+    /// Desired bindings the node confirmed and has not possibly lost since (a failure, the
+    /// node down, its replay): `covered / desired` is the coverage.
+    #[serde(default)]
+    pub covered: u64,
+    /// `covered / desired` in percent, rounded down: 100 only when nothing is missing.
+    #[serde(default)]
+    pub coverage_percent: f64,
+    /// How long the oldest desired binding that is not covered has waited, in seconds (0: none).
+    #[serde(default)]
+    pub lag_seconds: f64,
     pub registering: u64,
     pub unregistering: u64,
     pub failing: u64,
@@ -127,6 +139,36 @@ impl UserStatus {
     }
 }
 
+impl NodeRow {
+    /// `covered / desired`, 1 when nothing is desired.
+    pub fn coverage_ratio(&self) -> f64 {
+        coverage_ratio(self.desired, self.covered)
+    }
+}
+
+/// `part / whole` in percent rounded down to 0.1 (in integers: 99.96% must not read 100%),
+/// 100 when `whole` is 0.
+fn floor_percent(whole: u64, part: u64) -> f64 {
+    match part.min(whole).saturating_mul(1000).checked_div(whole) {
+        Some(permille) => permille as f64 / 10.0,
+        None => 100.0,
+    }
+}
+
+/// `coverage_percent` as people read it: `100%`, `97.3%`.
+pub fn percent_text(p: f64) -> String {
+    format!("{p}%")
+}
+
+/// `lag_seconds` as people read it: `0 s`, `0.4 s`, `12 s`.
+pub fn lag_text(s: f64) -> String {
+    match s {
+        s if s <= 0.0 => "0 s".into(),
+        s if s < 10.0 => format!("{s:.1} s"),
+        s => format!("{s:.0} s"),
+    }
+}
+
 pub fn state_name(s: BindingState) -> &'static str {
     match s {
         BindingState::Registering => "registering",
@@ -148,10 +190,16 @@ pub fn farm_status(
         .enumerate()
         .map(|(i, n)| {
             let h = mirror.node_health(i as NodeId);
+            let c = h.as_ref().map(|h| h.coverage).unwrap_or_default();
             NodeRow {
                 name: n.name.clone(),
                 address: n.addr.to_string(),
                 health: health(i as NodeId).to_string(),
+                desired: c.desired as u64,
+                covered: c.confirmed as u64,
+                coverage_percent: floor_percent(c.desired as u64, c.confirmed as u64),
+                // Milliseconds are plenty and keep the JSON short; rounded up, so a lag shows.
+                lag_seconds: (c.lag(now).as_secs_f64() * 1000.0).ceil() / 1000.0,
                 challenges: h.as_ref().map_or(0, |h| h.challenges),
                 preemptive: h.as_ref().map_or(0, |h| h.preemptive),
                 preemptive_challenged: h.as_ref().map_or(0, |h| h.preemptive_challenged),
@@ -198,7 +246,6 @@ pub fn farm_status(
         }
     }
     for row in &mut nodes {
-        row.desired = live;
         let confirmed_live = row.confirmed - row.drift;
         row.drift += live.saturating_sub(confirmed_live);
     }
@@ -438,7 +485,8 @@ pub fn render_html(s: &FarmStatus) -> String {
          td,th{border:1px solid #ccc;padding:4px 12px;text-align:left}th{background:#f3f3f3}\
          td.n{text-align:right;font-variant-numeric:tabular-nums}\
          .up,.registered{color:#080;font-weight:600}.down,.failed{color:#c00;font-weight:600}\
-         .unknown,.registering,.unregistering,.standby{color:#a60}.active{color:#080;font-weight:600}.zero{color:#999}\
+         .unknown,.registering,.unregistering,.standby{color:#a60}.partial{color:#a60;font-weight:600}\
+         .active,.full{color:#080;font-weight:600}.zero{color:#999}\
          </style></head><body>",
     );
     let _ = write!(
@@ -465,8 +513,8 @@ pub fn render_html(s: &FarmStatus) -> String {
     );
     o.push_str(
         "<h2>Farm</h2><table id=\"nodes\"><tr><th>node</th><th>address</th><th>health</th>\
-         <th>desired</th><th>confirmed</th><th>registering</th><th>unregistering</th>\
-         <th>failing</th><th>drift</th></tr>",
+         <th>coverage</th><th>lag</th><th>desired</th><th>confirmed</th><th>registering</th>\
+         <th>unregistering</th><th>failing</th><th>drift</th></tr>",
     );
     let num = |o: &mut String, class: &str, v: u64| {
         let z = if v == 0 { " zero" } else { "" };
@@ -480,6 +528,18 @@ pub fn render_html(s: &FarmStatus) -> String {
             esc(&n.name),
             esc(&n.address),
             esc(&n.health)
+        );
+        let _ = write!(
+            o,
+            "<td class=\"n coverage {}\">{}</td><td class=\"n lag{}\">{}</td>",
+            if n.covered >= n.desired {
+                "full"
+            } else {
+                "partial"
+            },
+            percent_text(n.coverage_percent),
+            if n.lag_seconds > 0.0 { "" } else { " zero" },
+            lag_text(n.lag_seconds)
         );
         num(&mut o, "desired", n.desired);
         num(&mut o, "confirmed", n.confirmed);
@@ -554,6 +614,73 @@ mod tests {
         assert!(h.contains("ast&lt;1&gt;") && !h.contains("ast<1>"), "{h}");
         assert!(h.contains("http-equiv=\"refresh\""));
         assert!(h.contains("<td class=\"n confirmed\">1</td>"));
+    }
+
+    /// The mirror's coverage reaches the JSON and the page: a live user whose credential is
+    /// still being looked up is desired and not covered, its wait is the lag.
+    #[test]
+    fn nodes_show_the_mirrors_coverage_and_lag() {
+        use crate::core::digest::Secret;
+        use crate::core::mirror::{Credential, MirrorConfig, Transport};
+        use crate::core::testing::Sim;
+        let cfg = MirrorConfig {
+            domain: "regmirror.test".into(),
+            ..MirrorConfig::default()
+        };
+        let mut s = Sim::new(cfg, 2, Transport::Udp, 1);
+        s.add_user("1001", Secret::Password("pw".into()));
+        let now = s.now;
+        s.mirror
+            .aor_update(now, "1001", Duration::from_secs(600), None, None);
+        s.run_for(Duration::from_millis(2500));
+        let f = farm_status(&s.mirror, s.now, |_| "up", 0);
+        for n in &f.nodes {
+            assert_eq!(
+                (n.desired, n.covered, n.coverage_percent, n.lag_seconds),
+                (1, 0, 0.0, 2.5),
+                "{n:?}"
+            );
+        }
+        let h = render_html(&f);
+        assert!(
+            h.contains("<td class=\"n coverage partial\">0%</td>"),
+            "{h}"
+        );
+        assert!(h.contains("<td class=\"n lag\">2.5 s</td>"), "{h}");
+        let now = s.now;
+        let c = Credential {
+            username: "1001".into(),
+            secret: Secret::Password("pw".into()),
+        };
+        s.mirror.set_credential(now, "1001", Some(c));
+        s.run_for(Duration::from_secs(1));
+        let f = farm_status(&s.mirror, s.now, |_| "up", 0);
+        for n in &f.nodes {
+            assert_eq!(
+                (n.desired, n.covered, n.coverage_percent, n.lag_seconds),
+                (1, 1, 100.0, 0.0),
+                "{n:?}"
+            );
+        }
+        let json = serde_json::to_string(&f).unwrap();
+        assert!(
+            json.contains("\"coverage_percent\":100.0,\"lag_seconds\":0.0"),
+            "{json}"
+        );
+        let h = render_html(&f);
+        assert!(h.contains("<td class=\"n coverage full\">100%</td>"), "{h}");
+        assert!(h.contains("<td class=\"n lag zero\">0 s</td>"), "{h}");
+    }
+
+    #[test]
+    fn coverage_percent_rounds_down() {
+        assert_eq!(floor_percent(0, 0), 100.0);
+        assert_eq!(floor_percent(10_000, 10_000), 100.0);
+        assert_eq!(floor_percent(10_000, 9_999), 99.9);
+        assert_eq!(floor_percent(1000, 997), 99.7);
+        assert_eq!(floor_percent(3, 0), 0.0);
+        assert_eq!(percent_text(99.9), "99.9%");
+        assert_eq!(percent_text(100.0), "100%");
     }
 
     #[test]

@@ -411,38 +411,63 @@ fn render_farm(o: &mut String, f: &FarmStatus) {
             n.drift
         );
     }
-    // One series per node for each of these, read straight from the node's status row.
-    type NodeValue = fn(&crate::runtime::admin::NodeRow) -> u64;
-    let per_node: [(&str, &str, &str, NodeValue); 5] = [
+    // One series per node for each of these, read straight from the node's status row (f64
+    // prints integers without a fraction, exactly up to 2^53).
+    type NodeValue = fn(&crate::runtime::admin::NodeRow) -> f64;
+    let per_node: [(&str, &str, &str, NodeValue); 9] = [
+        (
+            "regmirror_node_desired_bindings",
+            "gauge",
+            "bindings that should be registered on the node now (one per live AOR), by node",
+            |n| n.desired as f64,
+        ),
+        (
+            "regmirror_node_confirmed_bindings",
+            "gauge",
+            "desired bindings the node confirmed and has not possibly lost since, by node",
+            |n| n.covered as f64,
+        ),
+        (
+            "regmirror_node_coverage_ratio",
+            "gauge",
+            "confirmed / desired bindings (1 when none is desired), by node",
+            |n| n.coverage_ratio(),
+        ),
+        (
+            "regmirror_node_lag_seconds",
+            "gauge",
+            "age of the oldest desired binding the node has not confirmed (0 when all are), by node",
+            |n| n.lag_seconds,
+        ),
         (
             "regmirror_node_inflight",
             "gauge",
             "REGISTER operations in flight, by node",
-            |n| n.inflight,
+            |n| n.inflight as f64,
         ),
         (
             "regmirror_node_window",
             "gauge",
             "REGISTER operations the node may have in flight now (farm.latency_target congestion window), by node",
-            |n| n.window,
+            |n| n.window as f64,
         ),
         (
             "regmirror_register_challenges_total",
             "counter",
             "digest challenges (401/407) received, by node",
-            |n| n.challenges,
+            |n| n.challenges as f64,
         ),
         (
             "regmirror_register_preemptive_total",
             "counter",
             "REGISTERs answering the node's latest nonce preemptively (farm.nonce_reuse), by node",
-            |n| n.preemptive,
+            |n| n.preemptive as f64,
         ),
         (
             "regmirror_register_preemptive_challenged_total",
             "counter",
             "preemptive REGISTERs the node challenged again (nonce expired or another realm), by node",
-            |n| n.preemptive_challenged,
+            |n| n.preemptive_challenged as f64,
         ),
     ];
     for (name, kind, help, get) in per_node {
@@ -558,5 +583,42 @@ mod tests {
         assert!(t.contains("regmirror_register_challenges_total{node=\"ast1\"} 2"));
         assert!(t.contains("regmirror_register_preemptive_total{node=\"ast1\"} 40"));
         assert!(t.contains("regmirror_register_preemptive_challenged_total{node=\"ast1\"} 1"));
+    }
+
+    #[test]
+    fn node_coverage_and_lag_gauges_render() {
+        let mut f = FarmStatus::default();
+        for (name, desired, covered, lag) in [("ast1", 8, 6, 12.5), ("ast2", 0, 0, 0.0)] {
+            f.nodes.push(crate::runtime::admin::NodeRow {
+                name: name.into(),
+                desired,
+                covered,
+                lag_seconds: lag,
+                ..Default::default()
+            });
+        }
+        let t = Metrics::default().render(Some(&f));
+        assert_exposition(&t);
+        for family in [
+            "regmirror_node_desired_bindings",
+            "regmirror_node_confirmed_bindings",
+            "regmirror_node_coverage_ratio",
+            "regmirror_node_lag_seconds",
+        ] {
+            assert!(t.contains(&format!("# HELP {family} ")), "{family}");
+            assert!(t.contains(&format!("# TYPE {family} gauge\n")), "{family}");
+        }
+        for line in [
+            "regmirror_node_desired_bindings{node=\"ast1\"} 8",
+            "regmirror_node_confirmed_bindings{node=\"ast1\"} 6",
+            "regmirror_node_coverage_ratio{node=\"ast1\"} 0.75",
+            "regmirror_node_lag_seconds{node=\"ast1\"} 12.5",
+            // Nothing desired: fully covered, no lag (what a dashboard's "caught up" tests).
+            "regmirror_node_desired_bindings{node=\"ast2\"} 0",
+            "regmirror_node_coverage_ratio{node=\"ast2\"} 1",
+            "regmirror_node_lag_seconds{node=\"ast2\"} 0",
+        ] {
+            assert!(t.lines().any(|l| l == line), "no `{line}` in\n{t}");
+        }
     }
 }
