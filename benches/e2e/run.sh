@@ -15,7 +15,9 @@
 #
 # Modes: none (baseline: Kamailio saves the phone's binding and notifies nobody, KAMAILIO_NOMIRROR;
 #        the nodes run idle), tutorial (no regmirror; Kamailio WITH_TUTORIAL), regmirror1 (one
-#        instance), regmirror (the compose default pair regmirror + regmirror2).
+#        instance), regmirror1-uncapped (one instance, farm.max_register_rate = 0: the nodes take
+#        new bindings at the pace of their own answers, the latency window), regmirror (the
+#        compose default pair regmirror + regmirror2).
 # Env: MODES ("none tutorial regmirror1 regmirror"), RATES ("100 150 200 250 300 400 500 600 700
 #      800"), STOP_AFTER (2: leave a mode after that many non-clean steps in a row; 0 = run every
 #      rate), STEP_SECS (10),
@@ -32,6 +34,11 @@
 #      for this run; the compose default of 2 s runs ~3 docker execs a second, and each exec
 #      (runc) takes the CPUs for tens of ms: 100-300 ms stalls every ~2 s at 1,000/s and more,
 #      worse with more containers, so every mode runs with 30 s).
+#      CALL_SAMPLES (20; 0 = off): phones spread over each burst that are called the moment their
+#      200 OK is in (callable_probe.py: time to callable, calls to registered phones that
+#      failed) -> $OUT/callable.csv; TUTORIAL_DIALPLAN (asis: the tutorial's nodes dial only the
+#      contacts they hold, benches/e2e/extensions-tutorial.conf; fallback: the project's dialplan,
+#      which hands a call for a user with no contact on the node to Kamailio).
 # Results: $OUT/results.csv, $OUT/results.md, raw SIPp files and docker stats per step.
 # Not part of tests/run-all.sh: it is a benchmark. It always ends with `scripts/stack down`.
 set -euo pipefail
@@ -53,6 +60,9 @@ SQL_PROFILE_SETTLE=${SQL_PROFILE_SETTLE:-5}
 OUT=${OUT:-"$ROOT/target/e2ebench/$(date -u +%Y%m%d-%H%M%S)"}
 PROVISIONER_DB_PASSWORD=${PROVISIONER_DB_PASSWORD:-provisioner-demo}
 BASE=300000
+CALL_SAMPLES=${CALL_SAMPLES:-20}
+TUTORIAL_DIALPLAN=${TUTORIAL_DIALPLAN:-asis}
+PROBE_BASE=900000
 export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-regmirror}
 
 mkdir -p "$OUT"
@@ -132,7 +142,15 @@ stack_up() { # mode
             "$STACK" up mariadb kamailio ast1 ast2 tester >>"$OUT/stack.log" 2>&1
         # Demo only: the plaintext-password view the tutorial needs (see the file).
         compose exec -T mariadb mariadb regmirror <"$HERE/tutorial-grant.sql"
-    elif [ "$1" = regmirror1 ]; then
+        if [ "$TUTORIAL_DIALPLAN" = asis ]; then
+            local n c
+            for n in ast1 ast2; do
+                c=$(compose ps -q "$n")
+                "$DOCKER" cp "$HERE/extensions-tutorial.conf" "$c":/etc/asterisk/extensions.conf
+                "$DOCKER" exec "$c" asterisk -rx "dialplan reload" >/dev/null
+            done
+        fi
+    elif [ "$1" = regmirror1 ] || [ "$1" = regmirror1-uncapped ]; then
         # one regmirror instance instead of the HA pair
         KAMAILIO_REGMIRROR_ADDR2= "$STACK" up mariadb kamailio ast1 ast2 regmirror tester >>"$OUT/stack.log" 2>&1
     else
@@ -149,8 +167,10 @@ stack_up() { # mode
             sed -i -e 's/^probe_interval = .*/probe_interval = "5s"/' -e 's/^probe_timeout = .*/probe_timeout = "2s"/' \
                 -e 's/^reconcile_interval = .*/reconcile_interval = "60s"/' \
                 -e "s/^audit_interval = .*/audit_interval = \"${AUDIT_INTERVAL:-5m}\"/" "$OUT/regmirror.toml"
-            if [ -n "${MAX_REGISTER_RATE:-}" ]; then
-                sed -i -e '/^max_register_rate = /d' -e "/^\[farm\]/a max_register_rate = $MAX_REGISTER_RATE" "$OUT/regmirror.toml"
+            local cap=${MAX_REGISTER_RATE:-}
+            [ "$1" = regmirror1-uncapped ] && cap=0
+            if [ -n "$cap" ]; then
+                sed -i -e '/^max_register_rate = /d' -e "/^\[farm\]/a max_register_rate = $cap" "$OUT/regmirror.toml"
             fi
             if [ -n "${STORM_HOLD:-}" ]; then
                 sed -i -e '/^storm_hold = /d' -e "/^\[farm\]/a storm_hold = \"$STORM_HOLD\"" "$OUT/regmirror.toml"
@@ -163,6 +183,7 @@ stack_up() { # mode
     cids
     "$DOCKER" exec "${CID[tester]}" mkdir -p /tmp/e2e
     "$DOCKER" cp "$HERE/register-rtd.xml" "${CID[tester]}":/tmp/e2e/register-rtd.xml
+    "$DOCKER" cp "$HERE/callable_probe.py" "${CID[tester]}":/tmp/e2e/callable_probe.py
     # let dispatcher's first OPTIONS probes mark both nodes up
     sleep 6
 }
@@ -207,6 +228,21 @@ for i in range(lo, hi + 1):
 " "$lo" "$hi" | "$DOCKER" exec -i "${CID[tester]}" sh -c "cat > /tmp/e2e/users-$mode-$rate.csv"
     log "$mode: $n registrations at $rate/s (users $lo..$hi)"
     [ "$SQL_PROFILE" = 1 ] && sql_profile_start
+    local prober=""
+    if [ "$CALL_SAMPLES" -gt 0 ]; then
+        # this step's sample phones and their callers: PROBE_BASE + 2 * (step * samples + i) (+1)
+        python3 -c "
+import sys
+first, n = int(sys.argv[1]), int(sys.argv[2])
+for i in range(n):
+    a = first + 2 * i
+    print(f'{a};pw{a};{a + 1};pw{a + 1}')
+" "$((PROBE_BASE + 2 * step_no * CALL_SAMPLES))" "$CALL_SAMPLES" \
+            | "$DOCKER" exec -i "${CID[tester]}" sh -c "mkdir -p /tmp/e2e/$mode-$rate && cat > /tmp/e2e/$mode-$rate/probe-users.csv"
+        "$DOCKER" exec "${CID[tester]}" python3 /tmp/e2e/callable_probe.py /tmp/e2e/$mode-$rate/callable.csv \
+            "$STEP_SECS" "$CALL_SAMPLES" 7000 /tmp/e2e/$mode-$rate/probe-users.csv >"$dir/callable.txt" 2>&1 &
+        prober=$!
+    fi
     cpu_sample "$dir/docker-stats.txt" &
     local sampler=$!
     t0=$(now_ms)
@@ -248,6 +284,12 @@ for i in range(lo, hi + 1):
     done
     if [ $ok = 1 ]; then conv=$(awk -v ms="$waited" 'BEGIN{printf "%.1f", ms/1000}'); else conv="no(${waited}ms)"; fi
     log "$mode $rate/s: accepted $accepted, ast1 $a1, ast2 $a2, converged $conv s after the burst"
+    if [ -n "$prober" ]; then
+        wait "$prober" || true
+        "$DOCKER" exec "${CID[tester]}" cat /tmp/e2e/$mode-$rate/callable.csv >"$dir/callable.csv" 2>/dev/null || true
+        log "$mode $rate/s time to callable: $(tail -1 "$dir/callable.txt")"
+        echo "$mode,$rate,$(tail -1 "$dir/callable.txt" | tr ' ' ',')" >>"$OUT/callable.csv"
+    fi
     python3 "$HERE/step_summary.py" "$dir" "$mode" "$rate" "$n" "$((t1 - t0))" "$accepted" "$a1" "$a2" "$conv" \
         >>"$OUT/results.csv"
     tail -1 "$OUT/results.csv" | tee -a "$OUT/run.log" >&2
@@ -257,7 +299,7 @@ echo "mode,rate,sent,ok,failed,burst_s,p50_ms,p99_ms,max_ms,accepted,ast1,ast2,c
     >"$OUT/results.csv"
 log "machine: $(nproc) cpu, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
 for mode in $MODES; do
-    case "$mode" in none|tutorial|regmirror1|regmirror) ;; *) log "unknown mode $mode"; exit 2 ;; esac
+    case "$mode" in none|tutorial|regmirror1|regmirror1-uncapped|regmirror) ;; *) log "unknown mode $mode"; exit 2 ;; esac
     log "mode $mode: stack up"
     stack_up "$mode"
     if [ -n "${NODE_CPU_SHARES:-}" ]; then
@@ -265,10 +307,14 @@ for mode in $MODES; do
         log "nodes at cpu-shares $NODE_CPU_SHARES"
     fi
     provision "$BASE" "$total_users"
+    nrates=$(echo $RATES | wc -w)
+    [ "$CALL_SAMPLES" -gt 0 ] && provision "$PROBE_BASE" "$((2 * CALL_SAMPLES * nrates))"
     lo=$BASE
     bad=0
+    step_no=0
     for r in $RATES; do
         run_step "$mode" "$r" "$lo"
+        step_no=$((step_no + 1))
         lo=$((lo + r * STEP_SECS))
         if python3 "$HERE/step_summary.py" --last-clean "$OUT/results.csv"; then bad=0; else bad=$((bad + 1)); fi
         if [ "$STOP_AFTER" -gt 0 ] && [ "$bad" -ge "$STOP_AFTER" ]; then

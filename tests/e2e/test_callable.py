@@ -208,6 +208,42 @@ def test_a_contact_naming_a_node_never_loops(stack, sipp, new_user, ports):
     assert cap.invites("600") == [], "Kamailio sent the call to the Contact on the node"
 
 
+# ----- each node's own view of the user -----
+
+def device_states(stack, user):
+    """DEVICE_STATE(PJSIP/<user>) on every node, read in parallel (`dialplan eval function`:
+    AMI's Getvar needs the `call` privilege, which regmirror's AMI account does not have)."""
+    def one(node):
+        out = stack.ast(node, f"dialplan eval function DEVICE_STATE(PJSIP/{user})")
+        m = re.search(r"^Result: (\S+)", out, re.M)
+        return node, m.group(1) if m else None
+    return dict(stack._pool.map(one, NODES))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Asterisk 22 keeps no device state for realtime users here: res_pjsip's endpoint state "
+    "machinery (pjsip_options.c) learns AORs and endpoints only when it lists them all (load, "
+    "reload), and with the memory caches of asterisk/etc/sorcery.conf that listing returns the "
+    "static `kamailio` endpoint only; a contact registered for an AOR it does not know is not "
+    "tracked, so DEVICE_STATE(PJSIP/<user>) stays UNAVAILABLE with the contact present (seen on "
+    "main too). docs/operations.md, 'What the mirror is still for'."))
+def test_device_state_on_every_node_follows_register_and_unregister(stack, new_user, phone):
+    """DEVICE_STATE(PJSIP/<user>) (hints, BLF, queue members) on each node: available within
+    1 s of the phone's 200 OK, unavailable within 1 s of its unregister's 200 OK."""
+    p = phone(*new_user())
+    assert device_states(stack, p.user) == {n: "UNAVAILABLE" for n in NODES}
+    p.register()
+    ok, took = poll(lambda: set(device_states(stack, p.user).values()) == {"NOT_INUSE"}, 1.0,
+                    0.02)
+    assert ok, device_states(stack, p.user)
+    print(f"\navailable on both nodes {took * 1000:.0f} ms after the 200 OK")
+    p.unregister()
+    ok, took = poll(lambda: set(device_states(stack, p.user).values()) == {"UNAVAILABLE"}, 1.0,
+                    0.02)
+    assert ok, device_states(stack, p.user)
+    print(f"unavailable on both nodes {took * 1000:.0f} ms after the unregister's 200 OK")
+
+
 # ----- a registration storm -----
 
 def test_phone_is_callable_right_after_its_200_in_a_storm(stack, sipp, storm_users, new_user,
@@ -304,32 +340,3 @@ def test_node_back_empty_answers_calls_before_the_replay(stack, sipp, storm_user
     ok, took = poll(lambda: want <= node_users(stack, "ast2"), 120, 1)
     assert ok, f"{len(want - node_users(stack, 'ast2'))} bindings not replayed onto ast2"
     print(f"\ncalls via {via}; ast2 complete {took:.1f} s after regmirror could reach it")
-
-
-# ----- each node's own view of the user -----
-
-def device_states(stack, user):
-    """DEVICE_STATE(PJSIP/<user>) on every node, read in parallel (`dialplan eval function`:
-    AMI's Getvar needs the `call` privilege, which regmirror's AMI account does not have)."""
-    def one(node):
-        out = stack.ast(node, f"dialplan eval function DEVICE_STATE(PJSIP/{user})")
-        m = re.search(r"^Result: (\S+)", out, re.M)
-        return node, m.group(1) if m else None
-    return dict(stack._pool.map(one, NODES))
-
-
-def test_device_state_on_every_node_follows_register_and_unregister(stack, new_user, phone):
-    """DEVICE_STATE(PJSIP/<user>) (hints, BLF, queue members) on each node: available within
-    1 s of the phone's 200 OK, unavailable within 1 s of its unregister's 200 OK."""
-    p = phone(*new_user())
-    assert device_states(stack, p.user) == {n: "UNAVAILABLE" for n in NODES}
-    p.register()
-    ok, took = poll(lambda: set(device_states(stack, p.user).values()) == {"NOT_INUSE"}, 1.0,
-                    0.02)
-    assert ok, device_states(stack, p.user)
-    print(f"\navailable on both nodes {took * 1000:.0f} ms after the 200 OK")
-    p.unregister()
-    ok, took = poll(lambda: set(device_states(stack, p.user).values()) == {"UNAVAILABLE"}, 1.0,
-                    0.02)
-    assert ok, device_states(stack, p.user)
-    print(f"unavailable on both nodes {took * 1000:.0f} ms after the unregister's 200 OK")
