@@ -15,9 +15,13 @@ use rsip::SipMessage;
 /// it reads without rsip, the same `ResponseInfo` as the rsip path. True when it took that path.
 fn check_incoming(data: &[u8]) -> bool {
     let full = sip::parse_message(data);
+    if let Ok(SipMessage::Response(r)) = &full {
+        read_response(&ResponseInfo::from_response(r));
+    }
     match (sip::parse_incoming(data), &full) {
         (Ok(Incoming::Response(info)), Ok(SipMessage::Response(r))) => {
             assert_eq!(info, ResponseInfo::from_response(r));
+            read_response(&info);
             return true;
         }
         (Ok(Incoming::Message(m)), Ok(f)) => assert_eq!(&m, f),
@@ -28,6 +32,13 @@ fn check_incoming(data: &[u8]) -> bool {
         ),
     }
     false
+}
+
+/// What the response path reads of a response beyond its headers (must not panic).
+fn read_response(info: &ResponseInfo) {
+    info.challenges(false);
+    info.challenges(true);
+    info.granted_expires("1001", "10.77.0.20:5060");
 }
 
 /// What the runtime does with one datagram; checks the answer it would send parses back.

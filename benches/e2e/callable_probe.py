@@ -25,7 +25,7 @@ SIPP_DIR = "/work/tests/sipp"
 KAMAILIO = "10.77.0.20:5060"
 TESTER = "10.77.0.50"
 REALM = "regmirror.test"
-RETRY_MS = 200
+RETRY_MS = 1000
 GIVE_UP_S = 120
 
 

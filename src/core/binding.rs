@@ -552,10 +552,10 @@ fn split_challenges(value: &str) -> Vec<&str> {
     let mut start: Option<usize> = None;
     let mut offset: usize = 0;
     for part in split_top_level(value, ',') {
-        let t = part.trim_start();
-        let is_scheme = t.len() > 6
-            && t[..6].eq_ignore_ascii_case("digest")
-            && t.as_bytes()[6].is_ascii_whitespace();
+        // Bytes, not `str` slicing: byte 6 may fall inside a multi-byte character.
+        let t = part.trim_start().as_bytes();
+        let is_scheme =
+            t.len() > 6 && t[..6].eq_ignore_ascii_case(b"digest") && t[6].is_ascii_whitespace();
         if is_scheme {
             if let Some(s) = start {
                 out.push(value[s..offset.saturating_sub(1)].trim());
@@ -649,6 +649,33 @@ mod tests {
         let c = Challenge::parse(parts[1]).unwrap();
         assert_eq!(c.nonce, "2");
         assert_eq!(c.qop.len(), 2);
+    }
+
+    #[test]
+    fn a_challenge_with_a_non_ascii_parameter_name_is_skipped_not_a_panic() {
+        // Byte 6 of `nonceé` falls inside the `é`: slicing the str there panicked (issue 15).
+        for v in [
+            "nonce\u{e9}=\"1\"",
+            "Digest nonce\u{e9}=\"1\", Digest realm=\"r\",nonce=\"2\"",
+            "\u{e9}\u{e9}\u{e9}\u{e9}",
+        ] {
+            let parts = split_challenges(v);
+            assert!(parts.len() <= 2, "{parts:?}");
+        }
+        let raw = "SIP/2.0 401 Unauthorized\r\nVia: SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bK1\r\n\
+                   From: <sip:1001@r>;tag=a\r\nTo: <sip:1001@r>;tag=b\r\n\
+                   Call-ID: c\r\nCSeq: 1 REGISTER\r\n\
+                   WWW-Authenticate: nonce\u{e9}=\"1\"\r\nContent-Length: 0\r\n\r\n";
+        // Whichever path reads it (without rsip, or through rsip), the challenge is skipped.
+        match crate::core::sip::parse_incoming(raw.as_bytes()) {
+            Ok(crate::core::sip::Incoming::Response(info)) => {
+                assert!(info.challenges(false).is_empty())
+            }
+            Ok(crate::core::sip::Incoming::Message(rsip::SipMessage::Response(r))) => {
+                assert!(ResponseInfo::from_response(&r).challenges(false).is_empty())
+            }
+            other => panic!("not read as a response: {other:?}"),
+        }
     }
 
     #[test]
