@@ -262,6 +262,9 @@ struct Counters {
 
 /// Immediate re-sends (challenges, 423) allowed in one attempt before it counts as failed.
 const MAX_ROUNDS: u8 = 4;
+/// The longest `Retry-After` honoured (seconds): RFC 5626's longest backoff.
+const MAX_RETRY_AFTER_S: u32 = 1800;
+
 /// Refresh this long before the granted expiry, beyond Timer F.
 const REFRESH_SLACK: Duration = Duration::from_secs(4);
 /// Output queues drained to empty give back capacity beyond this.
@@ -1823,7 +1826,8 @@ impl Mirror {
             404 if txn.expires == 0 => self.on_success(now, idx, &txn, info),
             503 => {
                 let wait = info.retry_after.map(|s| {
-                    let d = Duration::from_secs(u64::from(s));
+                    // Capped: a node (or a forged answer) must not park a binding for years.
+                    let d = Duration::from_secs(u64::from(s.min(MAX_RETRY_AFTER_S)));
                     // A little jitter so a node's shared Retry-After does not synchronise everyone.
                     d + d.mul_f64(self.rng.gen_range(0.0..0.1))
                 });
@@ -1851,7 +1855,12 @@ impl Mirror {
         b.last = LastResult::Status(info.code);
         b.failures = 0;
         if txn.expires > 0 {
-            let g = granted.filter(|&g| g > 0).unwrap_or(txn.expires);
+            // Never longer than asked: a longer grant would push the refresh past what the
+            // node will keep if it (or a forged answer) overstates it.
+            let g = granted
+                .filter(|&g| g > 0)
+                .unwrap_or(txn.expires)
+                .min(txn.expires);
             // The node has it: no longer pending (`Coverage`).
             self.unpend(idx);
             let b = &mut self.bindings[idx];

@@ -25,6 +25,8 @@ pub enum Scripted {
     Unavailable(Option<u32>),
     /// Challenge with `stale=true` whatever the request carried.
     Stale,
+    /// 200 granting this many seconds to the request's Contact, whatever was asked.
+    Granted(u32),
     /// Swallow the request (no response, not cached).
     Drop,
     /// Process normally (a placeholder to script a later request).
@@ -268,6 +270,10 @@ impl FakeRegistrar {
                     .unwrap_or_default(),
             ),
             Some(Scripted::Stale) => (401, self.challenge_headers(now, true, &f)),
+            Some(Scripted::Granted(g)) => (
+                200,
+                format!("Contact: <{contact_uri}>;expires={g}\r\nExpires: {g}\r\n"),
+            ),
             None | Some(Scripted::Pass) => match self.fail_all {
                 Some(c) => (c, String::new()),
                 None => self.process(
