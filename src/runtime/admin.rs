@@ -633,14 +633,15 @@ mod tests {
         s.mirror
             .aor_update(now, "1001", Duration::from_secs(600), None, None);
         s.run_for(Duration::from_millis(2500));
+        // (desired, covered, coverage %, lag s) of every node
+        let every_node = |f: &FarmStatus, want: (u64, u64, f64, f64)| {
+            for n in &f.nodes {
+                let got = (n.desired, n.covered, n.coverage_percent, n.lag_seconds);
+                assert_eq!(got, want, "{n:?}");
+            }
+        };
         let f = farm_status(&s.mirror, s.now, |_| "up", 0);
-        for n in &f.nodes {
-            assert_eq!(
-                (n.desired, n.covered, n.coverage_percent, n.lag_seconds),
-                (1, 0, 0.0, 2.5),
-                "{n:?}"
-            );
-        }
+        every_node(&f, (1, 0, 0.0, 2.5));
         let h = render_html(&f);
         assert!(
             h.contains("<td class=\"n coverage partial\">0%</td>"),
@@ -655,13 +656,7 @@ mod tests {
         s.mirror.set_credential(now, "1001", Some(c));
         s.run_for(Duration::from_secs(1));
         let f = farm_status(&s.mirror, s.now, |_| "up", 0);
-        for n in &f.nodes {
-            assert_eq!(
-                (n.desired, n.covered, n.coverage_percent, n.lag_seconds),
-                (1, 1, 100.0, 0.0),
-                "{n:?}"
-            );
-        }
+        every_node(&f, (1, 1, 100.0, 0.0));
         let json = serde_json::to_string(&f).unwrap();
         assert!(
             json.contains("\"coverage_percent\":100.0,\"lag_seconds\":0.0"),
