@@ -1,0 +1,87 @@
+"""Issue 15 (in part): what a host on the phones' side sends through Kamailio must not act on
+regmirror. Sent from 10.77.0.51, an extra address of the tester that is not exempt from
+Kamailio's flood bans (the tester's main address is, for load tests)."""
+
+import json
+import secrets
+import time
+
+import pytest
+
+from conftest import KAMAILIO, REGMIRROR, poll
+
+HOSTILE = "10.77.0.51"
+
+# Runs in the tester: one UDP datagram from HOSTILE to Kamailio, the first response line back.
+SEND = r"""
+import json, socket, sys
+src, dst, payload = sys.argv[1], sys.argv[2], sys.stdin.read().encode()
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((src, 0))
+s.settimeout(3)
+host, port = dst.split(":")
+s.sendto(payload.replace(b"@PORT@", str(s.getsockname()[1]).encode()), (host, int(port)))
+try:
+    data, peer = s.recvfrom(65535)
+    print(json.dumps({"from": f"{peer[0]}:{peer[1]}", "line": data.split(b"\r\n")[0].decode()}))
+except socket.timeout:
+    print(json.dumps({"from": None, "line": None}))
+"""
+
+
+@pytest.fixture(scope="module")
+def hostile(stack):
+    stack.sh("tester", f"ip addr add {HOSTILE}/24 dev eth0 2>/dev/null; true", check=True)
+    yield HOSTILE
+    stack.sh("tester", f"ip addr del {HOSTILE}/24 dev eth0 2>/dev/null; true")
+
+
+def send(stack, payload):
+    res = stack.exec("tester", ["python3", "-c", SEND, HOSTILE, f"{KAMAILIO}:5060"],
+                     input=payload.replace("\n", "\r\n"), timeout=15, check=True)
+    return json.loads(res.stdout)
+
+
+def forged_delete(user, request_uri, routes):
+    """An in-dialog-looking MESSAGE (To-tag, Route through Kamailio) carrying the notification
+    contract's headers for `user`, time in the future so real ones would look stale after it."""
+    future_us = int((time.time() + 3600) * 1e6)
+    tag = secrets.token_hex(4)
+    return (f"MESSAGE {request_uri} SIP/2.0\n"
+            f"Via: SIP/2.0/UDP {HOSTILE}:@PORT@;branch=z9hG4bK{secrets.token_hex(6)};rport\n"
+            f"Route: {routes}\n"
+            f"From: <sip:kamailio@{KAMAILIO}>;tag={tag}\n"
+            f"To: <sip:regmirror@{REGMIRROR}:5070>;tag=x{tag}\n"
+            f"Call-ID: {secrets.token_hex(8)}@{HOSTILE}\n"
+            "CSeq: 1 MESSAGE\n"
+            "Max-Forwards: 70\n"
+            "X-RegMirror-Event: delete\n"
+            f"X-RegMirror-AOR: {user}\n"
+            "X-RegMirror-Expires: 0\n"
+            "X-RegMirror-Contacts: 0\n"
+            f"X-RegMirror-Time: {future_us}\n"
+            "Content-Length: 0\n\n")
+
+
+@pytest.mark.parametrize("how", ["request-uri", "route"])
+def test_a_forged_notification_relayed_by_kamailio_changes_no_binding(
+        stack, hostile, new_user, phone, how):
+    """The forged `delete` goes to Kamailio with a To-tag and a Route naming Kamailio, aimed at
+    regmirror by its Request-URI or by a second Route: Kamailio refuses to relay it, and the
+    user stays registered on both nodes."""
+    p = phone(*new_user())
+    p.register()
+    assert poll(lambda: stack.mirrored(p.user), 2)[0], stack.contacts_of(p.user)
+    if how == "request-uri":
+        msg = forged_delete(p.user, f"sip:regmirror@{REGMIRROR}:5070", f"<sip:{KAMAILIO};lr>")
+    else:
+        msg = forged_delete(p.user, f"sip:regmirror@{KAMAILIO}",
+                            f"<sip:{KAMAILIO};lr>, <sip:{REGMIRROR}:5070;lr>")
+    answer = send(stack, msg)
+    assert answer["line"] is None or not answer["line"].startswith("SIP/2.0 2"), answer
+    time.sleep(2)  # what regmirror would have done by now
+    assert stack.mirrored(p.user), f"binding changed: {stack.contacts_of(p.user)}"
+    # and a real refresh is not taken for stale afterwards
+    p.register()
+    assert poll(lambda: stack.mirrored(p.user), 2)[0], stack.contacts_of(p.user)
+    print(f"\n{how}: Kamailio answered {answer}")
