@@ -686,26 +686,22 @@ fn retry_after_is_honoured_and_errors_back_off() {
 
 #[test]
 fn a_huge_retry_after_is_capped_and_a_grant_never_exceeds_what_was_asked() {
-    let mut s = sim(1);
-    s.registrars[0].script = [Scripted::Unavailable(Some(u32::MAX))]
-        .into_iter()
-        .collect();
-    let now = s.now;
-    s.mirror
-        .aor_update(now, "1001", secs(7200), None, Some(cred("1001", "s3cret")));
-    s.run_for(secs(1));
+    // One AOR against a node answering its requests as scripted.
+    let scripted = |script: Vec<Scripted>| {
+        let mut s = sim(1);
+        s.registrars[0].script = script.into_iter().collect();
+        let now = s.now;
+        s.mirror
+            .aor_update(now, "1001", secs(7200), None, Some(cred("1001", "s3cret")));
+        s.run_for(secs(1));
+        s
+    };
+    let s = scripted(vec![Scripted::Unavailable(Some(u32::MAX))]);
     let next = s.mirror.binding("1001", 0).unwrap().next_action.unwrap() - s.start;
     // 30 minutes, plus up to 10% jitter
     assert!(next >= secs(1800) && next <= secs(1981), "{next:?}");
 
-    let mut s = sim(1);
-    s.registrars[0].script = [Scripted::Pass, Scripted::Granted(u32::MAX)]
-        .into_iter()
-        .collect();
-    let now = s.now;
-    s.mirror
-        .aor_update(now, "1001", secs(7200), None, Some(cred("1001", "s3cret")));
-    s.run_for(secs(1));
+    let s = scripted(vec![Scripted::Pass, Scripted::Granted(u32::MAX)]);
     let asked = s.registrars[0].log.last().unwrap().expires;
     let b = s.mirror.binding("1001", 0).unwrap();
     assert_eq!(b.state, BindingState::Registered);
