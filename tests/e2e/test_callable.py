@@ -220,16 +220,11 @@ def device_states(stack, user):
     return dict(stack._pool.map(one, NODES))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Asterisk 22 keeps no device state for realtime users here: res_pjsip's endpoint state "
-    "machinery (pjsip_options.c) learns AORs and endpoints only when it lists them all (load, "
-    "reload), and with the memory caches of asterisk/etc/sorcery.conf that listing returns the "
-    "static `kamailio` endpoint only; a contact registered for an AOR it does not know is not "
-    "tracked, so DEVICE_STATE(PJSIP/<user>) stays UNAVAILABLE with the contact present (seen on "
-    "main too). docs/operations.md, 'What the mirror is still for'."))
 def test_device_state_on_every_node_follows_register_and_unregister(stack, new_user, phone):
-    """DEVICE_STATE(PJSIP/<user>) (hints, BLF, queue members) on each node: available within
-    1 s of the phone's 200 OK, unavailable within 1 s of its unregister's 200 OK."""
+    """DEVICE_STATE(PJSIP/<user>) (hints, BLF, queue members) on each node for a user
+    provisioned after the nodes started: available within 1 s of the phone's 200 OK,
+    unavailable within 1 s of its unregister's 200 OK (res_regmirror_devstate: without it the
+    state stays UNAVAILABLE with the contact present)."""
     p = phone(*new_user())
     assert device_states(stack, p.user) == {n: "UNAVAILABLE" for n in NODES}
     p.register()
@@ -242,6 +237,22 @@ def test_device_state_on_every_node_follows_register_and_unregister(stack, new_u
                     0.02)
     assert ok, device_states(stack, p.user)
     print(f"unavailable on both nodes {took * 1000:.0f} ms after the unregister's 200 OK")
+
+
+def test_device_state_follows_expiry_in_kamailio(stack, new_user, phone):
+    """A phone that stops refreshing: once Kamailio expires its binding, both nodes report the
+    user unavailable within 1 s."""
+    p = phone(*new_user())
+    p.register(expires=10)
+    ok, _ = poll(lambda: set(device_states(stack, p.user).values()) == {"NOT_INUSE"}, 1.0, 0.02)
+    assert ok, device_states(stack, p.user)
+    p.registered = False  # left to expire in Kamailio
+    expired, _ = poll(lambda: stack.location(p.user) == [], 30, 0.1)
+    assert expired, stack.location(p.user)
+    ok, took = poll(lambda: set(device_states(stack, p.user).values()) == {"UNAVAILABLE"}, 1.0,
+                    0.02)
+    assert ok, device_states(stack, p.user)
+    print(f"\nunavailable on both nodes {took * 1000:.0f} ms after Kamailio expired it")
 
 
 # ----- a registration storm -----
