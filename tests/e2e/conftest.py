@@ -310,12 +310,12 @@ class Sipp:
     def __init__(self, stack):
         self.stack = stack
 
-    def _script(self, scenario, rows, port, mport, args, timeout):
+    def _script(self, scenario, rows, port, mport, args, timeout, source=TESTER):
         n = next(self._seq)
         base = f"{TMP}/sipp-{os.getpid()}-{n}-{Path(scenario).stem}"
         inf = "\n".join(["SEQUENTIAL"] + [";".join(map(str, r)) for r in rows]) + "\n"
         cmd = [
-            "sipp", "-sf", f"/work/tests/sipp/{scenario}", "-i", TESTER, "-p", str(port),
+            "sipp", "-sf", f"/work/tests/sipp/{scenario}", "-i", source, "-p", str(port),
             "-mp", str(mport), "-s", REALM, "-m", "1", "-nostdin",
             "-timeout", str(timeout), "-timeout_error",
             "-trace_msg", "-message_file", f"{base}.msg",
@@ -329,10 +329,12 @@ class Sipp:
         return base, script
 
     def run(self, scenario, rows=(), *, port, mport=None, args=(), target=KAMAILIO_SIP,
-            timeout=15):
-        """Run one call of `scenario` and wait; returns a SippResult (rc 0 = pass)."""
+            timeout=15, source=TESTER):
+        """Run one call of `scenario` from `source` (an address of the tester) and wait;
+        returns a SippResult (rc 0 = pass)."""
         args = list(args) + ([target] if target else [])
-        base, script = self._script(scenario, rows, port, mport or 10000 + (port % 1000) * 4, args, timeout)
+        base, script = self._script(scenario, rows, port, mport or 10000 + (port % 1000) * 4,
+                                    args, timeout, source)
         self.stack.sh("tester", script, timeout=timeout + 15)
         return self.result(base)
 

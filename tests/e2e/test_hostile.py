@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import KAMAILIO, REGMIRROR, poll
+from conftest import KAMAILIO, NODES, REGMIRROR, TESTER, poll
 
 HOSTILE = "10.77.0.51"
 
@@ -85,3 +85,49 @@ def test_a_forged_notification_relayed_by_kamailio_changes_no_binding(
     p.register()
     assert poll(lambda: stack.mirrored(p.user), 2)[0], stack.contacts_of(p.user)
     print(f"\n{how}: Kamailio answered {answer}")
+
+
+# ----- contacts -----
+
+INFRA_CONTACTS = {
+    "node": f"sip:600@{NODES['ast1']}:5060",
+    "node-other-port": f"sip:600@{NODES['ast2']}:5080",
+    "node-by-name": "sip:600@ast1",
+    "kamailio": f"sip:600@{KAMAILIO}:5060",
+    "regmirror": f"sip:regmirror@{REGMIRROR}:5070",
+}
+
+
+@pytest.mark.parametrize("target", INFRA_CONTACTS)
+def test_a_contact_naming_infrastructure_is_refused(stack, sipp, hostile, new_user, ports,
+                                                    target):
+    """A valid account registers a Contact that names a farm node (by address, on any port, by
+    name), Kamailio or regmirror, second in a list after a harmless one: Kamailio answers 403
+    and stores nothing, so no call for the user is ever sent there from Kamailio's trusted
+    address with a Request-URI the registrant chose."""
+    user, password = new_user()
+    contacts = f"sip:{user}@{hostile}:5999>, <{INFRA_CONTACTS[target]}"
+    res = sipp.run("register-contact.xml", [(user, password, 60, contacts)],
+                   port=next(ports), source=hostile)
+    codes = [c for c, _ in res.responses("REGISTER")]
+    assert codes and codes[-1] == 403 and 200 not in codes, res.stdout
+    assert stack.location(user) == []
+    assert stack.absent(user), stack.contacts_of(user)
+
+
+def test_contacts_per_aor_are_limited(stack, sipp, hostile, new_user, ports):
+    """Ten devices per AOR (REG_MAX_CONTACTS): an eleventh contact is refused and the ten stay."""
+    user, password = new_user()
+    ten = ">, <".join(f"sip:{user}@{hostile}:{6000 + i}" for i in range(10))
+    res = sipp.run("register-contact.xml", [(user, password, 60, ten)], port=next(ports),
+                   source=hostile)
+    assert res.rc == 0, res.stdout
+    assert len(stack.location(user)) == 10
+    res = sipp.run("register-contact.xml", [(user, password, 60, f"sip:{user}@{hostile}:6010")],
+                   port=next(ports), source=hostile)
+    codes = [c for c, _ in res.responses("REGISTER")]
+    assert codes and codes[-1] >= 400 and 200 not in codes, res.stdout
+    assert len(stack.location(user)) == 10
+    res = sipp.run("register-contact.xml", [(user, password, 0, ten)], port=next(ports),
+                   source=hostile)
+    assert res.rc == 0 and stack.location(user) == [], res.stdout
