@@ -4,13 +4,37 @@
 #   AST_NODE_NAME   node name (User-Agent, dialplan ${NODE_NAME}); default: hostname
 #   KAMAILIO_ADDR   Kamailio's SIP ip:port; INVITEs from exactly there are trusted
 #   DB_HOST DB_PORT DB_NAME DB_USER DB_PASSWORD   shared realtime database
+#   REGMIRROR_ADDRS   regmirror instances' IPs, comma-separated: with Kamailio's, the only
+#                     sources this node takes SIP from (pjsip_acl.conf), and AMI's default permit
 #   AMI_USER AMI_SECRET AMI_PERMIT   the AMI account regmirror audits with (manager.conf)
+# DB_PASSWORD and AMI_SECRET are required, also as *_FILE (a file holding the secret). The demo
+# values of the compose stack are refused unless ALLOW_DEMO_SECRETS=yes.
 set -euo pipefail
+die() { echo "asterisk entrypoint: $*" >&2; exit 1; }
+# VAR from the environment or from the file named by VAR_FILE.
+secret() {
+    local name=$1 file_var="${1}_FILE"
+    if [ -n "${!file_var:-}" ]; then
+        [ -r "${!file_var}" ] || die "$file_var: cannot read ${!file_var}"
+        printf -v "$name" '%s' "$(cat "${!file_var}")"
+    fi
+    [ -n "${!name:-}" ] || die "$name (or $file_var) is required"
+    case "${!name}" in
+        regmirror-ami-demo|asterisk-demo)
+            [ "${ALLOW_DEMO_SECRETS:-}" = yes ] \
+                || die "$name is the published demo secret; set your own (ALLOW_DEMO_SECRETS=yes only for the demo stack)" ;;
+    esac
+}
 : "${AST_NODE_NAME:=$(hostname)}"
 : "${KAMAILIO_ADDR:=10.77.0.20:5060}"
-: "${DB_HOST:=mariadb}" "${DB_PORT:=3306}" "${DB_NAME:=regmirror}"
-: "${DB_USER:=asterisk}" "${DB_PASSWORD:=asterisk-demo}"
-: "${AMI_USER:=regmirror}" "${AMI_SECRET:=regmirror-ami-demo}" "${AMI_PERMIT:=10.77.0.0/255.255.255.0}"
+: "${DB_HOST:=mariadb}" "${DB_PORT:=3306}" "${DB_NAME:=regmirror}" "${DB_USER:=asterisk}"
+: "${AMI_USER:=regmirror}"
+[ -n "${REGMIRROR_ADDRS:-}" ] || die "REGMIRROR_ADDRS (the regmirror instances' IPs) is required"
+secret DB_PASSWORD
+secret AMI_SECRET
+IFS=, read -r -a regmirror_ips <<< "$REGMIRROR_ADDRS"
+: "${AMI_PERMIT:=$REGMIRROR_ADDRS}"
+IFS=, read -r -a ami_permits <<< "$AMI_PERMIT"
 export AST_NODE_NAME
 
 etc=/etc/asterisk
@@ -27,6 +51,14 @@ type = identify
 endpoint = kamailio
 match = $KAMAILIO_ADDR
 CONF
+# Kamailio and regmirror are the only SIP peers a node has: phones reach it through Kamailio.
+{
+    echo "[farm-only]"
+    echo "type = acl"
+    echo "deny = 0.0.0.0/0.0.0.0"
+    echo "permit = ${KAMAILIO_ADDR%:*}/255.255.255.255"
+    for ip in "${regmirror_ips[@]}"; do echo "permit = ${ip// /}/255.255.255.255"; done
+} > "$etc/pjsip_acl.conf"
 (umask 077; cat > "$etc/res_odbc_credentials.conf" <<CONF
 username => $DB_USER
 password => $DB_PASSWORD
@@ -38,10 +70,14 @@ CONF
 secret = $AMI_SECRET
 deny = 0.0.0.0/0.0.0.0
 permit = 127.0.0.1/255.255.255.255
-permit = $AMI_PERMIT
 read = system
 write = system
 CONF
+for net in "${ami_permits[@]}"; do
+    net=${net// /}
+    [[ $net == */* ]] || net="$net/255.255.255.255"
+    echo "permit = $net" >> "$etc/manager_users.conf"
+done
 )
 sed -i -e "s/^SERVER = .*/SERVER = $DB_HOST/" -e "s/^PORT = .*/PORT = $DB_PORT/" \
        -e "s/^DATABASE = .*/DATABASE = $DB_NAME/" /etc/odbc.ini

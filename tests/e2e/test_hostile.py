@@ -4,11 +4,12 @@ Kamailio's flood bans (the tester's main address is, for load tests)."""
 
 import json
 import secrets
+import subprocess
 import time
 
 import pytest
 
-from conftest import KAMAILIO, NODES, REGMIRROR, TESTER, poll
+from conftest import DOCKER, KAMAILIO, NODES, REGMIRROR, poll
 
 HOSTILE = "10.77.0.51"
 
@@ -131,3 +132,60 @@ def test_contacts_per_aor_are_limited(stack, sipp, hostile, new_user, ports):
     res = sipp.run("register-contact.xml", [(user, password, 0, ten)], port=next(ports),
                    source=hostile)
     assert res.rc == 0 and stack.location(user) == [], res.stdout
+
+
+# ----- the farm behind the door -----
+
+AMI_LOGIN = r"""
+import socket, sys
+src, host = sys.argv[1], sys.argv[2]
+s = socket.create_connection((host, 5038), timeout=5, source_address=(src, 0))
+s.sendall(b"Action: Login\r\nUsername: regmirror\r\nSecret: regmirror-ami-demo\r\n\r\n")
+data = b""
+try:
+    while b"\r\n\r\n" not in data.split(b"\r\n", 1)[-1]:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+except OSError:
+    pass
+print(data.decode(errors="replace"))
+"""
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_a_node_takes_no_sip_from_the_phones_side(stack, sipp, hostile, new_user, ports, node):
+    """A phone with valid credentials registers straight at a node, bypassing Kamailio (its
+    bans, its authentication): the node refuses it (its ACL admits Kamailio and regmirror
+    only), and the user's contacts on the node stay regmirror's."""
+    user, password = new_user()
+    res = sipp.run("register-contact.xml",
+                   [(user, password, 60, f"sip:{user}@{hostile}:5998")],
+                   port=next(ports), source=hostile, target=f"{NODES[node]}:5060", timeout=6)
+    assert res.rc != 0
+    assert 200 not in [c for c, _ in res.responses("REGISTER")], res.stdout
+    assert not any(hostile in c for c in stack.contacts_of(user).get(node, [])), \
+        stack.contacts_of(user)
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_ami_refuses_the_phones_side(stack, hostile, node):
+    """AMI login from a phone-side host with the account and the demo secret committed in this
+    repository: refused (AMI permits regmirror's addresses only)."""
+    res = stack.exec("tester", ["python3", "-c", AMI_LOGIN, hostile, NODES[node]], timeout=15)
+    assert "Response: Success" not in res.stdout, res.stdout
+    assert "Authentication failed" in res.stdout or res.returncode != 0, res.stdout
+
+
+def test_a_node_refuses_to_start_with_the_demo_secrets(stack):
+    """The Asterisk image outside the demo stack: the published demo secrets, or none, stop it
+    at once with a clear error."""
+    image = "regmirror/asterisk:dev"
+    base = [DOCKER, "run", "--rm", "-e", "REGMIRROR_ADDRS=192.0.2.40"]
+    demo = subprocess.run(base + ["-e", "DB_PASSWORD=asterisk-demo", "-e", "AMI_SECRET=ami-s3c",
+                                  image], capture_output=True, text=True, timeout=60)
+    assert demo.returncode != 0 and "demo secret" in demo.stderr, demo.stderr
+    missing = subprocess.run(base + ["-e", "DB_PASSWORD=s3cret-db", image],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "AMI_SECRET" in missing.stderr, missing.stderr
