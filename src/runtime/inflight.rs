@@ -17,7 +17,11 @@ pub struct InFlight {
     by_addr: HashMap<SocketAddr, u16>,
     /// Entries older than this have timed out (Timer F plus slack) and are dropped.
     max_age: Duration,
+    /// `on_send` sweeps at most once per `SWEEP_EVERY`: the table stays bounded while running.
+    next_sweep: Option<Instant>,
 }
+
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl InFlight {
     pub fn new(node_addrs: impl IntoIterator<Item = SocketAddr>, timer_f: Duration) -> Self {
@@ -30,6 +34,7 @@ impl InFlight {
                 .map(|(i, a)| (a, i as u16))
                 .collect(),
             max_age: timer_f + Duration::from_secs(1),
+            next_sweep: None,
         }
     }
 
@@ -38,6 +43,10 @@ impl InFlight {
     pub fn on_send(&mut self, payload: &[u8], dest: SocketAddr, now: Instant) -> bool {
         if !payload.starts_with(b"REGISTER ") {
             return false;
+        }
+        if self.next_sweep.is_none_or(|t| now >= t) {
+            self.sweep(now);
+            self.next_sweep = Some(now + SWEEP_EVERY);
         }
         let Some(&node) = self.by_addr.get(&dest) else {
             return false;
@@ -194,6 +203,32 @@ mod tests {
             f.on_send(third.as_bytes(), node, t0),
             "after a 503 the next attempt is a retry"
         );
+    }
+
+    /// Issue 15: transactions that time out while the driver runs are forgotten (and count as
+    /// failures) without anyone calling `sweep`: the table stays bounded.
+    #[test]
+    fn timed_out_transactions_leave_the_table_while_running() {
+        let node: SocketAddr = "10.0.0.1:5060".parse().unwrap();
+        let mut f = InFlight::new([node], Duration::from_secs(32));
+        let t0 = Instant::now();
+        for i in 0..1000 {
+            let req = REQ
+                .replace("-abc", &format!("-{i}"))
+                .replace("Call-ID: x", &format!("Call-ID: c{i}"));
+            f.on_send(req.as_bytes(), node, t0);
+        }
+        assert_eq!(f.len(), 1000);
+        // 40 s later, never answered: one more REGISTER goes out.
+        let late = t0 + Duration::from_secs(40);
+        let retry = REQ
+            .replace("-abc", "-late")
+            .replace("Call-ID: x", "Call-ID: c7");
+        assert!(
+            f.on_send(retry.as_bytes(), node, late),
+            "a timed-out transaction is a failure"
+        );
+        assert_eq!(f.len(), 1, "timed-out transactions stayed in flight");
     }
 
     fn resp_on(branch_suffix: &str, code: u16) -> rsip::Response {
