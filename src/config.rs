@@ -202,6 +202,10 @@ pub struct FarmSettings {
     /// Period of the full reconciliation against Kamailio's `location` table.
     #[serde(with = "humantime_serde")]
     pub reconcile_interval: Duration,
+    /// Circuit breaker: a reconciliation that would drop more than this share of the live
+    /// users (and more than 10) is refused whole, logged and counted: a time-zone or realm
+    /// mismatch makes every user look gone. Bindings still end at their own expiry.
+    pub reconcile_max_drop: f64,
     /// Period of the AMI drift audit of each node that has `ami` configured.
     #[serde(with = "humantime_serde")]
     pub audit_interval: Duration,
@@ -220,6 +224,7 @@ impl Default for FarmSettings {
             max_register_rate: 0,
             storm_hold: Duration::from_secs(30),
             reconcile_interval: Duration::from_secs(60),
+            reconcile_max_drop: 0.5,
             audit_interval: Duration::from_secs(300),
         }
     }
@@ -531,6 +536,15 @@ impl Config {
         }
         if f.reconcile_interval < Duration::from_secs(1) {
             return Err(invalid("farm.reconcile_interval", "must be at least 1s"));
+        }
+        if f.reconcile_max_drop.is_nan()
+            || f.reconcile_max_drop <= 0.0
+            || f.reconcile_max_drop > 1.0
+        {
+            return Err(invalid(
+                "farm.reconcile_max_drop",
+                "must be a share above 0 and at most 1 (1 = no breaker)",
+            ));
         }
         if f.audit_interval < Duration::from_secs(1) {
             return Err(invalid("farm.audit_interval", "must be at least 1s"));

@@ -286,13 +286,15 @@ fn reconcile_adds_missing_and_removes_stale_but_keeps_newer_notifications() {
         .aor_update(now, "e", secs(3600), None, Some(cred("e")));
     s.run_for(secs(1));
     s.events.clear();
-    s.mirror.reconcile(
-        snapshot,
-        &[
-            ("b".into(), secs(300)),
-            ("d@regmirror.test".into(), secs(600)),
-        ],
-    );
+    s.mirror
+        .reconcile(
+            snapshot,
+            &[
+                ("b".into(), secs(300)),
+                ("d@regmirror.test".into(), secs(600)),
+            ],
+        )
+        .expect("two of five dropped is below the breaker's floor");
     // d is new: the mirror asks for its credential.
     let missing: Vec<_> = s
         .take_events()
@@ -345,7 +347,8 @@ fn audit_repairs_missing_and_stale_contacts() {
 
     let now = s.now;
     s.mirror
-        .reconcile(now, &[("a".into(), secs(3000)), ("b".into(), secs(3000))]);
+        .reconcile(now, &[("a".into(), secs(3000)), ("b".into(), secs(3000))])
+        .unwrap();
     let actual = s.registrars[0].contact_users(now, CONTACT);
     s.events.clear();
     let r = s.mirror.audit(now, 0, &actual);
@@ -995,4 +998,43 @@ fn a_contact_lost_behind_our_back_is_pending_until_the_audit_repairs_it() {
     s.run_for(secs(2));
     assert!(caught_up(&s));
     assert!(s.registrars[0].contact(&user(3), s.now).is_some());
+}
+
+/// Issue 15: a `location` snapshot that would drop most live users at once (a time-zone or
+/// realm mismatch makes everybody look gone) is refused whole; a smaller drop is applied.
+#[test]
+fn reconcile_circuit_breaker_refuses_a_mass_drop() {
+    let mut s = Sim::new(config(), 1, Transport::Udp, 6);
+    let users: Vec<String> = (0..40).map(|i| format!("u{i}")).collect();
+    for u in &users {
+        s.add_user(u, Secret::Password(format!("pw-{u}")));
+    }
+    let now = s.now;
+    for u in &users {
+        s.mirror.aor_update(now, u, secs(3600), None, Some(cred(u)));
+    }
+    s.run_for(secs(5));
+    assert_eq!(s.mirror.stats().registered, 40);
+
+    // Everybody gone (or all but a few): refused, nothing changes.
+    let now = s.now;
+    let few: Vec<(String, Duration)> = users[..5].iter().map(|u| (u.clone(), secs(600))).collect();
+    for snapshot in [&[][..], &few[..]] {
+        let refused = s.mirror.reconcile(now, snapshot).unwrap_err();
+        assert_eq!(refused.live, 40);
+        assert_eq!(refused.dropping, 40 - snapshot.len());
+    }
+    s.run_for(secs(5));
+    assert_eq!(s.registrars[0].contact_users(s.now, CONTACT).len(), 40);
+    assert!(users.iter().all(|u| s.mirror.is_live(s.now, u)));
+
+    // A quarter gone: applied, and those are unregistered.
+    let now = s.now;
+    let most: Vec<(String, Duration)> =
+        users[10..].iter().map(|u| (u.clone(), secs(600))).collect();
+    s.mirror.reconcile(now, &most).unwrap();
+    s.run_for(secs(5));
+    let left = s.registrars[0].contact_users(s.now, CONTACT);
+    assert_eq!(left.len(), 30);
+    assert!(!left.contains("u0") && left.contains("u10"));
 }

@@ -46,7 +46,25 @@ pub struct Node {
     pub transport: Transport,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Drops below this many AORs are never refused: a small installation may well lose most of
+/// its few phones at once.
+pub const RECONCILE_DROP_FLOOR: usize = 10;
+
+/// True when dropping `dropping` of `live` AORs at once is too much to trust (more than
+/// `max_share` of them, and more than [`RECONCILE_DROP_FLOOR`]).
+pub fn drop_refused(live: usize, dropping: usize, max_share: f64) -> bool {
+    dropping > RECONCILE_DROP_FLOOR && dropping as f64 > max_share * live as f64
+}
+
+/// A reconciliation snapshot refused by the circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("snapshot would drop {dropping} of {live} live users")]
+pub struct ReconcileRefused {
+    pub live: usize,
+    pub dropping: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct MirrorConfig {
     /// SIP domain and realm: R-URI `sip:<domain>`, To/From `sip:<user>@<domain>`.
     pub domain: String,
@@ -65,6 +83,9 @@ pub struct MirrorConfig {
     pub max_inflight_per_node: usize,
     /// Failed unregister attempts after which a binding is forgotten anyway.
     pub unregister_attempts: u16,
+    /// Reconciliation circuit breaker: the largest share of live AORs one snapshot may drop
+    /// ([`drop_refused`]).
+    pub reconcile_max_drop: f64,
     /// Node health probes and replay pacing.
     pub farm: FarmConfig,
 }
@@ -84,6 +105,7 @@ impl Default for MirrorConfig {
             user_agent: concat!("regmirror/", env!("CARGO_PKG_VERSION")).into(),
             max_inflight_per_node: 512,
             unregister_attempts: 3,
+            reconcile_max_drop: 0.5,
             farm: FarmConfig::default(),
         }
     }
@@ -910,8 +932,38 @@ impl Mirror {
     /// is an AOR with the time until its last contact expires. AORs not listed are gone
     /// (unregistered), except those a notification updated at or after `now` (newer than the
     /// snapshot). AORs new to the mirror register through the paced queue.
-    pub fn reconcile(&mut self, now: Instant, live: &[(String, Duration)]) {
+    ///
+    /// A snapshot that would drop more than `reconcile_max_drop` of the live AORs is refused
+    /// whole ([`drop_refused`]): nothing changes, and the bindings still end at their own expiry.
+    pub fn reconcile(
+        &mut self,
+        now: Instant,
+        live: &[(String, Duration)],
+    ) -> Result<(), ReconcileRefused> {
         self.ensure_started(now);
+        let mut in_snapshot = vec![false; self.aors.len()];
+        for (aor, expires) in live {
+            let slot = user_part(aor).and_then(|u| self.by_name.get(u));
+            if let (Some(&s), false) = (slot, expires.is_zero()) {
+                in_snapshot[s as usize] = true;
+            }
+        }
+        let (mut live_now, mut dropping) = (0usize, 0usize);
+        for (slot, a) in self.aors.iter().enumerate() {
+            if a.name.is_none() || a.live_until.is_none() {
+                continue;
+            }
+            live_now += 1;
+            if !in_snapshot[slot] && a.changed.is_none_or(|c| c < now) {
+                dropping += 1;
+            }
+        }
+        if drop_refused(live_now, dropping, self.cfg.reconcile_max_drop) {
+            return Err(ReconcileRefused {
+                live: live_now,
+                dropping,
+            });
+        }
         let mut seen = vec![false; self.aors.len()];
         for (aor, expires) in live {
             let Some(user) = user_part(aor) else {
@@ -958,6 +1010,7 @@ impl Mirror {
             self.drive_aor(now, slot as u32);
         }
         self.reconciled = true;
+        Ok(())
     }
 
     /// Compares `node`'s actual contacts (users whose contact points at our `contact_host`)

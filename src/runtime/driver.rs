@@ -17,7 +17,8 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{Config, TransportKind};
 use crate::core::binding::{refresh_period, ResponseInfo};
 use crate::core::mirror::{
-    BindingState, Credential, Event, FarmConfig, Mirror, MirrorConfig, Node, Transmit, Transport,
+    drop_refused, BindingState, Credential, Event, FarmConfig, Mirror, MirrorConfig, Node,
+    Transmit, Transport,
 };
 use crate::core::notify::{aor_user, parse_notification};
 use crate::core::peer::{self, Transition};
@@ -124,6 +125,7 @@ impl Driver {
             retry_max: config.sip.retry_max,
             user_agent: config.sip.user_agent.clone(),
             max_inflight_per_node: config.farm.max_inflight_per_node,
+            reconcile_max_drop: config.farm.reconcile_max_drop,
             farm: FarmConfig {
                 probe_interval: (!config.farm.probe_interval.is_zero())
                     .then_some(config.farm.probe_interval),
@@ -289,20 +291,51 @@ impl Driver {
             return; // read before going standby
         }
         let first = !self.mirror.is_reconciled();
-        self.mirror.reconcile(r.at, &r.live);
-        let now = Instant::now();
-        let mut removed = 0usize;
-        self.reconcile_users.clear();
-        for (aor, _) in &r.live {
-            let user = aor_user(aor).to_string();
-            // Live in Kamailio but no credential: removed from ps_endpoints/ps_auths.
-            if !r.credentials.contains_key(&user) && self.mirror.is_live(now, &user) {
-                self.mirror.set_credential(now, &user, None);
-                self.remove_over_ami(&user);
-                removed += 1;
-            }
-            self.reconcile_users.insert(user);
+        if let Err(refused) = self.mirror.reconcile(r.at, &r.live) {
+            Metrics::inc(&self.metrics.reconcile_refused);
+            tracing::error!(
+                live = refused.live,
+                dropping = refused.dropping,
+                max_share = self.mirror.config().reconcile_max_drop,
+                "reconciliation refused: the snapshot of `location` would drop too many live users \
+                 at once (Kamailio and MariaDB time zones, or the realm, disagree?); nothing changed"
+            );
+            return;
         }
+        let now = Instant::now();
+        // Live in Kamailio but no credential: removed from ps_endpoints/ps_auths. The same
+        // breaker: a realm mismatch makes every credential look gone.
+        let gone: Vec<String> = r
+            .live
+            .iter()
+            .map(|(aor, _)| aor_user(aor))
+            .filter(|u| !r.credentials.contains_key(*u) && self.mirror.is_live(now, u))
+            .map(str::to_string)
+            .collect();
+        let refuse_removals = drop_refused(
+            r.live.len(),
+            gone.len(),
+            self.mirror.config().reconcile_max_drop,
+        );
+        if refuse_removals {
+            Metrics::inc(&self.metrics.reconcile_refused);
+            tracing::error!(
+                live = r.live.len(),
+                without_credential = gone.len(),
+                realm = %self.config.sip.domain,
+                "reconciliation: too many live users have no credential in this realm; \
+                 none of them is removed"
+            );
+        } else {
+            for user in &gone {
+                self.mirror.set_credential(now, user, None);
+                self.remove_over_ami(user);
+            }
+        }
+        let removed = if refuse_removals { 0 } else { gone.len() };
+        self.reconcile_users.clear();
+        self.reconcile_users
+            .extend(r.live.iter().map(|(aor, _)| aor_user(aor).to_string()));
         self.reconcile_creds = r.credentials;
         Metrics::inc(&self.metrics.reconcile_runs);
         let level_first = if first {

@@ -59,6 +59,7 @@ pub struct Metrics {
     pub drift_repaired: AtomicU64,
     pub reconcile_runs: AtomicU64,
     pub reconcile_errors: AtomicU64,
+    pub reconcile_refused: AtomicU64,
     pub ami_errors: AtomicU64,
     /// Registration storms that held new work (`farm.storm_hold`).
     pub storm_holds: AtomicU64,
@@ -199,6 +200,11 @@ impl Metrics {
                 "regmirror_reconcile_errors_total",
                 "reconciliations that failed (retried with backoff)",
                 &self.reconcile_errors,
+            ),
+            (
+                "regmirror_reconcile_refused_total",
+                "reconciliations (or their credential removals) refused by the circuit breaker",
+                &self.reconcile_refused,
             ),
             (
                 "regmirror_ami_errors_total",
