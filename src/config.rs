@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -128,6 +128,21 @@ pub struct KamailioConfig {
     pub trusted: Vec<IpAddr>,
     /// Kamailio's SIP address as host[:port], written as the Contact host on every node.
     pub contact_host: String,
+    /// Key shared with Kamailio (its NOTIFY_KEY) for the notifications' proof of origin
+    /// (`X-RegMirror-Auth`): when set, a notification without a valid tag, or whose time is
+    /// more than `notify_max_skew` from ours, is dropped and counted, whatever its source
+    /// address. Unset: the source address alone is trusted (a warning at start). Never logged.
+    #[serde(default)]
+    pub notify_key: Option<Redacted>,
+    /// The key read from this file instead (surrounding whitespace ignored).
+    #[serde(default)]
+    pub notify_key_file: Option<PathBuf>,
+    #[serde(default = "default_notify_max_skew", with = "humantime_serde")]
+    pub notify_max_skew: Duration,
+}
+
+fn default_notify_max_skew() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -336,7 +351,16 @@ impl Config {
                 .with_list_parse_key("kamailio.trusted")
                 .try_parsing(true),
         );
-        let cfg: Config = b.build()?.try_deserialize()?;
+        let mut cfg: Config = b.build()?.try_deserialize()?;
+        if let Some(file) = &cfg.kamailio.notify_key_file {
+            let key = std::fs::read_to_string(file).map_err(|e| {
+                invalid(
+                    "kamailio.notify_key_file",
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?;
+            cfg.kamailio.notify_key = Some(Redacted(key.trim().to_string()));
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -400,6 +424,21 @@ impl Config {
                 "kamailio.trusted",
                 "list at least one Kamailio source address",
             ));
+        }
+        if let Some(Redacted(key)) = &self.kamailio.notify_key {
+            if key.len() < 16
+                || !key
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+            {
+                return Err(invalid(
+                    "kamailio.notify_key",
+                    "must be at least 16 printable characters, no quotes or backslashes",
+                ));
+            }
+        }
+        if self.kamailio.notify_max_skew < Duration::from_secs(1) {
+            return Err(invalid("kamailio.notify_max_skew", "must be at least 1s"));
         }
         let ch = &self.kamailio.contact_host;
         if ch.is_empty() || ch.contains(|c: char| c.is_whitespace() || "@;<>\"".contains(c)) {

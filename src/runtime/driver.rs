@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::MySqlPool;
@@ -14,13 +14,13 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{Config, TransportKind};
+use crate::config::{Config, Redacted, TransportKind};
 use crate::core::binding::{refresh_period, ResponseInfo};
 use crate::core::mirror::{
     drop_refused, BindingState, Credential, Event, FarmConfig, Mirror, MirrorConfig, Node,
     Transmit, Transport,
 };
-use crate::core::notify::{aor_user, parse_notification};
+use crate::core::notify::{aor_user, parse_notification, AuthError, Notification};
 use crate::core::peer::{self, Transition};
 use crate::core::sip::{parse_incoming, parse_message, response_for, Incoming, MAX_MESSAGE};
 use crate::runtime::admin::{self, AdminQuery};
@@ -200,6 +200,12 @@ impl Driver {
             state = if self.ha.is_active() { "active" } else { "standby" },
             "HA role"
         );
+        if self.config.kamailio.notify_key.is_none() {
+            tracing::warn!(
+                "kamailio.notify_key is not set: notifications are trusted by their source \
+                 address alone, which a host on Kamailio's network can forge"
+            );
+        }
         // Starts the node probes (a standby secondary sends nothing to the nodes).
         if self.ha.is_active() {
             self.mirror.handle_timeout(Instant::now());
@@ -720,6 +726,7 @@ impl Driver {
                 self.ha.is_active() && !self.draining,
             ),
             rsip::Method::Message => match parse_notification(&req) {
+                Ok(n) if !self.proof_of_origin(&n, from) => return,
                 Ok(n) => {
                     Metrics::inc(&self.metrics.notifications_accepted);
                     let user = aor_user(&n.aor).to_string();
@@ -743,6 +750,29 @@ impl Driver {
             _ => response_for(&req, 405, "Method Not Allowed"),
         };
         self.send(&reply, from).await;
+    }
+
+    /// With `kamailio.notify_key`: the notification's keyed hash and time check out. Anything
+    /// else is dropped unanswered (its source address may be forged) and counted.
+    fn proof_of_origin(&self, n: &Notification, from: SocketAddr) -> bool {
+        let Some(Redacted(key)) = &self.config.kamailio.notify_key else {
+            return true;
+        };
+        let now_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        match n.verify(key.as_bytes(), now_us, self.config.kamailio.notify_max_skew) {
+            Ok(()) => true,
+            Err(e) => {
+                let counter = match e {
+                    AuthError::Stale { .. } => &self.metrics.notifications_stale,
+                    AuthError::Missing | AuthError::Forged => &self.metrics.notifications_forged,
+                };
+                Metrics::inc(counter);
+                tracing::debug!(%from, user = %aor_user(&n.aor), reason = %e, "notification dropped");
+                false
+            }
+        }
     }
 
     fn on_admin(&mut self, q: AdminQuery) {

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub reconcile_runs: AtomicU64,
     pub reconcile_errors: AtomicU64,
     pub reconcile_refused: AtomicU64,
+    pub notifications_forged: AtomicU64,
+    pub notifications_stale: AtomicU64,
     pub ami_errors: AtomicU64,
     /// Registration storms that held new work (`farm.storm_hold`).
     pub storm_holds: AtomicU64,
@@ -126,6 +128,8 @@ impl Metrics {
             ("accepted", &self.notifications_accepted),
             ("malformed", &self.notifications_malformed),
             ("untrusted", &self.notifications_untrusted),
+            ("forged", &self.notifications_forged),
+            ("stale", &self.notifications_stale),
             ("refused", &self.notifications_refused),
         ] {
             let _ = writeln!(

@@ -2,6 +2,9 @@
 regmirror. Sent from 10.77.0.51, an extra address of the tester that is not exempt from
 Kamailio's flood bans (the tester's main address is, for load tests)."""
 
+import base64
+import hashlib
+import hmac
 import json
 import secrets
 import subprocess
@@ -9,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import DOCKER, KAMAILIO, NODES, REGMIRROR, poll
+from conftest import ADMINS, DOCKER, KAMAILIO, NODES, REGMIRROR, metric, poll
 
 HOSTILE = "10.77.0.51"
 
@@ -86,6 +89,70 @@ def test_a_forged_notification_relayed_by_kamailio_changes_no_binding(
     p.register()
     assert poll(lambda: stack.mirrored(p.user), 2)[0], stack.contacts_of(p.user)
     print(f"\n{how}: Kamailio answered {answer}")
+
+
+# ----- notifications with a forged source address -----
+
+# The compose stack's demo key (docker-compose.yml NOTIFY_KEY): what a captured notification
+# would carry, to show that one replayed later is refused too.
+DEMO_KEY = b"regmirror-notify-demo-key"
+
+# Runs in the tester: one UDP datagram whose IP source is Kamailio's (a raw socket), the
+# attack a host on Kamailio's network can make without passing through Kamailio at all.
+SPOOF = r"""
+import socket, struct, sys
+src, dst, dport = sys.argv[1], sys.argv[2], int(sys.argv[3])
+payload = sys.stdin.buffer.read()
+udp = struct.pack("!HHHH", 5060, dport, 8 + len(payload), 0) + payload
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                 socket.inet_aton(src), socket.inet_aton(dst))
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+s.sendto(ip + udp, (dst, 0))
+"""
+
+
+def spoofed_notification(user, *, time_us, key=None):
+    """A delete notification for `user` exactly as Kamailio would send it, signed with `key`
+    (an attacker's guess, or the real key for a captured one), or unsigned."""
+    headers = (f"X-RegMirror-Event: delete\nX-RegMirror-AOR: {user}\nX-RegMirror-Expires: 0\n"
+               f"X-RegMirror-Contacts: 0\nX-RegMirror-Time: {time_us}\n")
+    if key is not None:
+        tag = hmac.new(key, f"delete|{user}|0|0|{time_us}".encode(), hashlib.sha256).digest()
+        headers += f"X-RegMirror-Auth: {base64.urlsafe_b64encode(tag).decode().rstrip('=')}\n"
+    return (f"MESSAGE sip:regmirror@{REGMIRROR}:5070 SIP/2.0\n"
+            f"Via: SIP/2.0/UDP {KAMAILIO}:5060;branch=z9hG4bK{secrets.token_hex(6)}\n"
+            f"From: <sip:kamailio@{KAMAILIO}>;tag=rm{secrets.token_hex(4)}\n"
+            f"To: <sip:regmirror@{REGMIRROR}:5070>\n"
+            f"Call-ID: {secrets.token_hex(8)}@{KAMAILIO}\n"
+            "CSeq: 10 MESSAGE\nMax-Forwards: 70\n" + headers + "Content-Length: 0\n\n")
+
+
+@pytest.mark.parametrize("how", ["unsigned", "wrong-key", "replayed-5-min-later"])
+def test_a_notification_from_a_forged_source_address_changes_no_binding(
+        stack, hostile, new_user, phone, how):
+    """A delete notification sent straight to every regmirror instance as a raw datagram with
+    Kamailio's IP as its source: unsigned, signed with a guessed key, or a genuine one replayed
+    five minutes later. Each is dropped and counted (forged / stale), and the user stays
+    registered on both nodes."""
+    p = phone(*new_user())
+    p.register()
+    assert poll(lambda: stack.mirrored(p.user), 2)[0], stack.contacts_of(p.user)
+    now_us = int(time.time() * 1e6)
+    msg = {"unsigned": spoofed_notification(p.user, time_us=now_us),
+           "wrong-key": spoofed_notification(p.user, time_us=now_us, key=b"guessed-key-12345"),
+           "replayed-5-min-later": spoofed_notification(p.user, time_us=now_us - 300_000_000,
+                                                       key=DEMO_KEY)}[how]
+    result = "stale" if how.startswith("replayed") else "forged"
+    before = {s: metric(s, "regmirror_notifications_total", f'result="{result}"') or 0
+              for s in ADMINS}
+    for instance in ("10.77.0.40", "10.77.0.41"):
+        stack.exec("tester", ["python3", "-c", SPOOF, KAMAILIO, instance, "5070"],
+                   input=msg.replace("\n", "\r\n"), check=True)
+    ok, _ = poll(lambda: all((metric(s, "regmirror_notifications_total", f'result="{result}"')
+                              or 0) > before[s] for s in ADMINS), 3)
+    assert ok, f"not counted as {result}"
+    time.sleep(1)
+    assert stack.mirrored(p.user), f"binding changed: {stack.contacts_of(p.user)}"
 
 
 # ----- contacts -----
