@@ -309,24 +309,49 @@ pub fn user_status(
 }
 
 /// Whether `/readyz` answers 200: the driver answers queries.
+/// At most `MAX_CONNECTIONS` at a time (more are closed at once), and the driver is asked for
+/// the farm at most once per `SNAPSHOT_TTL`, so a flood costs the driver nothing.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, driver: mpsc::Sender<AdminQuery>) {
     let started = Instant::now();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let snapshots = Arc::new(Snapshots::default());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             // Out of descriptors and the like: do not spin.
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let metrics = metrics.clone();
-        let driver = driver.clone();
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let ctx = Ctx {
+            metrics: metrics.clone(),
+            driver: driver.clone(),
+            snapshots: snapshots.clone(),
+            started,
+        };
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(10),
-                handle(stream, metrics, driver, started),
-            )
-            .await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), handle(stream, ctx)).await;
+            drop(slot);
         });
     }
+}
+
+/// What every connection shares.
+struct Ctx {
+    metrics: Arc<Metrics>,
+    driver: mpsc::Sender<AdminQuery>,
+    snapshots: Arc<Snapshots>,
+    started: Instant,
+}
+
+/// The last farm snapshots (counts only; with the page's binding rows). Each lock is held across
+/// the driver query, so concurrent requests wait for that one query.
+#[derive(Default)]
+struct Snapshots {
+    counts: tokio::sync::Mutex<Option<(Instant, FarmStatus)>>,
+    page: tokio::sync::Mutex<Option<(Instant, FarmStatus)>>,
 }
 
 type Reply = (&'static str, &'static str, String);
@@ -339,12 +364,17 @@ fn unavailable() -> Reply {
     )
 }
 
-async fn handle(
-    mut stream: TcpStream,
-    metrics: Arc<Metrics>,
-    driver: mpsc::Sender<AdminQuery>,
-    started: Instant,
-) -> std::io::Result<()> {
+async fn handle(mut stream: TcpStream, ctx: Ctx) -> std::io::Result<()> {
+    let Ctx {
+        metrics,
+        driver,
+        snapshots,
+        started,
+    } = ctx;
+    let farm = |bindings, uptime| {
+        let (driver, snapshots) = (driver.clone(), snapshots.clone());
+        async move { farm(&driver, &snapshots, bindings, uptime).await }
+    };
     let mut buf = vec![0u8; 4096];
     let mut len = 0;
     // Read until the end of the request head (or the buffer is full).
@@ -372,19 +402,19 @@ async fn handle(
     } else {
         match path {
             "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-            "/readyz" => match farm(&driver, 0, uptime).await {
+            "/readyz" => match farm(0, uptime).await {
                 Some(_) => ("200 OK", "text/plain", "ready\n".to_string()),
                 None => unavailable(),
             },
             "/metrics" => {
-                let f = farm(&driver, 0, uptime).await;
+                let f = farm(0, uptime).await;
                 (
                     "200 OK",
                     "text/plain; version=0.0.4",
                     metrics.render(f.as_ref()),
                 )
             }
-            "/status.json" => match farm(&driver, 0, uptime).await {
+            "/status.json" => match farm(0, uptime).await {
                 Some(s) => (
                     "200 OK",
                     "application/json",
@@ -392,7 +422,7 @@ async fn handle(
                 ),
                 None => unavailable(),
             },
-            "/" | "/status" => match farm(&driver, PAGE_BINDINGS, uptime).await {
+            "/" | "/status" => match farm(PAGE_BINDINGS, uptime).await {
                 Some(s) => ("200 OK", "text/html; charset=utf-8", render_html(&s)),
                 None => unavailable(),
             },
@@ -426,13 +456,31 @@ async fn handle(
 
 /// Binding rows shown on the HTML page (problems first).
 const PAGE_BINDINGS: usize = 500;
+/// Concurrent admin connections; more are closed at once.
+const MAX_CONNECTIONS: usize = 32;
+/// How long one farm snapshot serves every request.
+const SNAPSHOT_TTL: Duration = Duration::from_secs(1);
 
 async fn farm(
     driver: &mpsc::Sender<AdminQuery>,
+    snapshots: &Snapshots,
     bindings: usize,
     uptime: u64,
 ) -> Option<FarmStatus> {
-    let mut f = ask(driver, |reply| AdminQuery::Farm { bindings, reply }).await?;
+    let slot = if bindings == 0 {
+        &snapshots.counts
+    } else {
+        &snapshots.page
+    };
+    let mut cached = slot.lock().await;
+    let mut f = match cached.as_ref() {
+        Some((at, f)) if at.elapsed() < SNAPSHOT_TTL => f.clone(),
+        _ => {
+            let f = ask(driver, |reply| AdminQuery::Farm { bindings, reply }).await?;
+            *cached = Some((Instant::now(), f.clone()));
+            f
+        }
+    };
     f.uptime_seconds = uptime;
     Some(f)
 }
@@ -676,6 +724,66 @@ mod tests {
         assert_eq!(floor_percent(3, 0), 0.0);
         assert_eq!(percent_text(99.9), "99.9%");
         assert_eq!(percent_text(100.0), "100%");
+    }
+
+    /// Issue 15: a flood of requests costs the driver at most one farm query per second, and
+    /// connections beyond the limit are closed at once.
+    #[tokio::test]
+    async fn a_flood_is_served_from_one_snapshot_and_connections_are_limited() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::AsyncWriteExt;
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, mut rx) = mpsc::channel(64);
+        let queries = Arc::new(AtomicUsize::new(0));
+        let counted = queries.clone();
+        tokio::spawn(async move {
+            while let Some(q) = rx.recv().await {
+                if let AdminQuery::Farm { reply, .. } = q {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    let _ = reply.send(FarmStatus::default());
+                }
+            }
+        });
+        tokio::spawn(serve(listener, Arc::new(Metrics::default()), tx));
+
+        let get = || async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).await.unwrap();
+            String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200")
+        };
+        let mut flood = Vec::new();
+        for _ in 0..20 {
+            for _ in 0..10 {
+                flood.push(tokio::spawn(get()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut ok = 0;
+        for f in flood {
+            ok += usize::from(f.await.unwrap());
+        }
+        assert!(ok > 0);
+        assert!(
+            queries.load(Ordering::Relaxed) <= 2,
+            "{} farm queries for 200 requests in 0.4 s",
+            queries.load(Ordering::Relaxed)
+        );
+
+        // Idle connections up to the limit stay open; the next one is closed at once.
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut extra = TcpStream::connect(addr).await.unwrap();
+        let mut byte = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut byte)).await;
+        assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+        drop(idle);
     }
 
     #[test]
