@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -77,6 +77,8 @@ pub struct Driver {
     draining: bool,
     reconcile_tx: mpsc::Sender<ReconcileSnapshot>,
     reconcile_rx: mpsc::Receiver<ReconcileSnapshot>,
+    /// The reconciler's last read of the database succeeded.
+    db_reachable: Arc<AtomicBool>,
     audit_tx: mpsc::Sender<AuditSnapshot>,
     audit_rx: mpsc::Receiver<AuditSnapshot>,
     /// The last reconciliation's credentials and users, while its events are drained.
@@ -174,6 +176,7 @@ impl Driver {
             draining: false,
             reconcile_tx,
             reconcile_rx,
+            db_reachable: Arc::new(AtomicBool::new(false)),
             audit_tx,
             audit_rx,
             reconcile_creds: HashMap::new(),
@@ -467,6 +470,7 @@ impl Driver {
         let realm = self.config.sip.domain.clone();
         let interval = self.config.farm.reconcile_interval;
         let metrics = self.metrics.clone();
+        let db_reachable = self.db_reachable.clone();
         let mut active = self.ha.subscribe();
         let mut storm = self.storm_tx.subscribe();
         tokio::spawn(async move {
@@ -482,7 +486,9 @@ impl Driver {
                     let creds = store::credentials::live_credentials(&pool, &realm).await?;
                     Ok::<_, store::StoreError>((live, creds))
                 };
-                match read.await {
+                let read = read.await;
+                db_reachable.store(read.is_ok(), Ordering::Relaxed);
+                match read {
                     Ok((live, creds)) => {
                         let snapshot = ReconcileSnapshot {
                             at,
@@ -719,11 +725,16 @@ impl Driver {
                 Metrics::inc(&self.metrics.notifications_refused);
                 response_for(&req, 503, "Shutting Down")
             }
-            // Says who does the work; a draining instance is no longer active.
+            // Says who does the work. Active means doing it: not draining, the database read
+            // (the first reconciliation) and still readable; otherwise the secondary must not
+            // stand down for us.
             rsip::Method::Options => peer::with_header(
                 response_for(&req, 200, "OK"),
                 self.ha.role(),
-                self.ha.is_active() && !self.draining,
+                self.ha.is_active()
+                    && !self.draining
+                    && self.mirror.is_reconciled()
+                    && self.db_reachable.load(Ordering::Relaxed),
             ),
             rsip::Method::Message => match parse_notification(&req) {
                 Ok(n) if !self.proof_of_origin(&n, from) => return,
