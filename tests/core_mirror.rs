@@ -567,6 +567,32 @@ fn credential_rejected_then_corrected() {
     assert_eq!(states(&s, "1001"), vec![Some(BindingState::Registered); 3]);
 }
 
+/// Issue 15: the nodes read the same database. While it is down they reject regmirror's right
+/// credential; once the credential store answers again with the same secret, the failed
+/// bindings are retried at once instead of waiting out their backoff.
+#[test]
+fn same_credential_after_a_database_outage_retries_at_once() {
+    let mut s = sim(2);
+    for r in &mut s.registrars {
+        r.add_user("1001", Secret::Password("unreadable".into())); // the node's database is down
+    }
+    let now = s.now;
+    s.mirror
+        .aor_update(now, "1001", secs(7200), None, Some(cred("1001", "s3cret")));
+    s.run_for(secs(1));
+    assert_eq!(states(&s, "1001"), vec![Some(BindingState::Failed); 2]);
+    for r in &mut s.registrars {
+        r.add_user("1001", Secret::Password("s3cret".into())); // and back
+    }
+    // The driver's refetch hit the outage too; it answers now, unchanged.
+    let now = s.now;
+    s.mirror
+        .set_credential(now, "1001", Some(cred("1001", "s3cret")));
+    s.mirror.retry_credential_failures(now, "1001");
+    s.run_for(ms(200));
+    assert_eq!(states(&s, "1001"), vec![Some(BindingState::Registered); 2]);
+}
+
 #[test]
 fn credential_replaced_while_a_request_is_in_flight_is_used_at_once() {
     // A password change reaches regmirror while REGISTERs signed with the old one are on

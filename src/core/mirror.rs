@@ -550,7 +550,6 @@ impl Mirror {
         let Some(&slot) = self.by_name.get(user) else {
             return;
         };
-        let n = self.nodes.len();
         match credential {
             Some(c) => {
                 let next_txn = self.next_txn;
@@ -565,23 +564,47 @@ impl Mirror {
                 a.removed = false;
                 a.missing_reported = false;
                 // Attempts that failed for want of a (right) credential retry now.
-                for node in 0..n {
-                    let idx = slot as usize * n + node;
-                    let b = &self.bindings[idx];
-                    let retry_now = match b.last {
-                        LastResult::NoCredential => true,
-                        LastResult::CredentialRejected | LastResult::NoUsableChallenge => changed,
-                        _ => false,
-                    };
-                    if b.phase == Phase::Backoff && retry_now {
-                        let op = b.op;
-                        self.start_op(now, idx, op);
-                    }
-                }
+                self.retry_in_backoff(now, slot, |last| match last {
+                    LastResult::NoCredential => true,
+                    LastResult::CredentialRejected | LastResult::NoUsableChallenge => changed,
+                    _ => false,
+                });
             }
             None => self.aors[slot as usize].removed = true,
         }
         self.drive_aor(now, slot);
+    }
+
+    /// The credential store was unreachable and answers again: bindings the nodes rejected
+    /// meanwhile retry at once with the credential known, even if it did not change (the nodes
+    /// read the same database, so their rejections may have been the outage).
+    pub fn retry_credential_failures(&mut self, now: Instant, aor: &str) {
+        let Some(&slot) = user_part(aor).and_then(|u| self.by_name.get(u)) else {
+            return;
+        };
+        if self.aors[slot as usize].credential.is_none() {
+            return;
+        }
+        self.retry_in_backoff(now, slot, |last| {
+            matches!(
+                last,
+                LastResult::CredentialRejected | LastResult::NoUsableChallenge
+            )
+        });
+        self.drive_aor(now, slot);
+    }
+
+    /// Restarts the AOR's bindings waiting in backoff whose last result `retry` accepts.
+    fn retry_in_backoff(&mut self, now: Instant, slot: u32, retry: impl Fn(LastResult) -> bool) {
+        let n = self.nodes.len();
+        for node in 0..n {
+            let idx = slot as usize * n + node;
+            let b = &self.bindings[idx];
+            if b.phase == Phase::Backoff && retry(b.last) {
+                let op = b.op;
+                self.start_op(now, idx, op);
+            }
+        }
     }
 
     /// A response from the network. Responses that match no transaction in flight are counted.

@@ -36,6 +36,9 @@ use crate::store;
 struct Lookup {
     user: String,
     result: Option<Credential>,
+    /// The database failed before answering this lookup (an outage the nodes, which read the
+    /// same database, may have rejected registrations during).
+    after_outage: bool,
 }
 
 /// Kamailio's `location` (the complete desired state) and the credentials of its users.
@@ -388,8 +391,12 @@ impl Driver {
             // The user is gone: the nodes cannot authenticate its unregister any more.
             self.remove_over_ami(&l.user);
         }
-        self.mirror
-            .set_credential(Instant::now(), &l.user, l.result);
+        let known = l.result.is_some();
+        let now = Instant::now();
+        self.mirror.set_credential(now, &l.user, l.result);
+        if known && l.after_outage {
+            self.mirror.retry_credential_failures(now, &l.user);
+        }
     }
 
     /// SIGHUP: applies `[[nodes]]` changes. A new node gets every live binding (paced replay);
@@ -1123,6 +1130,7 @@ impl Driver {
                     }
                 }
                 let mut wait = Duration::from_millis(500);
+                let mut after_outage = false;
                 loop {
                     metrics
                         .credential_lookups
@@ -1139,7 +1147,12 @@ impl Driver {
                                     username: c.username,
                                     secret: c.secret,
                                 });
-                                if tx.send(Lookup { user, result }).await.is_err() {
+                                let lookup = Lookup {
+                                    user,
+                                    result,
+                                    after_outage,
+                                };
+                                if tx.send(lookup).await.is_err() {
                                     return;
                                 }
                             }
@@ -1150,6 +1163,7 @@ impl Driver {
                                 .credential_lookup_errors
                                 .fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(users = batch.len(), error = %e, retry_in = ?wait, "credential lookup failed");
+                            after_outage = true;
                             tokio::time::sleep(wait).await;
                             wait = (wait * 2).min(Duration::from_secs(30));
                         }
