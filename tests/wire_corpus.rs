@@ -56,6 +56,9 @@ fn exercise_message(data: &[u8]) -> Option<SipMessage> {
             if let Ok(n) = notify::parse_notification(req) {
                 assert!(n.expires <= MAX_EXPIRES && n.aor.len() <= MAX_AOR);
                 assert!(!notify::aor_user(&n.aor).is_empty());
+                assert!(n
+                    .verify(b"a key nobody signed with", 0, std::time::Duration::MAX)
+                    .is_err());
             }
             let resp = sip::response_for(req, 400, "Bad Request");
             let Ok(SipMessage::Response(r)) = sip::parse_message(&resp) else {

@@ -1,5 +1,6 @@
 //! Every network entry point on one datagram: parse_message, then what the runtime does next
-//! (notification parsing and the 200/400 answer for requests, challenge extraction for responses).
+//! (notification parsing and its proof of origin, the 200/400 answer for requests, challenge
+//! extraction for responses).
 //! Properties: a parsed message re-encodes (rsip's Display) to bytes that parse to the same
 //! message; the answer built by `response_for` always parses back, same Call-ID, CSeq, From.
 #![no_main]
@@ -21,6 +22,8 @@ fuzz_target!(|data: &[u8]| {
         SipMessage::Request(req) => {
             if let Ok(n) = notify::parse_notification(&req) {
                 let _ = notify::aor_user(&n.aor);
+                // The proof of origin: any tag, any time, never a panic.
+                let _ = n.verify(b"fuzz-key", u64::MAX / 2, std::time::Duration::from_secs(30));
             }
             let resp = sip::response_for(&req, 200, "OK");
             match sip::parse_message(&resp) {
