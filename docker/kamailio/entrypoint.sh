@@ -8,7 +8,8 @@
 #   ANTIFLOOD_EXEMPT       CIDR exempt from pike/auth-failure bans ("" = none)
 #   NOTIFY_KEY (or NOTIFY_KEY_FILE)  key shared with regmirror (kamailio.notify_key): every
 #                          notification carries X-RegMirror-Auth, an HMAC-SHA256 under it
-#   REG_MIN_EXPIRES REG_MAX_EXPIRES UL_TIMER_INTERVAL FARM_FR_TIMEOUT AUTH_FAIL_LIMIT (optional)
+#   REG_MIN_EXPIRES REG_MAX_EXPIRES UL_TIMER_INTERVAL FARM_FR_TIMEOUT AUTH_FAIL_LIMIT
+#                          AUTH_FAIL_IP_LIMIT (optional)
 #   KAMAILIO_SHM_MB KAMAILIO_PKG_MB  memory
 #   TUTORIAL=1             benchmark only: WITH_TUTORIAL (Kamailio REGISTERs on the nodes itself,
 #                          from TUTORIAL_PORT, default 5080) instead of notifying regmirror
@@ -43,7 +44,7 @@ env_cfg=/etc/kamailio/kamailio-env.cfg
     if [ -n "${TUTORIAL_PORT:-}" ]; then echo "#!substdef \"!TUTORIAL_PORT!$TUTORIAL_PORT!g\""; fi
     if [ -n "${NOTIFY_KEY:-}" ]; then echo "#!define NOTIFY_KEY \"$NOTIFY_KEY\""; fi
     echo "#!define DBURL \"mysql://$DB_USER:$DB_PASSWORD@$DB_HOST:$DB_PORT/$DB_NAME\""
-    for v in REG_MIN_EXPIRES REG_MAX_EXPIRES UL_TIMER_INTERVAL FARM_FR_TIMEOUT FR_TIMER AUTH_FAIL_LIMIT \
+    for v in REG_MIN_EXPIRES REG_MAX_EXPIRES UL_TIMER_INTERVAL FARM_FR_TIMEOUT FR_TIMER AUTH_FAIL_LIMIT AUTH_FAIL_IP_LIMIT \
              DS_FARM_ALG; do
         if [ -n "${!v:-}" ]; then echo "#!define $v ${!v}"; fi
     done

@@ -256,3 +256,62 @@ def test_a_node_refuses_to_start_with_the_demo_secrets(stack):
     missing = subprocess.run(base + ["-e", "DB_PASSWORD=s3cret-db", image],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and "AMI_SECRET" in missing.stderr, missing.stderr
+
+
+# ----- brute force -----
+
+@pytest.fixture
+def address(stack):
+    """Factory: address(ip) adds ip to the tester (a phone-side host, not exempt from the
+    bans), with no ban left on it from an earlier run; removed after the test."""
+    added = []
+
+    def add(ip):
+        stack.sh("tester", f"ip addr add {ip}/24 dev eth0 2>/dev/null; true", check=True)
+        stack.exec("kamailio", ["kamcmd", "htable.delete", "ipban", ip])
+        added.append(ip)
+        return ip
+
+    yield add
+    for ip in added:
+        stack.sh("tester", f"ip addr del {ip}/24 dev eth0 2>/dev/null; true")
+
+
+def register_from(sipp, ports, source, user, password):
+    """One REGISTER with digest from `source`: the final status codes seen ([] = no answer)."""
+    res = sipp.run("register.xml", [(user, password, 60)], port=next(ports), source=source,
+                   timeout=4)
+    return [c for c, _ in res.responses("REGISTER")]
+
+
+def test_brute_force_bans_the_account_from_that_address_only(stack, sipp, ports, new_user,
+                                                             phone, address):
+    """Ten wrong passwords for one account from one address (a valid account registering from
+    the same address in between, as behind a shared NAT): that account is then refused from
+    that address, even with the right password; the valid neighbour keeps registering, and the
+    victim still registers from elsewhere."""
+    attacker, elsewhere = address("10.77.0.52"), address("10.77.0.53")
+    victim, neighbour = new_user(), new_user()
+    for i in range(10):
+        codes = register_from(sipp, ports, attacker, victim[0], "wrong-password")
+        assert 200 not in codes, codes
+        if i == 4:  # the neighbour's success must not reset the count
+            assert register_from(sipp, ports, attacker, *neighbour)[-1:] == [200]
+        time.sleep(0.3)  # under pike's 16 requests per 2 s
+    codes = register_from(sipp, ports, attacker, *victim)
+    assert 200 not in codes and (codes == [] or codes[-1] == 403), codes
+    assert register_from(sipp, ports, attacker, *neighbour)[-1:] == [200]
+    assert register_from(sipp, ports, elsewhere, *victim)[-1:] == [200]
+    for user, password in (victim, neighbour):
+        sipp.run("register.xml", [(user, password, 0)], port=next(ports), source=elsewhere)
+
+
+def test_password_spraying_bans_the_address(stack, sipp, ports, new_user, address):
+    """One wrong guess each for twenty accounts from one address (AUTH_FAIL_IP_LIMIT): the
+    address is banned, so even a valid account gets nothing from there."""
+    sprayer = address("10.77.0.54")
+    valid = new_user()
+    for i in range(20):
+        register_from(sipp, ports, sprayer, f"spray{i}", "guess")
+        time.sleep(0.3)
+    assert register_from(sipp, ports, sprayer, *valid) in ([], [403]), "address not banned"
