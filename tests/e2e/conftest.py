@@ -274,6 +274,45 @@ class Stack:
         return self.regmirror_cli("user", "remove", user)
 
 
+class FarmCapture:
+    """tcpdump in Kamailio's network namespace: the SIP between Kamailio and the nodes."""
+
+    def __init__(self):
+        nodes = " or ".join(f"host {a}" for a in NODES.values())
+        self.proc = subprocess.Popen(
+            [DOCKER, "run", "--rm", "--network", f"container:{cid('kamailio')}",
+             "--cap-add", "NET_RAW", "--cap-add", "NET_ADMIN", "--entrypoint", "tcpdump",
+             "regmirror/tester:dev", "-i", "any", "-n", "-l", "-A", "-s", "0",
+             f"udp port 5060 and ({nodes})"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, errors="replace")
+        time.sleep(1.5)  # attached
+        self.packets = []
+
+    def stop(self):
+        time.sleep(1)
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=10)
+        # "<time> eth0 In  IP <src>.<port> > <dst>.<port>: SIP: <first line>" then the payload
+        for part in re.split(r"^(?=\d\d:\d\d:\d\d\.\d+ )", out, flags=re.M):
+            m = re.match(r"\S+ \S+ +\S+ +IP (\d+\.\d+\.\d+\.\d+)\.\d+ > "
+                         r"(\d+\.\d+\.\d+\.\d+)\.\d+", part)
+            if m:
+                self.packets.append((m.group(1), m.group(2), part))
+        return self
+
+    def invites(self, user, *, src=None, dst=None):
+        """Max-Forwards of each INVITE (not retransmissions: one per branch) for `user`."""
+        found = {}
+        for s, d, text in self.packets:
+            inv = re.search(rf"INVITE sip:{user}@\S+ SIP/2\.0", text)
+            if not inv or (src and s != src) or (dst and d != dst):
+                continue
+            branch = re.search(r"branch=(\S+)", text)
+            mf = re.search(r"^Max-Forwards: (\d+)", text, re.M)
+            found[branch.group(1) if branch else len(found)] = int(mf.group(1)) if mf else None
+        return list(found.values())
+
+
 class SippResult:
     def __init__(self, rc, messages, stdout):
         self.rc = rc

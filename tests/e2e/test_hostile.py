@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import ADMINS, DOCKER, KAMAILIO, NODES, REGMIRROR, metric, poll
+from conftest import ADMINS, DOCKER, KAMAILIO, NODES, REGMIRROR, FarmCapture, metric, poll
 
 HOSTILE = "10.77.0.51"
 
@@ -315,3 +315,34 @@ def test_password_spraying_bans_the_address(stack, sipp, ports, new_user, addres
         register_from(sipp, ports, sprayer, f"spray{i}", "guess")
         time.sleep(0.3)
     assert register_from(sipp, ports, sprayer, *valid) in ([], [403]), "address not banned"
+
+
+# ----- in-dialog requests -----
+
+def forged_in_dialog(request_uri, route):
+    tag = secrets.token_hex(4)
+    return (f"INVITE {request_uri} SIP/2.0\n"
+            f"Via: SIP/2.0/UDP {HOSTILE}:@PORT@;branch=z9hG4bK{secrets.token_hex(6)};rport\n"
+            f"Route: {route}\n"
+            f"From: <sip:1001@{HOSTILE}>;tag={tag}\n"
+            f"To: <sip:600@{NODES['ast1']}>;tag=x{tag}\n"
+            f"Call-ID: {secrets.token_hex(8)}@{HOSTILE}\n"
+            "CSeq: 1 INVITE\nMax-Forwards: 70\n"
+            f"Contact: <sip:1001@{HOSTILE}:@PORT@>\nContent-Length: 0\n\n")
+
+
+@pytest.mark.parametrize("route", ["kamailio-without-our-mark", "a-node-first"])
+def test_kamailio_relays_in_dialog_requests_only_along_its_own_record_route(stack, hostile,
+                                                                            route):
+    """A made-up in-dialog INVITE for a number on a node, its Route naming Kamailio (as any
+    dialog's would, but without the mark Kamailio puts in its own Record-Route) or naming the
+    node itself: Kamailio answers 403 and sends nothing to the farm."""
+    routes = {"kamailio-without-our-mark": f"<sip:{KAMAILIO};lr>",
+              "a-node-first": f"<sip:{NODES['ast1']};lr>"}[route]
+    cap = FarmCapture()
+    try:
+        answer = send(stack, forged_in_dialog(f"sip:600@{NODES['ast1']}", routes))
+    finally:
+        cap.stop()
+    assert answer["line"] == "SIP/2.0 403 Forbidden", answer
+    assert cap.invites("600") == [], "relayed to the farm"
