@@ -165,6 +165,37 @@ def bulk_register(stack, users, port, *, rate=50, expires=600, background=False,
     return int(stack.sh("tester", f"cat {base}.rc").stdout.strip() or -1)
 
 
+def bulk_provision(stack, users):
+    """Provision users in three multi-row INSERTs per 500 (what `regmirror user add` writes,
+    with a plaintext password), as the provisioner database user."""
+    sql = []
+    for i in range(0, len(users), 500):
+        chunk = users[i:i + 500]
+        sql.append("INSERT INTO ps_aors (id, max_contacts, remove_existing, qualify_frequency) "
+                   "VALUES " + ",".join(f"('{u}',1,'yes',0)" for u, _ in chunk) + ";")
+        sql.append("INSERT INTO ps_auths (id, auth_type, username, realm, password) VALUES "
+                   + ",".join(f"('{u}','userpass','{u}','{REALM}','{p}')" for u, p in chunk)
+                   + ";")
+        sql.append("INSERT INTO ps_endpoints (id, aors, auth, context, disallow, allow, "
+                   "direct_media, rewrite_contact, rtp_symmetric, force_rport, dtmf_mode, "
+                   "identify_by) VALUES "
+                   + ",".join(f"('{u}','{u}','{u}','phones','all','ulaw,alaw','no','no','yes',"
+                              f"'no','rfc4733','username')" for u, _ in chunk) + ";")
+    provisioner_sql(stack, "\n".join(sql))
+
+
+def bulk_remove(stack, users):
+    ids = ",".join(f"'{u}'" for u, _ in users)
+    provisioner_sql(stack, "".join(f"DELETE FROM {t} WHERE id IN ({ids});"
+                                   for t in ("ps_endpoints", "ps_auths", "ps_aors")))
+
+
+def provisioner_sql(stack, sql):
+    res = stack.exec("tester", ["mariadb", "-h", MARIADB, "-u", "provisioner", "regmirror"],
+                     env={"MYSQL_PWD": "provisioner-demo"}, input=sql, timeout=60)
+    assert res.returncode == 0, res.stderr
+
+
 def converged(stack, users, nodes=("ast1", "ast2")):
     want = {u for u, _ in users}
     return all(want <= node_users(stack, n) for n in nodes)

@@ -202,7 +202,6 @@ def test_node_added_at_runtime_gets_every_live_binding(stack, crowd):
     try:
         wait_healthy("ast3")
         assert node_users(stack, "ast3") == set()
-        t0 = time.monotonic()
         for s in ADMINS:
             write_config(s, BASE_CONFIG + AST3_NODE)
         want = location_users(stack)
