@@ -168,6 +168,9 @@ pub struct NodeConfig {
     /// Never logged: `Debug` shows `***`.
     #[serde(default)]
     pub ami_secret: Option<Redacted>,
+    /// The AMI secret read from this file instead (surrounding whitespace ignored).
+    #[serde(default)]
+    pub ami_secret_file: Option<PathBuf>,
 }
 
 /// A secret string whose `Debug` hides it.
@@ -277,24 +280,30 @@ impl fmt::Debug for DatabaseConfig {
 
 /// `mysql://user:secret@host/db` -> `mysql://user:***@host/db`.
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let Some(at) = rest.rfind('@') else {
-        return url.to_string();
-    };
-    let userinfo = &rest[..at];
-    match userinfo.find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &url[..scheme_end + 3],
-            &userinfo[..colon],
-            &rest[at..]
-        ),
+    match url_password(url) {
+        Some((start, end)) => format!("{}***{}", &url[..start], &url[end..]),
         None => url.to_string(),
     }
 }
+
+/// Byte range of the password in `scheme://user:password@host/...`, if there is one.
+fn url_password(url: &str) -> Option<(usize, usize)> {
+    let start = url.find("://")? + 3;
+    let at = start + url[start..].rfind('@')?;
+    let colon = start + url[start..at].find(':')?;
+    Some((colon + 1, at))
+}
+
+/// Secrets published in this repository for the compose demo. [`Config::load`] refuses them
+/// unless `REGMIRROR_ALLOW_DEMO_SECRETS=yes` (set by docker-compose.yml only).
+const DEMO_SECRETS: [&str; 6] = [
+    "regmirror-demo",
+    "regmirror-ami-demo",
+    "regmirror-notify-demo-key",
+    "kamailio-demo",
+    "asterisk-demo",
+    "provisioner-demo",
+];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -352,6 +361,17 @@ impl Config {
                 .try_parsing(true),
         );
         let mut cfg: Config = b.build()?.try_deserialize()?;
+        for node in &mut cfg.nodes {
+            if let Some(file) = &node.ami_secret_file {
+                let secret = std::fs::read_to_string(file).map_err(|e| {
+                    invalid(
+                        format!("nodes.{}.ami_secret_file", node.name),
+                        format!("cannot read {}: {e}", file.display()),
+                    )
+                })?;
+                node.ami_secret = Some(Redacted(secret.trim().to_string()));
+            }
+        }
         if let Some(file) = &cfg.kamailio.notify_key_file {
             let key = std::fs::read_to_string(file).map_err(|e| {
                 invalid(
@@ -362,7 +382,37 @@ impl Config {
             cfg.kamailio.notify_key = Some(Redacted(key.trim().to_string()));
         }
         cfg.validate()?;
+        if std::env::var("REGMIRROR_ALLOW_DEMO_SECRETS").as_deref() != Ok("yes") {
+            if let Some(key) = cfg.demo_secret_in_use() {
+                return Err(invalid(
+                    key,
+                    "is a demo secret published with regmirror: set your own \
+                     (REGMIRROR_ALLOW_DEMO_SECRETS=yes only for the demo stack)",
+                ));
+            }
+        }
         Ok(cfg)
+    }
+
+    /// The first setting that holds one of [`DEMO_SECRETS`].
+    fn demo_secret_in_use(&self) -> Option<String> {
+        let demo = |v: &str| DEMO_SECRETS.contains(&v);
+        let url = &self.database.url;
+        if url_password(url).is_some_and(|(a, b)| demo(&url[a..b])) {
+            return Some("database.url".into());
+        }
+        if self
+            .kamailio
+            .notify_key
+            .as_ref()
+            .is_some_and(|k| demo(&k.0))
+        {
+            return Some("kamailio.notify_key".into());
+        }
+        self.nodes
+            .iter()
+            .find(|n| n.ami_secret.as_ref().is_some_and(|k| demo(&k.0)))
+            .map(|n| format!("nodes.{}.ami_secret", n.name))
     }
 
     /// Parses TOML text (tests, `check-config` of a string).

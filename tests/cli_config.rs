@@ -343,3 +343,54 @@ fn ha_section_from_the_file_or_the_environment() {
         assert!(out(&o).contains(want), "expected {want} in: {}", out(&o));
     }
 }
+
+/// Issue 15: the demo secrets published with the compose stack are refused, wherever they
+/// are set (file or environment), unless the demo stack says so; secrets also come from
+/// files.
+#[test]
+fn demo_secrets_are_refused_outside_the_demo_stack() {
+    let compose = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/regmirror/regmirror.toml"),
+    )
+    .unwrap();
+    let o = check(&compose, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    assert!(out(&o).contains("nodes.ast1.ami_secret") && out(&o).contains("demo secret"));
+    assert!(
+        !out(&o).contains("regmirror-ami-demo"),
+        "the secret itself is printed"
+    );
+    let o = check(&compose, &[("REGMIRROR_ALLOW_DEMO_SECRETS", "yes")]);
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+
+    let url = "mysql://regmirror:regmirror-demo@db/regmirror";
+    let o = check(&example_text(), &[("REGMIRROR__DATABASE__URL", url)]);
+    assert!(out(&o).contains("database.url"), "{}", out(&o));
+    let o = check(
+        &example_text(),
+        &[(
+            "REGMIRROR__KAMAILIO__NOTIFY_KEY",
+            "regmirror-notify-demo-key",
+        )],
+    );
+    assert!(out(&o).contains("kamailio.notify_key"), "{}", out(&o));
+
+    // From files: the file's secret counts like the setting (here a demo one, so refused).
+    let dir = std::env::temp_dir().join(format!("regmirror-secret-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ami"), "regmirror-ami-demo\n").unwrap();
+    let text = example_text().replacen(
+        "[[nodes]]\nname = \"ast1\"",
+        &format!(
+            "[[nodes]]\nname = \"ast1\"\nami = \"10.0.0.31:5038\"\nami_user = \"regmirror\"\nami_secret_file = \"{}\"",
+            dir.join("ami").display()
+        ),
+        1,
+    );
+    let o = check(&text, &[]);
+    assert!(out(&o).contains("nodes.ast1.ami_secret"), "{}", out(&o));
+    let missing = text.replace(&dir.join("ami").display().to_string(), "/nonexistent/ami");
+    let o = check(&missing, &[]);
+    assert!(out(&o).contains("ami_secret_file") && out(&o).contains("/nonexistent/ami"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
