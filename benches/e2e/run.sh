@@ -16,7 +16,8 @@
 # Modes: none (baseline: Kamailio saves the phone's binding and notifies nobody, KAMAILIO_NOMIRROR;
 #        the nodes run idle), tutorial (no regmirror; Kamailio WITH_TUTORIAL), regmirror1 (one
 #        instance), regmirror1-uncapped (one instance, farm.max_register_rate = 0: the nodes take
-#        new bindings at the pace of their own answers, the latency window), regmirror (the
+#        new bindings at the pace of their own answers, the latency window), regmirror1-cap<N>
+#        (one instance, farm.max_register_rate = N: a point between the two), regmirror (the
 #        compose default pair regmirror + regmirror2).
 # Env: MODES ("none tutorial regmirror1 regmirror"), RATES ("100 150 200 250 300 400 500 600 700
 #      800"), STOP_AFTER (2: leave a mode after that many non-clean steps in a row; 0 = run every
@@ -150,7 +151,7 @@ stack_up() { # mode
                 "$DOCKER" exec "$c" asterisk -rx "dialplan reload" >/dev/null
             done
         fi
-    elif [ "$1" = regmirror1 ] || [ "$1" = regmirror1-uncapped ]; then
+    elif [ "${1%%-*}" = regmirror1 ]; then
         # one regmirror instance instead of the HA pair
         KAMAILIO_REGMIRROR_ADDR2= "$STACK" up mariadb kamailio ast1 ast2 regmirror tester >>"$OUT/stack.log" 2>&1
     else
@@ -169,6 +170,7 @@ stack_up() { # mode
                 -e "s/^audit_interval = .*/audit_interval = \"${AUDIT_INTERVAL:-5m}\"/" "$OUT/regmirror.toml"
             local cap=${MAX_REGISTER_RATE:-}
             [ "$1" = regmirror1-uncapped ] && cap=0
+            [ "${1#regmirror1-cap}" != "$1" ] && cap=${1#regmirror1-cap}
             if [ -n "$cap" ]; then
                 sed -i -e '/^max_register_rate = /d' -e "/^\[farm\]/a max_register_rate = $cap" "$OUT/regmirror.toml"
             fi
@@ -299,7 +301,7 @@ echo "mode,rate,sent,ok,failed,burst_s,p50_ms,p99_ms,max_ms,accepted,ast1,ast2,c
     >"$OUT/results.csv"
 log "machine: $(nproc) cpu, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
 for mode in $MODES; do
-    case "$mode" in none|tutorial|regmirror1|regmirror1-uncapped|regmirror) ;; *) log "unknown mode $mode"; exit 2 ;; esac
+    case "$mode" in none|tutorial|regmirror1|regmirror1-uncapped|regmirror1-cap[0-9]*|regmirror) ;; *) log "unknown mode $mode"; exit 2 ;; esac
     log "mode $mode: stack up"
     stack_up "$mode"
     if [ -n "${NODE_CPU_SHARES:-}" ]; then
