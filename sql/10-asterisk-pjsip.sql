@@ -784,3 +784,10 @@ CALL regmirror_ensure_column('ps_resource_list', 'resource_display_name', 'enum(
 CALL regmirror_ensure_index('ps_auths', 'regmirror_ps_auths_username_realm', '`username`, `realm`');
 -- The view keeps only auths that an endpoint still references.
 CALL regmirror_ensure_index('ps_endpoints', 'regmirror_ps_endpoints_auth', '`auth`');
+
+-- Users' endpoints take requests only from the sources in the named ACL `regmirror` that every
+-- node defines in acl.conf (regmirror's addresses; docker/asterisk/entrypoint.sh writes it from
+-- REGMIRROR_ADDRS): the nodes learn phones from regmirror's REGISTERs only, and calls arrive as
+-- the `kamailio` endpoint. A node without that ACL refuses users' requests (fail closed).
+-- Existing rows keep their value: UPDATE ps_endpoints SET acl = 'regmirror' WHERE acl IS NULL.
+ALTER TABLE `ps_endpoints` ALTER COLUMN `acl` SET DEFAULT 'regmirror';

@@ -393,6 +393,12 @@ async fn roles_have_least_privilege() {
 
 #[test]
 fn url_helper_reads_the_environment() {
-    // Keeps this binary honest when run without a database: the helper decides.
-    let _ = url("REGMIRROR_TEST_DATABASE_URL");
+    // The helper returns exactly what the environment holds (an empty value counts as unset),
+    // and under tests/with-mariadb.sh (REGMIRROR_REQUIRE_DB=1) it must hold a URL.
+    let var = "REGMIRROR_TEST_DATABASE_URL";
+    let want = std::env::var(var).ok().filter(|v| !v.is_empty());
+    if std::env::var("REGMIRROR_REQUIRE_DB").as_deref() == Ok("1") {
+        assert!(want.is_some(), "{var} unset under REGMIRROR_REQUIRE_DB=1");
+    }
+    assert_eq!(url(var), want);
 }

@@ -200,7 +200,17 @@ level = "regmirror=debug,info"
         "{u:?}"
     );
 
-    // Farm summary.
+    // Farm summary. The admin listener answers from a snapshot at most a second old.
+    wait_for(
+        "the farm snapshot shows both users",
+        Duration::from_secs(3),
+        || {
+            serde_json::from_str::<regmirror::runtime::admin::FarmStatus>(
+                &http(&admin, "/status.json").1,
+            )
+            .is_ok_and(|f| f.live_aors == 2)
+        },
+    );
     let o = status(&admin, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", out(&o));
     let table = String::from_utf8_lossy(&o.stdout);

@@ -131,8 +131,24 @@ fn stack_status_metrics_and_page_follow_a_real_registration() {
         );
     }
 
-    // /metrics after real traffic.
-    let (code, m) = get(&admin, "/metrics");
+    // /metrics after real traffic (its per-node gauges come from a farm snapshot at most a
+    // second old).
+    let (code, m) = wait_for(
+        "the binding in the farm snapshot",
+        Duration::from_secs(3),
+        || {
+            let (code, m) = get(&admin, "/metrics");
+            nodes
+                .iter()
+                .all(|n| {
+                    metric(
+                        &m,
+                        &format!("regmirror_bindings{{node=\"{n}\",state=\"registered\"}}"),
+                    ) >= 1.0
+                })
+                .then_some((code, m))
+        },
+    );
     assert_eq!(code, 200);
     let d = |s: &str| metric(&m, s) - metric(&before, s);
     assert!(

@@ -218,7 +218,15 @@ fn seed_notifications_and_challenges_parse() {
 #[test]
 fn crash_regressions_replay() {
     // fuzz/artifacts/<target>/crash-* from cargo fuzz: every entry point, whatever the target.
-    for (_, _, bytes) in files_under(&fuzz_dir().join("artifacts")) {
+    // Four are committed (three fixed crashes and the non-ASCII challenge parameter): a missing
+    // directory must fail here, not pass with nothing replayed.
+    let artifacts = files_under(&fuzz_dir().join("artifacts"));
+    assert!(
+        artifacts.len() >= 4,
+        "expected the committed crash artifacts under fuzz/artifacts, found {}",
+        artifacts.len()
+    );
+    for (_, _, bytes) in artifacts {
         exercise_all(&bytes);
     }
 }

@@ -139,7 +139,7 @@ stack_up() { # mode
             "$STACK" up mariadb kamailio ast1 ast2 tester >>"$OUT/stack.log" 2>&1
     elif [ "$1" = tutorial ]; then
         # No regmirror at all; Kamailio forwards REGISTERs itself (kamailio.cfg WITH_TUTORIAL).
-        KAMAILIO_TUTORIAL=1 KAMAILIO_REGMIRROR_ADDR2= SKIP_CARGO=1 \
+        KAMAILIO_TUTORIAL=1 KAMAILIO_REGMIRROR_ADDR2= AST_REGISTRAR_ADDRS=10.77.0.20 SKIP_CARGO=1 \
             "$STACK" up mariadb kamailio ast1 ast2 tester >>"$OUT/stack.log" 2>&1
         # Demo only: the plaintext-password view the tutorial needs (see the file).
         compose exec -T mariadb mariadb regmirror <"$HERE/tutorial-grant.sql"

@@ -59,6 +59,13 @@ CONF
     echo "permit = ${KAMAILIO_ADDR%:*}/255.255.255.255"
     for ip in "${regmirror_ips[@]}"; do echo "permit = ${ip// /}/255.255.255.255"; done
 } > "$etc/pjsip_acl.conf"
+# The named ACL users' endpoints reference (ps_endpoints.acl, default 'regmirror'): their
+# requests come from regmirror only.
+{
+    echo "[regmirror]"
+    echo "deny = 0.0.0.0/0.0.0.0"
+    for ip in "${regmirror_ips[@]}"; do echo "permit = ${ip// /}/255.255.255.255"; done
+} > "$etc/acl.conf"
 (umask 077; cat > "$etc/res_odbc_credentials.conf" <<CONF
 username => $DB_USER
 password => $DB_PASSWORD

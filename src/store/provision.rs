@@ -271,11 +271,12 @@ pub async fn add_user_with(
     .map_err(dup)?;
     check(fail, FailPoint::AddAfterAuth)?;
     // rewrite_contact=no keeps the Contact regmirror registers (Kamailio's address);
-    // direct_media=no keeps Asterisk in the media path of phones it cannot reach.
+    // direct_media=no keeps Asterisk in the media path of phones it cannot reach; acl=regmirror
+    // (a named ACL on every node) admits regmirror's addresses only.
     sqlx::query(
         "INSERT INTO `ps_endpoints` (`id`, `aors`, `auth`, `context`, `disallow`, `allow`, `direct_media`, \
-         `rewrite_contact`, `rtp_symmetric`, `force_rport`, `dtmf_mode`, `identify_by`) \
-         VALUES (?, ?, ?, ?, 'all', ?, 'no', 'no', 'yes', 'no', 'rfc4733', 'username')",
+         `rewrite_contact`, `rtp_symmetric`, `force_rport`, `dtmf_mode`, `identify_by`, `acl`) \
+         VALUES (?, ?, ?, ?, 'all', ?, 'no', 'no', 'yes', 'no', 'rfc4733', 'username', 'regmirror')",
     )
     .bind(&user.id)
     .bind(&user.id)

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import subprocess
 import threading
@@ -13,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import (ADMINS, DOCKER, KAMAILIO, NODES, REGMIRROR, FarmCapture, bulk_provision,
+from conftest import (ADMINS, DOCKER, KAMAILIO, NODES, REGMIRROR, ROOT, FarmCapture, bulk_provision,
                       bulk_register, bulk_remove, converged, metric, poll)
 
 HOSTILE = "10.77.0.51"
@@ -426,3 +427,23 @@ def test_a_flood_on_regmirror_does_not_delay_the_mirror(stack, hostile, address)
     finally:
         bulk_register(stack, users, 5602, rate=50, expires=0)
         bulk_remove(stack, users)
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_a_users_endpoint_takes_requests_from_regmirror_only(stack, new_user, node):
+    """A user's REGISTER from Kamailio's own host (an address every node's SIP ACL admits,
+    from another port, so not the trusted `kamailio` endpoint): refused by the user's endpoint
+    (`acl = regmirror`, the schema's and provisioning's default), nothing stored."""
+    user, password = new_user()
+    kamailio = stack.container("kamailio")
+    subprocess.run([DOCKER, "cp", str(ROOT / "tests/sipp/register.xml"),
+                    f"{kamailio}:/tmp/register.xml"], check=True)
+    res = stack.sh("kamailio", (
+        f"printf 'SEQUENTIAL\\n{user};{password};60\\n' > /tmp/acl.csv && "
+        f"sipp -sf /tmp/register.xml -inf /tmp/acl.csv -i {KAMAILIO} -p 5099 -m 1 "
+        f"-s regmirror.test -nostdin -timeout 6 -timeout_error -trace_msg "
+        f"-message_file /tmp/acl.msg {NODES[node]}:5060 >/dev/null 2>&1; "
+        "cat /tmp/acl.msg; rm -f /tmp/acl.msg"), timeout=30)
+    finals = re.findall(r"^SIP/2\.0 (\d{3})", res.stdout, re.M)
+    assert finals and "200" not in finals, finals
+    assert user not in stack.contacts(node), stack.contacts(node).get(user)

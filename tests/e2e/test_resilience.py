@@ -84,6 +84,7 @@ def test_audit_repairs_contact_deleted_behind_regmirrors_back(stack, crowd):
     user = crowd[0][0]
     before = sum(metric(s, "regmirror_drift_repaired_total") or 0 for s in ADMINS)
     errors = {s: metric(s, "regmirror_ami_errors_total") for s in ADMINS}
+    assert None not in errors.values(), errors
     out = stack.ast("ast1", "database show registrar/contact")
     keys = re.findall(rf"^/registrar/contact/({user};@[0-9a-f]+):", out, re.M)
     assert keys, out
