@@ -222,7 +222,8 @@ pub struct FarmSettings {
     pub reconcile_interval: Duration,
     /// Circuit breaker: a reconciliation that would drop more than this share of the live
     /// users (and more than 10) is refused whole, logged and counted: a time-zone or realm
-    /// mismatch makes every user look gone. Bindings still end at their own expiry.
+    /// mismatch makes every user look gone at once (ordinary churn drops far fewer). Bindings
+    /// still end at their own expiry.
     pub reconcile_max_drop: f64,
     /// Period of the AMI drift audit of each node that has `ami` configured.
     #[serde(with = "humantime_serde")]
@@ -242,7 +243,7 @@ impl Default for FarmSettings {
             max_register_rate: 0,
             storm_hold: Duration::from_secs(30),
             reconcile_interval: Duration::from_secs(60),
-            reconcile_max_drop: 0.5,
+            reconcile_max_drop: 0.9,
             audit_interval: Duration::from_secs(300),
         }
     }

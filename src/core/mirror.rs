@@ -105,7 +105,7 @@ impl Default for MirrorConfig {
             user_agent: concat!("regmirror/", env!("CARGO_PKG_VERSION")).into(),
             max_inflight_per_node: 512,
             unregister_attempts: 3,
-            reconcile_max_drop: 0.5,
+            reconcile_max_drop: 0.9,
             farm: FarmConfig::default(),
         }
     }

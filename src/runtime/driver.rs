@@ -12,7 +12,7 @@ use sqlx::mysql::MySqlPoolOptions;
 use sqlx::MySqlPool;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::config::{Config, Redacted, TransportKind};
 use crate::core::binding::{refresh_period, ResponseInfo};
@@ -82,6 +82,11 @@ pub struct Driver {
     reconcile_rx: mpsc::Receiver<ReconcileSnapshot>,
     /// The reconciler's last read of the database succeeded.
     db_reachable: Arc<AtomicBool>,
+    /// Per node: AMI sessions removing a deleted user's contacts at once.
+    ami_removal_slots: HashMap<String, Arc<Semaphore>>,
+    /// A reconciliation snapshot has been read since start (applied, or refused by the breaker
+    /// with the current state kept): this instance knows what is live.
+    location_read: bool,
     audit_tx: mpsc::Sender<AuditSnapshot>,
     audit_rx: mpsc::Receiver<AuditSnapshot>,
     /// The last reconciliation's credentials and users, while its events are drained.
@@ -180,6 +185,8 @@ impl Driver {
             reconcile_tx,
             reconcile_rx,
             db_reachable: Arc::new(AtomicBool::new(false)),
+            location_read: false,
+            ami_removal_slots: HashMap::new(),
             audit_tx,
             audit_rx,
             reconcile_creds: HashMap::new(),
@@ -303,6 +310,7 @@ impl Driver {
             return; // read before going standby
         }
         let first = !self.mirror.is_reconciled();
+        self.location_read = true;
         if let Err(refused) = self.mirror.reconcile(r.at, &r.live) {
             Metrics::inc(&self.metrics.reconcile_refused);
             tracing::error!(
@@ -535,7 +543,7 @@ impl Driver {
 
     /// A user without a credential any more: the nodes cannot authenticate its unregister, so
     /// delete its contacts (ours only) through AMI on every node that has `ami` configured.
-    fn remove_over_ami(&self, user: &str) {
+    fn remove_over_ami(&mut self, user: &str) {
         for n in &self.config.nodes {
             let (Some(addr), Some(ami_user), Some(secret)) = (n.ami, &n.ami_user, &n.ami_secret)
             else {
@@ -549,7 +557,17 @@ impl Driver {
             let (node, user) = (n.name.clone(), user.to_string());
             let contact_host = self.config.kamailio.contact_host.clone();
             let metrics = self.metrics.clone();
+            let slots = self
+                .ami_removal_slots
+                .entry(n.name.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(AMI_REMOVALS_PER_NODE)))
+                .clone();
             tokio::spawn(async move {
+                // Asterisk closes unauthenticated sessions beyond its `authlimit` (50): many
+                // users removed at once queue here instead.
+                let Ok(_slot) = slots.acquire_owned().await else {
+                    return;
+                };
                 match remove_contacts(&target, &contact_host, &user, Duration::from_secs(20)).await
                 {
                     Ok(0) => {}
@@ -740,7 +758,7 @@ impl Driver {
                 self.ha.role(),
                 self.ha.is_active()
                     && !self.draining
-                    && self.mirror.is_reconciled()
+                    && self.location_read
                     && self.db_reachable.load(Ordering::Relaxed),
             ),
             rsip::Method::Message => match parse_notification(&req) {
@@ -1270,6 +1288,8 @@ async fn until_calm(storm: &mut watch::Receiver<bool>) -> bool {
 
 /// An audit's contact listing is given up after this long.
 const AUDIT_LISTING_MAX: Duration = Duration::from_secs(20);
+/// AMI sessions per node removing deleted users' contacts at the same time.
+const AMI_REMOVALS_PER_NODE: usize = 4;
 
 /// How long the credential reader waits after the first lookup of a batch for more to queue.
 const LOOKUP_LINGER: Duration = Duration::from_millis(10);
