@@ -295,6 +295,13 @@ fn url_password(url: &str) -> Option<(usize, usize)> {
     Some((colon + 1, at))
 }
 
+/// A secret kept in a file (surrounding whitespace ignored); `key` names the setting in errors.
+fn secret_from_file(key: impl Into<String>, file: &Path) -> Result<Redacted, ConfigError> {
+    std::fs::read_to_string(file)
+        .map(|s| Redacted(s.trim().to_string()))
+        .map_err(|e| invalid(key, format!("cannot read {}: {e}", file.display())))
+}
+
 /// Secrets published in this repository for the compose demo. [`Config::load`] refuses them
 /// unless `REGMIRROR_ALLOW_DEMO_SECRETS=yes` (set by docker-compose.yml only).
 const DEMO_SECRETS: [&str; 6] = [
@@ -364,23 +371,12 @@ impl Config {
         let mut cfg: Config = b.build()?.try_deserialize()?;
         for node in &mut cfg.nodes {
             if let Some(file) = &node.ami_secret_file {
-                let secret = std::fs::read_to_string(file).map_err(|e| {
-                    invalid(
-                        format!("nodes.{}.ami_secret_file", node.name),
-                        format!("cannot read {}: {e}", file.display()),
-                    )
-                })?;
-                node.ami_secret = Some(Redacted(secret.trim().to_string()));
+                let key = format!("nodes.{}.ami_secret_file", node.name);
+                node.ami_secret = Some(secret_from_file(key, file)?);
             }
         }
         if let Some(file) = &cfg.kamailio.notify_key_file {
-            let key = std::fs::read_to_string(file).map_err(|e| {
-                invalid(
-                    "kamailio.notify_key_file",
-                    format!("cannot read {}: {e}", file.display()),
-                )
-            })?;
-            cfg.kamailio.notify_key = Some(Redacted(key.trim().to_string()));
+            cfg.kamailio.notify_key = Some(secret_from_file("kamailio.notify_key_file", file)?);
         }
         cfg.validate()?;
         if std::env::var("REGMIRROR_ALLOW_DEMO_SECRETS").as_deref() != Ok("yes") {

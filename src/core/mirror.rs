@@ -964,11 +964,12 @@ impl Mirror {
         live: &[(String, Duration)],
     ) -> Result<(), ReconcileRefused> {
         self.ensure_started(now);
-        let mut in_snapshot = vec![false; self.aors.len()];
+        // Known AORs the snapshot lists (AORs new to the mirror are added below).
+        let mut seen = vec![false; self.aors.len()];
         for (aor, expires) in live {
             let slot = user_part(aor).and_then(|u| self.by_name.get(u));
             if let (Some(&s), false) = (slot, expires.is_zero()) {
-                in_snapshot[s as usize] = true;
+                seen[s as usize] = true;
             }
         }
         let (mut live_now, mut dropping) = (0usize, 0usize);
@@ -977,7 +978,7 @@ impl Mirror {
                 continue;
             }
             live_now += 1;
-            if !in_snapshot[slot] && a.changed.is_none_or(|c| c < now) {
+            if !seen[slot] && a.changed.is_none_or(|c| c < now) {
                 dropping += 1;
             }
         }
@@ -987,7 +988,6 @@ impl Mirror {
                 dropping,
             });
         }
-        let mut seen = vec![false; self.aors.len()];
         for (aor, expires) in live {
             let Some(user) = user_part(aor) else {
                 self.counters.invalid_aors += 1;

@@ -308,8 +308,8 @@ pub fn user_status(
     }
 }
 
-/// Whether `/readyz` answers 200: the driver answers queries.
-/// At most `MAX_CONNECTIONS` at a time (more are closed at once), and the driver is asked for
+/// Serves the admin endpoints (`/readyz` answers 200 while the driver answers queries). At
+/// most `MAX_CONNECTIONS` at a time (more are closed at once), and the driver is asked for
 /// the farm at most once per `SNAPSHOT_TTL`, so a flood costs the driver nothing.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, driver: mpsc::Sender<AdminQuery>) {
     let started = Instant::now();
@@ -366,15 +366,12 @@ fn unavailable() -> Reply {
 
 async fn handle(mut stream: TcpStream, ctx: Ctx) -> std::io::Result<()> {
     let Ctx {
-        metrics,
-        driver,
-        snapshots,
+        ref metrics,
+        ref driver,
+        ref snapshots,
         started,
     } = ctx;
-    let farm = |bindings, uptime| {
-        let (driver, snapshots) = (driver.clone(), snapshots.clone());
-        async move { farm(&driver, &snapshots, bindings, uptime).await }
-    };
+    let farm = |bindings, uptime| farm(driver, snapshots, bindings, uptime);
     let mut buf = vec![0u8; 4096];
     let mut len = 0;
     // Read until the end of the request head (or the buffer is full).
@@ -432,7 +429,7 @@ async fn handle(mut stream: TcpStream, ctx: Ctx) -> std::io::Result<()> {
                 .map(percent_decode)
             {
                 Some(Some(user)) if crate::core::mirror::user_part(&user) == Some(&user) => {
-                    match ask(&driver, |reply| AdminQuery::User { user, reply }).await {
+                    match ask(driver, |reply| AdminQuery::User { user, reply }).await {
                         Some(s) => (
                             "200 OK",
                             "application/json",
