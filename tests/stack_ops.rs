@@ -7,7 +7,7 @@
 //! Skipped unless `REGMIRROR_TEST_STACK_ADMIN` is set (`REGMIRROR_REQUIRE_STACK=1` makes that a
 //! failure). From the host, with the stack up (`scripts/stack up`):
 //!   REGMIRROR_TEST_STACK_ADMIN=http://10.77.0.40:9070 cargo test --test stack_ops -- --nocapture
-//! Optional: `REGMIRROR_TEST_STACK_KAMAILIO` (10.77.0.20:5060), `REGMIRROR_TEST_STACK_USER`
+//! Optional: `REGMIRROR_TEST_STACK_KAMAILIO` (10.78.0.20:5060, the phones' side), `REGMIRROR_TEST_STACK_USER`
 //! (1001), `REGMIRROR_TEST_STACK_PASSWORD` (secret<user>), `REGMIRROR_TEST_STACK_DOMAIN`
 //! (regmirror.test), `REGMIRROR_TEST_STACK_NODES` (ast1,ast2).
 
@@ -79,7 +79,7 @@ fn stack_status_metrics_and_page_follow_a_real_registration() {
         eprintln!("skipped: REGMIRROR_TEST_STACK_ADMIN unset (compose suite)");
         return;
     };
-    let kamailio: SocketAddr = env_or("REGMIRROR_TEST_STACK_KAMAILIO", "10.77.0.20:5060")
+    let kamailio: SocketAddr = env_or("REGMIRROR_TEST_STACK_KAMAILIO", "10.78.0.20:5060")
         .parse()
         .expect("REGMIRROR_TEST_STACK_KAMAILIO is ip:port");
     let user = env_or("REGMIRROR_TEST_STACK_USER", "1001");

@@ -22,8 +22,8 @@ import threading
 import time
 
 SIPP_DIR = "/work/tests/sipp"
-KAMAILIO = "10.77.0.20:5060"
-TESTER = "10.77.0.50"
+KAMAILIO = "10.78.0.20:5060"
+TESTER = "10.78.0.50"
 REALM = "regmirror.test"
 RETRY_MS = 1000
 GIVE_UP_S = 120

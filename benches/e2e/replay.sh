@@ -89,8 +89,8 @@ for start in range(first, first + count, 1000):
           + ",".join(f"('{i}','{i}','{i}','phones','all','ulaw,alaw','no','no','yes','no',"
                      f"'rfc4733','username')" for i in ids) + ";")
 PY
-    "$DOCKER" exec -i -e MYSQL_PWD="$PROVISIONER_DB_PASSWORD" "${CID[tester]}" \
-        mariadb -h 10.77.0.10 -u provisioner regmirror <"$OUT/users.sql"
+    "$DOCKER" exec -i -e MYSQL_PWD="$PROVISIONER_DB_PASSWORD" "${CID[mariadb]}" \
+        mariadb -h 127.0.0.1 -u provisioner regmirror <"$OUT/users.sql"
     # Bindings as Kamailio's usrloc would write them (a phone at the tester, 2 hours left):
     # Kamailio itself never hears of them, which the replay does not need.
     python3 - "$BASE" "$N" >"$OUT/location.sql" <<'PY'
@@ -100,9 +100,9 @@ for start in range(first, first + count, 1000):
     ids = range(start, min(start + 1000, first + count))
     print("INSERT INTO location (ruid, username, contact, received, expires, callid, cseq, "
           "last_modified, user_agent, socket) VALUES "
-          + ",".join(f"('replaybench-{i}','{i}','sip:{i}@10.77.0.50:5061',NULL,"
+          + ",".join(f"('replaybench-{i}','{i}','sip:{i}@10.78.0.50:5061',NULL,"
                      f"NOW() + INTERVAL 2 HOUR,'replaybench-{i}',1,NOW(),'replaybench',"
-                     f"'udp:10.77.0.20:5060')" for i in ids) + ";")
+                     f"'udp:10.78.0.20:5060')" for i in ids) + ";")
 PY
     "$DOCKER" exec -i "${CID[mariadb]}" mariadb regmirror <"$OUT/location.sql"
     local live

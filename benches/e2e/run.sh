@@ -127,8 +127,8 @@ for start in range(first, first + count, 1000):
           + ",".join(f"('{i}','{i}','{i}','phones','all','ulaw,alaw','no','no','yes','no',"
                      f"'rfc4733','username')" for i in ids) + ";")
 PY
-    compose exec -T -e MYSQL_PWD="$PROVISIONER_DB_PASSWORD" tester \
-        mariadb -h 10.77.0.10 -u provisioner regmirror <"$OUT/users.sql"
+    compose exec -T -e MYSQL_PWD="$PROVISIONER_DB_PASSWORD" mariadb \
+        mariadb -h 127.0.0.1 -u provisioner regmirror <"$OUT/users.sql"
 }
 
 stack_up() { # mode
@@ -250,7 +250,7 @@ for i in range(n):
     t0=$(now_ms)
     "$DOCKER" exec "${CID[tester]}" sh -c "mkdir -p /tmp/e2e/$mode-$rate && cd /tmp/e2e/$mode-$rate && \
         sipp -sf /tmp/e2e/register-rtd.xml -inf /tmp/e2e/users-$mode-$rate.csv \
-        -r $rate -rp 1000 -m $n -l 10000 -i 10.77.0.50 -p 5061 -s regmirror.test 10.77.0.20:5060 \
+        -r $rate -rp 1000 -m $n -l 10000 -i 10.78.0.50 -p 5061 -s regmirror.test 10.78.0.20:5060 \
         -nostdin -timeout $((STEP_SECS + 45)) -trace_rtt -rtt_freq 1 -trace_stat -fd 1 -stf stat.csv \
         -trace_err -error_file errors.log >sipp.out 2>&1; echo \$? > rc" || true
     t1=$(now_ms)

@@ -135,7 +135,7 @@ def last_clean(path):
 
 
 CLIENTS = {"10.77.0.20": "kamailio", "10.77.0.31": "ast1", "10.77.0.32": "ast2", "10.77.0.33": "ast3",
-           "10.77.0.40": "regmirror", "10.77.0.41": "regmirror2", "10.77.0.50": "tester"}
+           "10.77.0.40": "regmirror", "10.77.0.41": "regmirror2", "10.78.0.50": "tester"}
 COMMANDS = ("Query", "Execute")  # statements run; Prepare / Close stmt are extra round trips
 
 

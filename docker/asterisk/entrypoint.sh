@@ -51,20 +51,27 @@ type = identify
 endpoint = kamailio
 match = $KAMAILIO_ADDR
 CONF
+# `deny` everything, then one `permit` per address or network (a bare address is one host).
+deny_all_but() {
+    local net
+    echo "deny = 0.0.0.0/0.0.0.0"
+    for net in "$@"; do
+        net=${net// /}
+        [[ $net == */* ]] || net="$net/255.255.255.255"
+        echo "permit = $net"
+    done
+}
 # Kamailio and regmirror are the only SIP peers a node has: phones reach it through Kamailio.
 {
     echo "[farm-only]"
     echo "type = acl"
-    echo "deny = 0.0.0.0/0.0.0.0"
-    echo "permit = ${KAMAILIO_ADDR%:*}/255.255.255.255"
-    for ip in "${regmirror_ips[@]}"; do echo "permit = ${ip// /}/255.255.255.255"; done
+    deny_all_but "${KAMAILIO_ADDR%:*}" "${regmirror_ips[@]}"
 } > "$etc/pjsip_acl.conf"
 # The named ACL users' endpoints reference (ps_endpoints.acl, default 'regmirror'): their
 # requests come from regmirror only.
 {
     echo "[regmirror]"
-    echo "deny = 0.0.0.0/0.0.0.0"
-    for ip in "${regmirror_ips[@]}"; do echo "permit = ${ip// /}/255.255.255.255"; done
+    deny_all_but "${regmirror_ips[@]}"
 } > "$etc/acl.conf"
 (umask 077; cat > "$etc/res_odbc_credentials.conf" <<CONF
 username => $DB_USER
@@ -72,20 +79,13 @@ password => $DB_PASSWORD
 CONF
 )
 # PJSIPShowContacts is a `system` read; DBDel (removing a deleted user's contact) a `system` write.
-(umask 077; cat > "$etc/manager_users.conf" <<CONF
-[$AMI_USER]
-secret = $AMI_SECRET
-deny = 0.0.0.0/0.0.0.0
-permit = 127.0.0.1/255.255.255.255
-read = system
-write = system
-CONF
-for net in "${ami_permits[@]}"; do
-    net=${net// /}
-    [[ $net == */* ]] || net="$net/255.255.255.255"
-    echo "permit = $net" >> "$etc/manager_users.conf"
-done
-)
+(umask 077; {
+    echo "[$AMI_USER]"
+    echo "secret = $AMI_SECRET"
+    echo "read = system"
+    echo "write = system"
+    deny_all_but 127.0.0.1 "${ami_permits[@]}"
+} > "$etc/manager_users.conf")
 sed -i -e "s/^SERVER = .*/SERVER = $DB_HOST/" -e "s/^PORT = .*/PORT = $DB_PORT/" \
        -e "s/^DATABASE = .*/DATABASE = $DB_NAME/" /etc/odbc.ini
 chown asterisk:asterisk "$etc"/*.conf

@@ -120,8 +120,10 @@ impl Driver {
         let pool = MySqlPoolOptions::new()
             .max_connections(config.database.max_connections)
             .acquire_timeout(config.database.connect_timeout)
-            .connect_lazy(&config.database.url)
-            .map_err(|e| anyhow::anyhow!("database.url: {e}"))?;
+            .connect_lazy_with(
+                store::connect_options(&config.database.url)
+                    .map_err(|e| anyhow::anyhow!("database.url: {e}"))?,
+            );
         let nodes: Vec<Node> = config.nodes.iter().map(node_of).collect();
         let mcfg = MirrorConfig {
             domain: config.sip.domain.clone(),

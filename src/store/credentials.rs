@@ -144,9 +144,9 @@ pub async fn live_aors(
         .collect())
 }
 
-/// Like [`live_aors`], but the database computes `now` itself (`NOW()` in the same statement):
-/// Kamailio writes `location.expires` as a DATETIME in local time, so comparing it with the
-/// database's own clock avoids any skew or time-zone difference with regmirror's host.
+/// Like [`live_aors`], but the database computes `now` itself (`NOW()` in the same statement,
+/// UTC in every session of ours: [`super::connect_options`]): no clock skew with regmirror's
+/// host. Kamailio writes `location.expires` as a DATETIME in its local time, which must be UTC.
 /// Returns `(aor, seconds until the last contact expires)`.
 pub async fn live_aors_db_now(pool: &MySqlPool) -> Result<Vec<(String, u32)>, StoreError> {
     let rows: Vec<(String, Option<String>, i64)> = sqlx::query_as(

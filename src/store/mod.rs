@@ -89,13 +89,22 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// Opens a small pool on `url` (`mysql://user:pass@host:port/db`) and checks
-/// that the server answers. Fails fast (5 s) when it does not.
+/// Connection options for `url` (`mysql://user:pass@host:port/db`), every session in UTC:
+/// `NOW()` in regmirror's queries is then UTC whatever the server's time zone, and Kamailio
+/// (which writes `location.expires` in its process's local time) runs with TZ=UTC.
+pub fn connect_options(url: &str) -> Result<MySqlConnectOptions, StoreError> {
+    MySqlConnectOptions::from_str(url)
+        .map(|o| o.timezone(Some("+00:00".to_string())))
+        .map_err(|e| StoreError::Invalid {
+            field: "database URL",
+            reason: e.to_string(),
+        })
+}
+
+/// Opens a small pool on `url` and checks that the server answers. Fails fast (5 s) when it
+/// does not.
 pub async fn connect(url: &str) -> Result<MySqlPool, StoreError> {
-    let options = MySqlConnectOptions::from_str(url).map_err(|e| StoreError::Invalid {
-        field: "database URL",
-        reason: e.to_string(),
-    })?;
+    let options = connect_options(url)?;
     let target = format!("{}:{}", options.get_host(), options.get_port());
     // One direct connection first: a pool only says "timed out", this says why.
     let probe = tokio::time::timeout(CONNECT_TIMEOUT, MySqlConnection::connect_with(&options))

@@ -33,13 +33,19 @@ PROJECT = os.environ.get("COMPOSE_PROJECT_NAME", "regmirror")
 DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")
 HOST_BINARY = Path(os.environ.get("REGMIRROR_BIN", ROOT / "target/release/regmirror"))
 
-MARIADB = "10.77.0.10"
-KAMAILIO = "10.77.0.20"
+# The phones' network (the tester's softphones and SIPp): Kamailio's door and the RTP relay.
+KAMAILIO = "10.78.0.20"
 KAMAILIO_SIP = f"{KAMAILIO}:5060"
+RTP_RELAY = "10.78.0.25"
+TESTER = "10.78.0.50"
+# The farm network, reached from here (the docker host) but not from the tester.
+MARIADB = "10.77.0.10"
+KAMAILIO_FARM = "10.77.0.20"
+# Where regmirror's contacts on the nodes point: Kamailio's farm-side socket.
+MIRROR_CONTACT_HOST = f"{KAMAILIO_FARM}:5060"
 NODES = {"ast1": "10.77.0.31", "ast2": "10.77.0.32"}
 REGMIRROR = "10.77.0.40"
 ADMIN_URL = f"http://{REGMIRROR}:9070"
-TESTER = "10.77.0.50"
 REALM = "regmirror.test"
 PROVISIONER_URL = "mysql://provisioner:{}@mariadb:3306/regmirror".format(
     os.environ.get("PROVISIONER_DB_PASSWORD", "provisioner-demo")
@@ -142,7 +148,7 @@ def node_users(stack, node):
     for user, uris in stack.contacts(node).items():
         if user == "kamailio":
             continue
-        found.add(user if uris == [f"sip:{user}@{KAMAILIO_SIP}"] else f"{user}!")
+        found.add(user if uris == [f"sip:{user}@{MIRROR_CONTACT_HOST}"] else f"{user}!")
     return found
 
 
@@ -191,7 +197,8 @@ def bulk_remove(stack, users):
 
 
 def provisioner_sql(stack, sql):
-    res = stack.exec("tester", ["mariadb", "-h", MARIADB, "-u", "provisioner", "regmirror"],
+    # in MariaDB's own container: the tester, on the phones' side, cannot reach the database
+    res = stack.exec("mariadb", ["mariadb", "-h", "127.0.0.1", "-u", "provisioner", "regmirror"],
                      env={"MYSQL_PWD": "provisioner-demo"}, input=sql, timeout=60)
     assert res.returncode == 0, res.stderr
 
@@ -260,7 +267,7 @@ class Stack:
 
     def mirrored(self, user):
         """True when every node holds exactly one contact for user, pointing at Kamailio."""
-        want = [f"sip:{user}@{KAMAILIO_SIP}"]
+        want = [f"sip:{user}@{MIRROR_CONTACT_HOST}"]
         return all(c == want for c in self.contacts_of(user).values())
 
     def absent(self, user):
@@ -306,15 +313,16 @@ class Stack:
 
 
 class FarmCapture:
-    """tcpdump in Kamailio's network namespace: the SIP between Kamailio and the nodes."""
+    """tcpdump in Kamailio's network namespace: the SIP between Kamailio and the nodes, or
+    what `expression` (a pcap filter) selects."""
 
-    def __init__(self):
+    def __init__(self, expression=None):
         nodes = " or ".join(f"host {a}" for a in NODES.values())
         self.proc = subprocess.Popen(
             [DOCKER, "run", "--rm", "--network", f"container:{cid('kamailio')}",
              "--cap-add", "NET_RAW", "--cap-add", "NET_ADMIN", "--entrypoint", "tcpdump",
              "regmirror/tester:dev", "-i", "any", "-n", "-l", "-A", "-s", "0",
-             f"udp port 5060 and ({nodes})"],
+             expression or f"udp port 5060 and ({nodes})"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, errors="replace")
         time.sleep(1.5)  # attached
         self.packets = []
@@ -380,7 +388,7 @@ class Sipp:
     def __init__(self, stack):
         self.stack = stack
 
-    def _script(self, scenario, rows, port, mport, args, timeout, source=TESTER):
+    def _script(self, scenario, rows, port, mport, args, timeout, source):
         n = next(self._seq)
         base = f"{TMP}/sipp-{os.getpid()}-{n}-{Path(scenario).stem}"
         inf = "\n".join(["SEQUENTIAL"] + [";".join(map(str, r)) for r in rows]) + "\n"
@@ -399,26 +407,27 @@ class Sipp:
         return base, script
 
     def run(self, scenario, rows=(), *, port, mport=None, args=(), target=KAMAILIO_SIP,
-            timeout=15, source=TESTER):
-        """Run one call of `scenario` from `source` (an address of the tester) and wait;
-        returns a SippResult (rc 0 = pass)."""
+            timeout=15, source=TESTER, host="tester"):
+        """Run one call of `scenario` from `source` (an address of `host`, the tester unless
+        told) and wait; returns a SippResult (rc 0 = pass)."""
         args = list(args) + ([target] if target else [])
         base, script = self._script(scenario, rows, port, mport or 10000 + (port % 1000) * 4,
                                     args, timeout, source)
-        self.stack.sh("tester", script, timeout=timeout + 15)
-        return self.result(base)
+        self.stack.sh(host, script, timeout=timeout + 15)
+        return self.result(base, host)
 
     def start(self, scenario, rows=(), *, port, mport=None, args=(), target=None, timeout=20):
         """Start `scenario` in the background (e.g. an answering phone); returns a handle."""
         args = list(args) + ([target] if target else [])
-        base, script = self._script(scenario, rows, port, mport or 10000 + (port % 1000) * 4, args, timeout)
+        base, script = self._script(scenario, rows, port, mport or 10000 + (port % 1000) * 4, args,
+                                    timeout, TESTER)
         proc = subprocess.Popen(
             [DOCKER, "exec", self.stack.container("tester"), "bash", "-c", script],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return _Background(self, base, proc, timeout)
 
-    def result(self, base):
-        out = self.stack.sh("tester", f"cat {base}.rc; echo ===; cat {base}.msg 2>/dev/null; "
+    def result(self, base, host="tester"):
+        out = self.stack.sh(host, f"cat {base}.rc; echo ===; cat {base}.msg 2>/dev/null; "
                                       f"echo ===; tail -n 30 {base}.out {base}.err 2>/dev/null")
         rc_text, messages, stdout = (out.stdout.split("===\n", 2) + ["", ""])[:3]
         rc = int(rc_text.strip()) if rc_text.strip().lstrip("-").isdigit() else -1

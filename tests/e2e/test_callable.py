@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import (ADMINS, DOCKER, KAMAILIO, KAMAILIO_SIP, NODES, REALM, TESTER, FarmCapture,
+from conftest import (ADMINS, DOCKER, KAMAILIO_FARM, KAMAILIO_SIP, NODES, REALM, TESTER, FarmCapture,
                       bulk_provision, bulk_register, bulk_remove, cid, compose, converged, metric,
                       node_users, poll, wait_healthy)
 
@@ -103,10 +103,10 @@ def test_call_to_a_user_kamailio_does_not_know_is_one_invite_and_one_answer(
     assert results[absent[0]][-1] == 480, results
     assert results[unknown][-1] == 404, results
     for node in NODES.values():
-        asked = cap.invites(absent[0], src=node, dst=KAMAILIO)
-        assert len(asked) == len(cap.invites(absent[0], src=KAMAILIO, dst=node)), cap.packets
-    assert len(cap.invites(absent[0], dst=KAMAILIO)) == 1, cap.invites(absent[0])
-    assert cap.invites(unknown, dst=KAMAILIO) == [], cap.packets
+        asked = cap.invites(absent[0], src=node, dst=KAMAILIO_FARM)
+        assert len(asked) == len(cap.invites(absent[0], src=KAMAILIO_FARM, dst=node)), cap.packets
+    assert len(cap.invites(absent[0], dst=KAMAILIO_FARM)) == 1, cap.invites(absent[0])
+    assert cap.invites(unknown, dst=KAMAILIO_FARM) == [], cap.packets
 
 
 def test_a_contact_naming_a_node_never_loops(stack, sipp, new_user, ports):
@@ -131,9 +131,9 @@ def test_a_contact_naming_a_node_never_loops(stack, sipp, new_user, ports):
     finals = [c for c, _ in call.responses("INVITE") if c >= 300]
     assert finals and finals[-1] >= 400, call.stdout
     to_farm = [mf for n in NODES.values()
-               for mf in cap.invites(target[0], src=KAMAILIO, dst=n)]
+               for mf in cap.invites(target[0], src=KAMAILIO_FARM, dst=n)]
     from_farm = [mf for n in NODES.values()
-                 for mf in cap.invites(target[0], src=n, dst=KAMAILIO)]
+                 for mf in cap.invites(target[0], src=n, dst=KAMAILIO_FARM)]
     assert to_farm and set(to_farm) == {69}, to_farm
     assert len(from_farm) <= len(to_farm), (to_farm, from_farm)
     assert cap.invites("600") == [], "Kamailio sent the call to the Contact on the node"

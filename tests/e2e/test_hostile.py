@@ -1,11 +1,16 @@
-"""Issue 15 (in part): what a host on the phones' side sends through Kamailio must not act on
-regmirror. Sent from 10.77.0.51, an extra address of the tester that is not exempt from
-Kamailio's flood bans (the tester's main address is, for load tests)."""
+"""Issue 15: Kamailio is the one door. What a host on the phones' side sends must not change a
+binding, reach the farm behind Kamailio's back or crash a service. Phone-side attacks are sent
+from 10.78.0.51 and up, extra addresses of the tester that are not exempt from Kamailio's flood
+bans (the tester's main address is, for load tests). The phones' network reaches nothing but
+Kamailio and the RTP relay; attacks that need the farm network (a forged source address, a
+flood at regmirror, the nodes' and AMI's own ACLs) come from an intruder container there,
+10.77.0.60, an address none of the farm's ACLs admit."""
 
 import base64
 import hashlib
 import hmac
 import json
+import os
 import re
 import secrets
 import subprocess
@@ -14,10 +19,13 @@ import time
 
 import pytest
 
-from conftest import (ADMINS, DOCKER, KAMAILIO, NODES, REGMIRROR, ROOT, FarmCapture, bulk_provision,
-                      bulk_register, bulk_remove, converged, metric, poll)
+from conftest import (ADMINS, DOCKER, KAMAILIO, KAMAILIO_FARM, MARIADB, NODES, REGMIRROR, ROOT,
+                      FarmCapture, bulk_provision, bulk_register, bulk_remove, converged, metric,
+                      poll)
 
-HOSTILE = "10.77.0.51"
+HOSTILE = "10.78.0.51"
+INTRUDER = "10.77.0.60"
+REGMIRRORS = (REGMIRROR, "10.77.0.41")
 
 # Runs in the tester: one UDP datagram from HOSTILE to Kamailio, the first response line back.
 SEND = r"""
@@ -34,6 +42,39 @@ try:
 except socket.timeout:
     print(json.dumps({"from": None, "line": None}))
 """
+
+
+def sidecar(stack, key, network):
+    """The tester's image (SIPp, python3, tests/ mounted) idling with `network` (docker run
+    --network arguments), reachable as stack service `key`; removed when the generator ends."""
+    name = f"regmirror-{key}-{os.getpid()}"
+    subprocess.run([DOCKER, "run", "-d", "--rm", "--name", name, *network,
+                    "-v", f"{ROOT / 'tests'}:/work/tests:ro",
+                    "--entrypoint", "sleep", "regmirror/tester:dev", "infinity"],
+                   check=True, capture_output=True, timeout=60)
+    stack._ids[key] = name
+    try:
+        stack.sh(key, "mkdir -p /tmp/e2e", check=True)
+        yield name
+    finally:
+        stack._ids.pop(key, None)
+        subprocess.run([DOCKER, "rm", "-f", name], capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def intruder(stack):
+    """A host on the farm network that is not Kamailio, a node or regmirror (a compromised
+    neighbour), as stack service "intruder"."""
+    yield from (INTRUDER for _ in sidecar(stack, "intruder",
+                                          ["--network", "regmirror", "--ip", INTRUDER]))
+
+
+@pytest.fixture(scope="module")
+def beside_regmirror(stack):
+    """SIPp with regmirror's own address (in its network namespace), as service
+    "beside-regmirror": what a compromised regmirror host could send."""
+    yield from (REGMIRROR for _ in sidecar(
+        stack, "beside-regmirror", ["--network", f"container:{stack.container('regmirror')}"]))
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +141,8 @@ def test_a_forged_notification_relayed_by_kamailio_changes_no_binding(
 # would carry, to show that one replayed later is refused too.
 DEMO_KEY = b"regmirror-notify-demo-key"
 
-# Runs in the tester: one UDP datagram whose IP source is Kamailio's (a raw socket), the
-# attack a host on Kamailio's network can make without passing through Kamailio at all.
+# Runs in the intruder: one UDP datagram whose IP source is Kamailio's (a raw socket), the
+# attack a host on Kamailio's farm network can make without passing through Kamailio at all.
 SPOOF = r"""
 import socket, struct, sys
 src, dst, dport = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -123,18 +164,18 @@ def spoofed_notification(user, *, time_us, key=None):
         tag = hmac.new(key, f"delete|{user}|0|0|{time_us}".encode(), hashlib.sha256).digest()
         headers += f"X-RegMirror-Auth: {base64.urlsafe_b64encode(tag).decode().rstrip('=')}\n"
     return (f"MESSAGE sip:regmirror@{REGMIRROR}:5070 SIP/2.0\n"
-            f"Via: SIP/2.0/UDP {KAMAILIO}:5060;branch=z9hG4bK{secrets.token_hex(6)}\n"
-            f"From: <sip:kamailio@{KAMAILIO}>;tag=rm{secrets.token_hex(4)}\n"
+            f"Via: SIP/2.0/UDP {KAMAILIO_FARM}:5060;branch=z9hG4bK{secrets.token_hex(6)}\n"
+            f"From: <sip:kamailio@{KAMAILIO_FARM}>;tag=rm{secrets.token_hex(4)}\n"
             f"To: <sip:regmirror@{REGMIRROR}:5070>\n"
-            f"Call-ID: {secrets.token_hex(8)}@{KAMAILIO}\n"
+            f"Call-ID: {secrets.token_hex(8)}@{KAMAILIO_FARM}\n"
             "CSeq: 10 MESSAGE\nMax-Forwards: 70\n" + headers + "Content-Length: 0\n\n")
 
 
 @pytest.mark.parametrize("how", ["unsigned", "wrong-key", "replayed-5-min-later"])
 def test_a_notification_from_a_forged_source_address_changes_no_binding(
-        stack, hostile, new_user, phone, how):
-    """A delete notification sent straight to every regmirror instance as a raw datagram with
-    Kamailio's IP as its source: unsigned, signed with a guessed key, or a genuine one replayed
+        stack, intruder, new_user, phone, how):
+    """A delete notification sent straight to every regmirror instance, from a farm-side host,
+    as a raw datagram with Kamailio's IP as its source: unsigned, signed with a guessed key, or a genuine one replayed
     five minutes later. Each is dropped and counted (forged / stale), and the user stays
     registered on both nodes."""
     p = phone(*new_user())
@@ -148,8 +189,8 @@ def test_a_notification_from_a_forged_source_address_changes_no_binding(
     result = "stale" if how.startswith("replayed") else "forged"
     before = {s: metric(s, "regmirror_notifications_total", f'result="{result}"') or 0
               for s in ADMINS}
-    for instance in ("10.77.0.40", "10.77.0.41"):
-        stack.exec("tester", ["python3", "-c", SPOOF, KAMAILIO, instance, "5070"],
+    for instance in REGMIRRORS:
+        stack.exec("intruder", ["python3", "-c", SPOOF, KAMAILIO_FARM, instance, "5070"],
                    input=msg.replace("\n", "\r\n"), check=True)
     ok, _ = poll(lambda: all((metric(s, "regmirror_notifications_total", f'result="{result}"')
                               or 0) > before[s] for s in ADMINS), 3)
@@ -165,6 +206,7 @@ INFRA_CONTACTS = {
     "node-other-port": f"sip:600@{NODES['ast2']}:5080",
     "node-by-name": "sip:600@ast1",
     "kamailio": f"sip:600@{KAMAILIO}:5060",
+    "kamailio-farm-side": f"sip:600@{KAMAILIO_FARM}:5060",
     "regmirror": f"sip:regmirror@{REGMIRROR}:5070",
 }
 
@@ -224,26 +266,97 @@ print(data.decode(errors="replace"))
 """
 
 
+# Runs on a host: which of the given tcp/udp services answer from `src`. TCP: a completed
+# connect. UDP: any datagram back for an OPTIONS (SIP) or a junk byte.
+PROBE = r"""
+import json, socket, sys
+src, targets = sys.argv[1], json.loads(sys.argv[2])
+answered = {}
+for proto, host, port in targets:
+    key = f"{proto}:{host}:{port}"
+    try:
+        if proto == "tcp":
+            socket.create_connection((host, port), timeout=2, source_address=(src, 0)).close()
+            answered[key] = True
+        else:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((src, 0))
+            s.settimeout(2)
+            s.sendto((f"OPTIONS sip:{host}:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {src}:"
+                      f"{s.getsockname()[1]};branch=z9hG4bKprobe{port}\r\nFrom: <sip:p@{src}>;tag=1"
+                      f"\r\nTo: <sip:{host}>\r\nCall-ID: probe{port}@{src}\r\nCSeq: 1 OPTIONS"
+                      "\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode(),
+                     (host, port))
+            s.recvfrom(65535)
+            answered[key] = True
+    except OSError:
+        answered[key] = False
+print(json.dumps(answered))
+"""
+
+BEHIND_THE_DOOR = ([("tcp", MARIADB, 3306)]
+                   + [("tcp", a, 5038) for a in NODES.values()]
+                   + [(p, a, 5060) for a in NODES.values() for p in ("udp", "tcp")]
+                   + [(p, a, port) for a in REGMIRRORS for p, port in (("udp", 5070),
+                                                                      ("tcp", 9070))]
+                   + [("udp", KAMAILIO_FARM, 5060)])
+
+
+def probe(stack, host, src, targets):
+    res = stack.exec(host, ["python3", "-c", PROBE, src, json.dumps(targets)], timeout=120,
+                     check=True)
+    return json.loads(res.stdout)
+
+
+def test_the_phones_side_reaches_nothing_behind_kamailio(stack, hostile):
+    """From a phone-side host: MariaDB, each node's SIP (UDP and TCP) and AMI, each regmirror's
+    SIP port and admin listener, and Kamailio's farm-side socket neither accept a connection
+    nor answer; Kamailio's phones' side answers the same probe (so the probe works)."""
+    door = probe(stack, "tester", hostile, [("udp", KAMAILIO, 5060), ("tcp", KAMAILIO, 5060)])
+    assert all(door.values()), door
+    behind = probe(stack, "tester", hostile, BEHIND_THE_DOOR)
+    assert not any(behind.values()), [k for k, v in behind.items() if v]
+
+
 @pytest.mark.parametrize("node", NODES)
-def test_a_node_takes_no_sip_from_the_phones_side(stack, sipp, hostile, new_user, ports, node):
+@pytest.mark.parametrize("side", ["phones", "farm"])
+def test_a_node_takes_no_sip_from_another_host(stack, sipp, hostile, intruder, new_user, ports,
+                                               node, side):
     """A phone with valid credentials registers straight at a node, bypassing Kamailio (its
-    bans, its authentication): the node refuses it (its ACL admits Kamailio and regmirror
-    only), and the user's contacts on the node stay regmirror's."""
+    bans, its authentication), from the phones' side (no route to the node) or from a host on
+    the farm network (the node's ACL admits Kamailio and regmirror only): no 200, and the
+    user's contacts on the node stay regmirror's."""
     user, password = new_user()
-    res = sipp.run("register-contact.xml",
-                   [(user, password, 60, f"sip:{user}@{hostile}:5998")],
-                   port=next(ports), source=hostile, target=f"{NODES[node]}:5060", timeout=6)
+    src, host = {"phones": (hostile, "tester"), "farm": (intruder, "intruder")}[side]
+    res = sipp.run("register-contact.xml", [(user, password, 60, f"sip:{user}@{src}:5998")],
+                   port=next(ports), source=src, target=f"{NODES[node]}:5060", timeout=6,
+                   host=host)
     assert res.rc != 0
     assert 200 not in [c for c, _ in res.responses("REGISTER")], res.stdout
-    assert not any(hostile in c for c in stack.contacts_of(user).get(node, [])), \
+    assert not any(src in c for c in stack.contacts_of(user).get(node, [])), \
         stack.contacts_of(user)
 
 
 @pytest.mark.parametrize("node", NODES)
-def test_ami_refuses_the_phones_side(stack, hostile, node):
-    """AMI login from a phone-side host with the account and the demo secret committed in this
-    repository: refused (AMI permits regmirror's addresses only)."""
-    res = stack.exec("tester", ["python3", "-c", AMI_LOGIN, hostile, NODES[node]], timeout=15)
+def test_a_users_endpoint_takes_no_call_even_from_regmirrors_address(stack, sipp, beside_regmirror,
+                                                                   new_user, ports, node):
+    """regmirror's address passes a user's endpoint ACL (it registers there) and regmirror holds
+    the user's credentials: an INVITE placed there as the user, with valid credentials, still
+    reaches no dialplan (the users' context `phones` is empty): 404, nothing answered."""
+    user, password = new_user()
+    res = sipp.run("uac-call-direct.xml", [(user, password, "600")], port=next(ports),
+                   source=beside_regmirror, target=f"{NODES[node]}:5060", timeout=8,
+                   host="beside-regmirror")
+    codes = [c for c, _ in res.responses("INVITE")]
+    assert res.rc == 0 and codes[-1:] == [404], res.stdout
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_ami_refuses_a_farm_host_that_is_not_regmirror(stack, intruder, node):
+    """AMI login from a host on the farm network with the account and the demo secret
+    committed in this repository: refused (AMI permits regmirror's addresses only; the phones'
+    side does not reach it at all)."""
+    res = stack.exec("intruder", ["python3", "-c", AMI_LOGIN, intruder, NODES[node]], timeout=15)
     assert "Response: Success" not in res.stdout, res.stdout
     assert "Authentication failed" in res.stdout or res.returncode != 0, res.stdout
 
@@ -293,7 +406,7 @@ def test_brute_force_bans_the_account_from_that_address_only(stack, sipp, ports,
     the same address in between, as behind a shared NAT): that account is then refused from
     that address, even with the right password; the valid neighbour keeps registering, and the
     victim still registers from elsewhere."""
-    attacker, elsewhere = address("10.77.0.52"), address("10.77.0.53")
+    attacker, elsewhere = address("10.78.0.52"), address("10.78.0.53")
     victim, neighbour = new_user(), new_user()
     for i in range(10):
         codes = register_from(sipp, ports, attacker, victim[0], "wrong-password")
@@ -312,7 +425,7 @@ def test_brute_force_bans_the_account_from_that_address_only(stack, sipp, ports,
 def test_password_spraying_bans_the_address(stack, sipp, ports, new_user, address):
     """One wrong guess each for twenty accounts from one address (AUTH_FAIL_IP_LIMIT): the
     address is banned, so even a valid account gets nothing from there."""
-    sprayer = address("10.77.0.54")
+    sprayer = address("10.78.0.54")
     valid = new_user()
     for i in range(20):
         register_from(sipp, ports, sprayer, f"spray{i}", "guess")
@@ -353,8 +466,8 @@ def test_kamailio_relays_in_dialog_requests_only_along_its_own_record_route(stac
 
 # ----- floods -----
 
-# Runs in the tester for `seconds`: junk UDP at regmirror's SIP port and HTTP requests at its
-# admin listener, from a phone-side address (both reachable in this one-network compose stack).
+# Runs in the intruder for `seconds`: junk UDP at regmirror's SIP port and HTTP requests at its
+# admin listener (the phones' side cannot reach either).
 FLOOD = r"""
 import os, socket, sys, threading, time
 src, seconds, targets = sys.argv[1], float(sys.argv[2]), sys.argv[3].split(",")
@@ -389,17 +502,16 @@ print(sent["udp"], sent["http"])
 """
 
 
-def test_a_flood_on_regmirror_does_not_delay_the_mirror(stack, hostile, address):
+def test_a_flood_on_regmirror_does_not_delay_the_mirror(stack, intruder):
     """Junk datagrams at regmirror's SIP port and requests at its admin listener, from a
-    phone-side host, while 100 phones register through Kamailio: each phone's binding reaches
+    farm-side host, while 100 phones register through Kamailio: each phone's binding reaches
     both nodes within about 1 s (the per-node lag never exceeds 1 s) and all 100 end mirrored."""
-    flooder = address("10.77.0.55")
     users = [(f"79{secrets.randbelow(10**6):06d}", secrets.token_hex(6)) for _ in range(100)]
     bulk_provision(stack, users)
     try:
         flood = subprocess.Popen(
-            [DOCKER, "exec", stack.container("tester"), "python3", "-c", FLOOD, flooder, "12",
-             "10.77.0.40,10.77.0.41"], stdout=subprocess.PIPE, text=True)
+            [DOCKER, "exec", stack.container("intruder"), "python3", "-c", FLOOD, intruder, "12",
+             ",".join(REGMIRRORS)], stdout=subprocess.PIPE, text=True)
         time.sleep(1)
         lags, stop = [], threading.Event()
 
@@ -440,7 +552,7 @@ def test_a_users_endpoint_takes_requests_from_regmirror_only(stack, new_user, no
                     f"{kamailio}:/tmp/register.xml"], check=True)
     res = stack.sh("kamailio", (
         f"printf 'SEQUENTIAL\\n{user};{password};60\\n' > /tmp/acl.csv && "
-        f"sipp -sf /tmp/register.xml -inf /tmp/acl.csv -i {KAMAILIO} -p 5099 -m 1 "
+        f"sipp -sf /tmp/register.xml -inf /tmp/acl.csv -i {KAMAILIO_FARM} -p 5099 -m 1 "
         f"-s regmirror.test -nostdin -timeout 6 -timeout_error -trace_msg "
         f"-message_file /tmp/acl.msg {NODES[node]}:5060 >/dev/null 2>&1; "
         "cat /tmp/acl.msg; rm -f /tmp/acl.msg"), timeout=30)

@@ -10,7 +10,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import NODES, KAMAILIO_SIP, poll
+from conftest import MIRROR_CONTACT_HOST, NODES, poll
 
 # Both instances of the HA pair (whichever of them registers; an instance that is not
 # reachable or idle is skipped, each active one is checked on its own).
@@ -44,7 +44,7 @@ def test_burst_costs_about_one_challenge_per_node(stack, new_user, phone):
 
     def all_mirrored():
         per_node = [stack.contacts(n) for n in NODES]
-        return all(c.get(u) == [f"sip:{u}@{KAMAILIO_SIP}"] for c in per_node for u, _ in users)
+        return all(c.get(u) == [f"sip:{u}@{MIRROR_CONTACT_HOST}"] for c in per_node for u, _ in users)
 
     ok, took = poll(all_mirrored, 15, 0.3)
     assert ok, "not every phone reached both nodes"

@@ -3,7 +3,7 @@ a binding fail cleanly; unauthenticated calls are challenged."""
 
 import re
 
-from conftest import holds, poll
+from conftest import REGMIRROR, TESTER, FarmCapture, holds, poll
 
 REMOVE_DEADLINE = 2.0
 # Kamailio's min_expires in compose (10 s) + its usrloc sweep (5 s) + slack for regmirror.
@@ -11,13 +11,22 @@ EXPIRY_DEADLINE = 25.0
 
 
 def test_unregister_removes_binding_everywhere(stack, new_user, phone):
+    """Expires 0 from the phone: Kamailio tells regmirror with a `delete` notification (the
+    contract's event for contacts the phone removed) and the binding leaves both nodes."""
     p = phone(*new_user())
     p.register()
     assert poll(lambda: stack.mirrored(p.user), 1.0)[0], stack.contacts_of(p.user)
-    p.unregister()
-    gone, elapsed = poll(lambda: stack.absent(p.user), REMOVE_DEADLINE)
+    cap = FarmCapture(f"udp and dst host {REGMIRROR} and dst port 5070")
+    try:
+        p.unregister()
+        gone, elapsed = poll(lambda: stack.absent(p.user), REMOVE_DEADLINE)
+    finally:
+        cap.stop()
     assert gone, f"still bound after Expires 0: {stack.contacts_of(p.user)}"
     assert stack.location(p.user) == []
+    events = [re.search(r"X-RegMirror-Event: (\w+)", text).group(1)
+              for _, _, text in cap.packets if f"X-RegMirror-AOR: {p.user}" in text]
+    assert events and set(events) == {"delete"}, events
 
 
 def test_kamailio_expiry_removes_binding_everywhere(stack, new_user, phone):
@@ -38,12 +47,12 @@ def test_second_device_keeps_the_binding(stack, new_user, phone):
     dev1.register()
     dev2.register()
     assert sorted(stack.location(user)) == sorted(
-        f"sip:{user}@10.77.0.50:{d.port}" for d in (dev1, dev2))
+        f"sip:{user}@{TESTER}:{d.port}" for d in (dev1, dev2))
     # Two phones, still exactly one binding per node (Kamailio's contact).
     assert poll(lambda: stack.mirrored(user), 1.0)[0], stack.contacts_of(user)
 
     dev1.unregister()
-    assert stack.location(user) == [f"sip:{user}@10.77.0.50:{dev2.port}"]
+    assert stack.location(user) == [f"sip:{user}@{TESTER}:{dev2.port}"]
     ok, _ = holds(lambda: stack.mirrored(user), 1.5)
     assert ok, f"binding lost while device 2 is registered: {stack.contacts_of(user)}"
 
