@@ -388,7 +388,7 @@ class Sipp:
     def __init__(self, stack):
         self.stack = stack
 
-    def _script(self, scenario, rows, port, mport, args, timeout, source):
+    def _script(self, scenario, rows, port, mport, args, timeout, source=TESTER):
         n = next(self._seq)
         base = f"{TMP}/sipp-{os.getpid()}-{n}-{Path(scenario).stem}"
         inf = "\n".join(["SEQUENTIAL"] + [";".join(map(str, r)) for r in rows]) + "\n"
@@ -419,8 +419,7 @@ class Sipp:
     def start(self, scenario, rows=(), *, port, mport=None, args=(), target=None, timeout=20):
         """Start `scenario` in the background (e.g. an answering phone); returns a handle."""
         args = list(args) + ([target] if target else [])
-        base, script = self._script(scenario, rows, port, mport or 10000 + (port % 1000) * 4, args,
-                                    timeout, TESTER)
+        base, script = self._script(scenario, rows, port, mport or 10000 + (port % 1000) * 4, args, timeout)
         proc = subprocess.Popen(
             [DOCKER, "exec", self.stack.container("tester"), "bash", "-c", script],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
