@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 
-use regmirror::core::binding::{RegisterRequest, ResponseInfo};
 use regmirror::core::digest::{self, RequestInfo, Secret};
 use regmirror::core::mirror::{Credential, Mirror, MirrorConfig, Node, Transport};
 use regmirror::core::sip::{challenges, parse_incoming, parse_message, Incoming};
 use regmirror::core::testing::FakeRegistrar;
+use regmirror::core::{binding::RegisterRequest, response::ResponseInfo};
 
 const DOMAIN: &str = "regmirror.test";
 const AORS_PER_ROUND: usize = 4096;

@@ -3,4 +3,5 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod runtime;
+pub mod status;
 pub mod store;

@@ -187,7 +187,7 @@ level = "regmirror=debug,info"
         "{text}"
     );
     let o = status(&admin, &["7100", "--json"]);
-    let u: regmirror::runtime::admin::UserStatus =
+    let u: regmirror::status::UserStatus =
         serde_json::from_slice(&o.stdout).expect("status --json");
     assert!(
         u.live && u.nodes.iter().all(|b| b.state == "registered"),
@@ -205,10 +205,8 @@ level = "regmirror=debug,info"
         "the farm snapshot shows both users",
         Duration::from_secs(3),
         || {
-            serde_json::from_str::<regmirror::runtime::admin::FarmStatus>(
-                &http(&admin, "/status.json").1,
-            )
-            .is_ok_and(|f| f.live_aors == 2)
+            serde_json::from_str::<regmirror::status::FarmStatus>(&http(&admin, "/status.json").1)
+                .is_ok_and(|f| f.live_aors == 2)
         },
     );
     let o = status(&admin, &[]);
@@ -224,7 +222,7 @@ level = "regmirror=debug,info"
         // NODE ADDRESS HEALTH COVERAGE LAG ...
         assert_eq!(row.get(3..6), Some(&["100%", "0", "s"][..]), "{table}");
     }
-    let f: regmirror::runtime::admin::FarmStatus =
+    let f: regmirror::status::FarmStatus =
         serde_json::from_str(&http(&admin, "/status.json").1).unwrap();
     assert_eq!(f.live_aors, 2);
     for n in &f.nodes {

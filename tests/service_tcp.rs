@@ -227,7 +227,7 @@ level = "regmirror=debug,info"
 
     let (code, m) = http(&admin, "/status.json");
     assert_eq!(code, 200);
-    let f: regmirror::runtime::admin::FarmStatus = serde_json::from_str(&m).unwrap();
+    let f: regmirror::status::FarmStatus = serde_json::from_str(&m).unwrap();
     assert_eq!(
         (f.nodes[0].desired, f.nodes[0].confirmed, f.nodes[0].failing),
         (1, 1, 0),

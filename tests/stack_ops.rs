@@ -22,7 +22,7 @@ use phone::Phone;
 use regmirror::cli::status::http_get;
 use regmirror::core::digest::Secret;
 use regmirror::core::testing::FakeRegistrar;
-use regmirror::runtime::admin::{FarmStatus, UserStatus};
+use regmirror::status::{FarmStatus, UserStatus};
 
 fn env_or(k: &str, d: &str) -> String {
     std::env::var(k)

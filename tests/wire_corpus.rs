@@ -5,9 +5,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
-use regmirror::core::binding::ResponseInfo;
 use regmirror::core::digest::{self, Authorization, Challenge, RequestInfo, Secret};
 use regmirror::core::notify::{self, MAX_AOR, MAX_EXPIRES};
+use regmirror::core::response::ResponseInfo;
 use regmirror::core::sip::{self, Incoming, MAX_MESSAGE};
 use rsip::SipMessage;
 

@@ -4,7 +4,7 @@
 //! reads of it (challenges, the granted expiry) does not panic.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use regmirror::core::binding::ResponseInfo;
+use regmirror::core::response::ResponseInfo;
 use regmirror::core::sip::{self, Incoming};
 use rsip::SipMessage;
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Args;
 use thiserror::Error;
 
-use crate::runtime::admin::{lag_text, percent_text, FarmStatus, UserStatus};
+use crate::status::{lag_text, percent_text, FarmStatus, UserStatus};
 
 #[derive(Args)]
 pub struct StatusArgs {
@@ -340,7 +340,7 @@ mod tests {
             ("ast2", 1000, 973, 97.3, 41.26),
             ("ast3", 1000, 999, 99.9, 3.04),
         ] {
-            f.nodes.push(crate::runtime::admin::NodeRow {
+            f.nodes.push(crate::status::NodeRow {
                 name: name.into(),
                 address: "10.0.0.1:5060".into(),
                 health: "up".into(),

@@ -23,12 +23,13 @@ use rand::{Rng, SeedableRng};
 
 use super::binding::{
     backoff, first_refresh_delay, refresh_delay, valid_user, AuthNext, AuthSent, Binding,
-    NodeNonce, Op, Phase, RegisterRequest, ResponseInfo, Txn, NODE_REALMS,
+    NodeNonce, Op, Phase, RegisterRequest, Txn, NODE_REALMS,
 };
 pub use super::binding::{BindingState, LastResult};
 use super::digest::{self, Challenge, RequestInfo, Secret};
 pub use super::farm::FarmConfig;
 use super::farm::{Health, HealthAction, Pacer, Probe, StormGate};
+use super::response::ResponseInfo;
 use super::transaction::{branch, parse_branch, Id, NonInviteClient, TimerAction, Timers};
 
 pub type NodeId = u16;

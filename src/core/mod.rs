@@ -5,6 +5,7 @@ pub mod farm;
 pub mod mirror;
 pub mod notify;
 pub mod peer;
+pub mod response;
 pub mod sip;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -11,8 +11,8 @@ use rsip::headers::UntypedHeader;
 use rsip::{Header, SipMessage};
 use thiserror::Error;
 
-use super::binding::ResponseInfo;
 use super::digest::{self, DigestError};
+use super::response::{HeaderKind, ResponseInfo};
 
 /// Largest message accepted, on UDP (one datagram) and on a stream (one framed message).
 /// Kamailio's notifications and Asterisk's responses are well under 2 KiB.
@@ -76,47 +76,6 @@ fn expand_compact(name: &str) -> &str {
 
 fn is_token_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
-}
-
-/// The headers this crate reads, recognised once per line, case-insensitively (as rsip does).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum HeaderKind {
-    Via,
-    From,
-    To,
-    CallId,
-    CSeq,
-    ContentLength,
-    WwwAuthenticate,
-    ProxyAuthenticate,
-    MinExpires,
-    RetryAfter,
-    Expires,
-    Contact,
-    Other,
-}
-
-impl HeaderKind {
-    /// Kind of a full (expanded) header name.
-    fn of(name: &str) -> HeaderKind {
-        use HeaderKind::*;
-        let is = |s: &str| name.eq_ignore_ascii_case(s);
-        match name.len() {
-            2 if is("To") => To,
-            3 if is("Via") => Via,
-            4 if is("From") => From,
-            4 if is("CSeq") => CSeq,
-            7 if is("Call-ID") => CallId,
-            7 if is("Contact") => Contact,
-            7 if is("Expires") => Expires,
-            11 if is("Min-Expires") => MinExpires,
-            11 if is("Retry-After") => RetryAfter,
-            14 if is("Content-Length") => ContentLength,
-            16 if is("WWW-Authenticate") => WwwAuthenticate,
-            18 if is("Proxy-Authenticate") => ProxyAuthenticate,
-            _ => Other,
-        }
-    }
 }
 
 /// One header line of a checked header section.

@@ -15,7 +15,6 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::config::{Config, Redacted, TransportKind};
-use crate::core::binding::{refresh_period, ResponseInfo};
 use crate::core::mirror::{
     drop_refused, BindingState, Credential, Event, FarmConfig, Mirror, MirrorConfig, Node,
     Transmit, Transport,
@@ -23,13 +22,15 @@ use crate::core::mirror::{
 use crate::core::notify::{aor_user, parse_notification, AuthError, Notification};
 use crate::core::peer::{self, Transition};
 use crate::core::sip::{parse_incoming, parse_message, response_for, Incoming, MAX_MESSAGE};
-use crate::runtime::admin::{self, AdminQuery};
+use crate::core::{binding::refresh_period, response::ResponseInfo};
+use crate::runtime::admin::AdminQuery;
 use crate::runtime::ami::{fetch_contact_users, remove_contacts, AmiTarget};
 use crate::runtime::ha::{self as ha_rt, Ha};
 use crate::runtime::inflight::InFlight;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::mmsg;
 use crate::runtime::tcp::{Frame, TcpLinks};
+use crate::status;
 use crate::store;
 
 /// Result of a credential lookup done off the driver task.
@@ -828,12 +829,12 @@ impl Driver {
             .store(self.mirror.stats().replayed, Ordering::Relaxed);
         match q {
             AdminQuery::Farm { bindings, reply } => {
-                let mut s = admin::farm_status(&self.mirror, Instant::now(), health, bindings);
+                let mut s = status::farm_status(&self.mirror, Instant::now(), health, bindings);
                 s.ha = self.ha.view();
                 let _ = reply.send(s);
             }
             AdminQuery::User { user, reply } => {
-                let _ = reply.send(admin::user_status(
+                let _ = reply.send(status::user_status(
                     &self.mirror,
                     Instant::now(),
                     &user,

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::core::binding::ResponseInfo;
+use crate::core::response::ResponseInfo;
 
 pub struct InFlight {
     /// Branch -> (node index, first send, Call-ID).

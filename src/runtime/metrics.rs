@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::runtime::admin::FarmStatus;
+use crate::status::FarmStatus;
 
 /// Upper bounds (seconds) of the REGISTER latency buckets: loopback to Timer F.
 pub const LATENCY_BUCKETS: [f64; 12] = [
@@ -423,7 +423,7 @@ fn render_farm(o: &mut String, f: &FarmStatus) {
     }
     // One series per node for each of these, read straight from the node's status row (f64
     // prints integers without a fraction, exactly up to 2^53).
-    type NodeValue = fn(&crate::runtime::admin::NodeRow) -> f64;
+    type NodeValue = fn(&crate::status::NodeRow) -> f64;
     let per_node: [(&str, &str, &str, NodeValue); 9] = [
         (
             "regmirror_node_desired_bindings",
@@ -570,7 +570,7 @@ mod tests {
         m.count_result(401);
         m.count_transition("ast1", "registered");
         let mut f = FarmStatus::default();
-        f.nodes.push(crate::runtime::admin::NodeRow {
+        f.nodes.push(crate::status::NodeRow {
             name: "ast1".into(),
             health: "up".into(),
             confirmed: 3,
@@ -599,7 +599,7 @@ mod tests {
     fn node_coverage_and_lag_gauges_render() {
         let mut f = FarmStatus::default();
         for (name, desired, covered, lag) in [("ast1", 8, 6, 12.5), ("ast2", 0, 0, 0.0)] {
-            f.nodes.push(crate::runtime::admin::NodeRow {
+            f.nodes.push(crate::status::NodeRow {
                 name: name.into(),
                 desired,
                 covered,

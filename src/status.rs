@@ -1,0 +1,304 @@
+//! What an operator reads about the farm and about one user: the types `/status.json`,
+//! `/status/<user>.json`, the status page, `/metrics` and `regmirror status` share, and the
+//! builders that read them off the `Mirror`.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::mirror::{coverage_ratio, BindingState, Mirror, NodeId};
+
+/// One node as `status` shows it. `desired` is the number of live AORs (each is wanted on every
+/// node); `drift` counts bindings that differ from that: not (yet) confirmed, or left over.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeRow {
+    pub name: String,
+    pub address: String,
+    /// `up`, `down` or `unknown` (no health probe has answered yet).
+    pub health: String,
+    /// Bindings that should be on the node now (`core::mirror::Coverage`).
+    pub desired: u64,
+    /// Bindings in state `registered`, desired or not, being replayed or not.
+    pub confirmed: u64,
+    /// Desired bindings the node confirmed and has not possibly lost since (a failure, the
+    /// node down, its replay): `covered / desired` is the coverage.
+    #[serde(default)]
+    pub covered: u64,
+    /// `covered / desired` in percent, rounded down: 100 only when nothing is missing.
+    #[serde(default)]
+    pub coverage_percent: f64,
+    /// How long the oldest desired binding that is not covered has waited, in seconds (0: none).
+    #[serde(default)]
+    pub lag_seconds: f64,
+    pub registering: u64,
+    pub unregistering: u64,
+    pub failing: u64,
+    pub drift: u64,
+    /// Digest challenges (401/407) received from the node.
+    #[serde(default)]
+    pub challenges: u64,
+    /// REGISTERs answering the node's latest nonce preemptively (`farm.nonce_reuse`), and how
+    /// many of them the node challenged again: the reuse hit rate is 1 - challenged / preemptive.
+    #[serde(default)]
+    pub preemptive: u64,
+    #[serde(default)]
+    pub preemptive_challenged: u64,
+    /// REGISTER operations in flight, and how many the node may have now (the congestion
+    /// window of `farm.latency_target`, at most `max_inflight_per_node`).
+    #[serde(default)]
+    pub inflight: u64,
+    #[serde(default)]
+    pub window: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BindingRow {
+    pub user: String,
+    pub node: String,
+    pub state: String,
+    pub last_result: String,
+}
+
+/// The `Mirror`'s counters, for `/metrics` and the status page.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatsView {
+    pub transactions: u64,
+    pub retransmits: u64,
+    pub timeouts: u64,
+    pub challenges: u64,
+    pub credential_rejected: u64,
+    pub stray_responses: u64,
+    pub queued: u64,
+    #[serde(default)]
+    pub refreshes_deferred: u64,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FarmStatus {
+    pub version: String,
+    pub uptime_seconds: u64,
+    pub live_aors: u64,
+    pub nodes: Vec<NodeRow>,
+    pub stats: StatsView,
+    /// Total bindings, of which `bindings` lists the first few (problems first).
+    pub bindings_total: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bindings: Vec<BindingRow>,
+    /// Role in an active/standby pair (`standalone` without `[ha]`).
+    #[serde(default)]
+    pub ha: crate::runtime::ha::HaView,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UserBinding {
+    pub node: String,
+    pub health: String,
+    /// `registered`, `registering`, `unregistering`, `failed` or `absent`.
+    pub state: String,
+    pub last_result: String,
+    /// Seconds until the next refresh, retransmission or retry.
+    pub next_action_seconds: Option<f64>,
+    pub granted_expires: u32,
+    pub failures: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UserStatus {
+    pub user: String,
+    /// Kamailio holds the AOR live: bindings are wanted on every node.
+    pub live: bool,
+    /// One row per node, `absent` where the user has no binding.
+    pub nodes: Vec<UserBinding>,
+}
+
+impl UserStatus {
+    /// Whether any node holds (or is working on) a binding.
+    pub fn has_binding(&self) -> bool {
+        self.nodes.iter().any(|b| b.state != "absent")
+    }
+}
+
+impl NodeRow {
+    /// `covered / desired`, 1 when nothing is desired.
+    pub fn coverage_ratio(&self) -> f64 {
+        coverage_ratio(self.desired, self.covered)
+    }
+}
+
+/// `part / whole` in percent rounded down to 0.1 (in integers: 99.96% must not read 100%),
+/// 100 when `whole` is 0.
+fn floor_percent(whole: u64, part: u64) -> f64 {
+    match part.min(whole).saturating_mul(1000).checked_div(whole) {
+        Some(permille) => permille as f64 / 10.0,
+        None => 100.0,
+    }
+}
+
+/// `coverage_percent` as people read it: `100%`, `97.3%`.
+pub fn percent_text(p: f64) -> String {
+    format!("{p}%")
+}
+
+/// `lag_seconds` as people read it: `0 s`, `0.4 s`, `12 s`.
+pub fn lag_text(s: f64) -> String {
+    match s {
+        s if s <= 0.0 => "0 s".into(),
+        s if s < 10.0 => format!("{s:.1} s"),
+        s => format!("{s:.0} s"),
+    }
+}
+
+pub fn state_name(s: BindingState) -> &'static str {
+    match s {
+        BindingState::Registering => "registering",
+        BindingState::Registered => "registered",
+        BindingState::Unregistering => "unregistering",
+        BindingState::Failed => "failed",
+    }
+}
+
+/// Builds the farm summary. `health` gives each node's health (`unknown` until probed).
+pub fn farm_status(
+    mirror: &Mirror,
+    now: Instant,
+    health: impl Fn(NodeId) -> &'static str,
+    max_bindings: usize,
+) -> FarmStatus {
+    let mut nodes: Vec<NodeRow> = mirror
+        .nodes()
+        .enumerate()
+        .map(|(i, n)| {
+            let h = mirror.node_health(i as NodeId);
+            let c = h.as_ref().map(|h| h.coverage).unwrap_or_default();
+            NodeRow {
+                name: n.name.clone(),
+                address: n.addr.to_string(),
+                health: health(i as NodeId).to_string(),
+                desired: c.desired as u64,
+                covered: c.confirmed as u64,
+                coverage_percent: floor_percent(c.desired as u64, c.confirmed as u64),
+                // Milliseconds are plenty and keep the JSON short; rounded up, so a lag shows.
+                lag_seconds: (c.lag(now).as_secs_f64() * 1000.0).ceil() / 1000.0,
+                challenges: h.as_ref().map_or(0, |h| h.challenges),
+                preemptive: h.as_ref().map_or(0, |h| h.preemptive),
+                preemptive_challenged: h.as_ref().map_or(0, |h| h.preemptive_challenged),
+                inflight: h.as_ref().map_or(0, |h| h.inflight as u64),
+                window: h.as_ref().map_or(0, |h| h.window as u64),
+                ..Default::default()
+            }
+        })
+        .collect();
+    let stats = mirror.stats();
+    let live = stats.live_aors as u64;
+    let mut total = 0u64;
+    let mut problems = Vec::new();
+    let mut fine = Vec::new();
+    for b in mirror.bindings() {
+        total += 1;
+        let Some(row) = nodes.get_mut(usize::from(b.node)) else {
+            continue;
+        };
+        let is_live = mirror.is_live(now, b.aor);
+        match b.state {
+            BindingState::Registered => {
+                row.confirmed += 1;
+                if !is_live {
+                    row.drift += 1;
+                }
+            }
+            BindingState::Registering => row.registering += 1,
+            BindingState::Unregistering => row.unregistering += 1,
+            BindingState::Failed => row.failing += 1,
+        }
+        let list = if b.state == BindingState::Registered {
+            &mut fine
+        } else {
+            &mut problems
+        };
+        if list.len() < max_bindings {
+            list.push(BindingRow {
+                user: b.aor.to_string(),
+                node: row.name.clone(),
+                state: state_name(b.state).into(),
+                last_result: b.last_result.to_string(),
+            });
+        }
+    }
+    for row in &mut nodes {
+        let confirmed_live = row.confirmed - row.drift;
+        row.drift += live.saturating_sub(confirmed_live);
+    }
+    problems.extend(fine);
+    problems.truncate(max_bindings);
+    FarmStatus {
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_seconds: 0,
+        live_aors: live,
+        nodes,
+        stats: StatsView {
+            transactions: stats.transactions,
+            retransmits: stats.retransmits,
+            timeouts: stats.timeouts,
+            challenges: stats.challenges,
+            credential_rejected: stats.credential_rejected,
+            stray_responses: stats.stray_responses,
+            queued: stats.queued as u64,
+            refreshes_deferred: stats.refreshes_deferred,
+        },
+        bindings_total: total,
+        bindings: problems,
+        ha: Default::default(),
+    }
+}
+
+/// One user's bindings on every node.
+pub fn user_status(
+    mirror: &Mirror,
+    now: Instant,
+    user: &str,
+    health: impl Fn(NodeId) -> &'static str,
+) -> UserStatus {
+    let nodes = mirror
+        .nodes()
+        .enumerate()
+        .map(|(i, n)| {
+            let id = i as NodeId;
+            let b = mirror.binding(user, id);
+            UserBinding {
+                node: n.name.clone(),
+                health: health(id).to_string(),
+                state: b.as_ref().map_or("absent", |b| state_name(b.state)).into(),
+                last_result: b
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |b| b.last_result.to_string()),
+                next_action_seconds: b
+                    .as_ref()
+                    .and_then(|b| b.next_action)
+                    .map(|t| t.saturating_duration_since(now).as_secs_f64()),
+                granted_expires: b.as_ref().map_or(0, |b| b.granted_expires),
+                failures: b.as_ref().map_or(0, |b| b.failures),
+            }
+        })
+        .collect();
+    UserStatus {
+        user: user.to_string(),
+        live: mirror.is_live(now, user),
+        nodes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coverage_percent_rounds_down() {
+        assert_eq!(floor_percent(0, 0), 100.0);
+        assert_eq!(floor_percent(10_000, 10_000), 100.0);
+        assert_eq!(floor_percent(10_000, 9_999), 99.9);
+        assert_eq!(floor_percent(1000, 997), 99.7);
+        assert_eq!(floor_percent(3, 0), 0.0);
+        assert_eq!(percent_text(99.9), "99.9%");
+        assert_eq!(percent_text(100.0), "100%");
+    }
+}
