@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 7 part 4: end-to-end REGISTER load through the compose topology, regmirror against the
-# classic tutorial design (Kamailio REGISTERs on the nodes itself: kamailio.cfg WITH_TUTORIAL).
+# classic tutorial design (Kamailio REGISTERs on the nodes itself: benches/kamailio/tutorial/).
 #
 # For each mode: a fresh stack, N users provisioned in bulk (through the provisioner account),
 # then SIPp in the tester registers a fresh block of users through Kamailio at each rate for
@@ -13,8 +13,8 @@
 #   MODES=tutorial RATES="100 200" benches/e2e/run.sh
 #   MODES="regmirror1 tutorial" RATES=20 SQL_PROFILE=1 benches/e2e/run.sh   # SQL per registration
 #
-# Modes: none (baseline: Kamailio saves the phone's binding and notifies nobody, KAMAILIO_NOMIRROR;
-#        the nodes run idle), tutorial (no regmirror; Kamailio WITH_TUTORIAL), regmirror1 (one
+# Modes: none (baseline: Kamailio saves the phone's binding and notifies nobody, benches/kamailio/none/;
+#        the nodes run idle), tutorial (no regmirror; benches/kamailio/tutorial/), regmirror1 (one
 #        instance), regmirror1-uncapped (one instance, farm.max_register_rate = 0: the nodes take
 #        new bindings at the pace of their own answers, the latency window), regmirror1-cap<N>
 #        (one instance, farm.max_register_rate = N: a point between the two), regmirror (the
@@ -135,11 +135,12 @@ stack_up() { # mode
     "$STACK" down >>"$OUT/stack.log" 2>&1 || true
     if [ "$1" = none ]; then
         # Baseline: Kamailio alone (no notification, no REGISTER to the nodes; nodes idle).
-        KAMAILIO_NOMIRROR=1 KAMAILIO_REGMIRROR_ADDR2= SKIP_CARGO=1 \
+        STACK_OVERLAYS=benches/e2e/compose.none.yml KAMAILIO_REGMIRROR_ADDR2= SKIP_CARGO=1 \
             "$STACK" up mariadb kamailio ast1 ast2 tester >>"$OUT/stack.log" 2>&1
     elif [ "$1" = tutorial ]; then
-        # No regmirror at all; Kamailio forwards REGISTERs itself (kamailio.cfg WITH_TUTORIAL).
-        KAMAILIO_TUTORIAL=1 KAMAILIO_REGMIRROR_ADDR2= AST_REGISTRAR_ADDRS=10.77.0.20 SKIP_CARGO=1 \
+        # No regmirror at all; Kamailio forwards REGISTERs itself (benches/kamailio/tutorial/).
+        STACK_OVERLAYS=benches/e2e/compose.tutorial.yml KAMAILIO_REGMIRROR_ADDR2= \
+            AST_REGISTRAR_ADDRS=10.77.0.20 SKIP_CARGO=1 \
             "$STACK" up mariadb kamailio ast1 ast2 tester >>"$OUT/stack.log" 2>&1
         # Demo only: the plaintext-password view the tutorial needs (see the file).
         compose exec -T mariadb mariadb regmirror <"$HERE/tutorial-grant.sql"

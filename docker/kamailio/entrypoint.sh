@@ -13,9 +13,6 @@
 #   REG_MIN_EXPIRES REG_MAX_EXPIRES UL_TIMER_INTERVAL FARM_FR_TIMEOUT AUTH_FAIL_LIMIT
 #                          AUTH_FAIL_IP_LIMIT (optional)
 #   KAMAILIO_SHM_MB KAMAILIO_PKG_MB  memory
-#   TUTORIAL=1             benchmark only: WITH_TUTORIAL (Kamailio REGISTERs on the nodes itself,
-#                          from TUTORIAL_PORT, default 5080) instead of notifying regmirror
-#   NOMIRROR=1             benchmark only: WITH_NOMIRROR (save the phone's binding, notify nobody)
 set -euo pipefail
 # usrloc writes location.expires in the process's local time and regmirror reads it in UTC.
 export TZ=UTC
@@ -47,7 +44,6 @@ env_cfg=/etc/kamailio/kamailio-env.cfg
     fi
     echo "#!substdef \"!AUTH_REALM!$AUTH_REALM!g\""
     echo "#!substdef \"!ANTIFLOOD_EXEMPT_NET!$ANTIFLOOD_EXEMPT!g\""
-    if [ -n "${TUTORIAL_PORT:-}" ]; then echo "#!substdef \"!TUTORIAL_PORT!$TUTORIAL_PORT!g\""; fi
     if [ -n "${NOTIFY_KEY:-}" ]; then echo "#!define NOTIFY_KEY \"$NOTIFY_KEY\""; fi
     echo "#!define DBURL \"mysql://$DB_USER:$DB_PASSWORD@$DB_HOST:$DB_PORT/$DB_NAME\""
     for v in REG_MIN_EXPIRES REG_MAX_EXPIRES UL_TIMER_INTERVAL FARM_FR_TIMEOUT FR_TIMER AUTH_FAIL_LIMIT AUTH_FAIL_IP_LIMIT \
@@ -61,13 +57,8 @@ chmod 640 "$env_cfg"
 mkdir -p /run/kamailio
 chown kamailio:kamailio /run/kamailio
 
-# -A: defined before the cfg is read, so the switch section can test it.
-defs=()
-if [ "${TUTORIAL:-0}" = 1 ]; then defs+=(-A WITH_TUTORIAL); fi
-if [ "${NOMIRROR:-0}" = 1 ]; then defs+=(-A WITH_NOMIRROR); fi
-
-kamailio -c "${defs[@]}" -f /etc/kamailio/kamailio.cfg >/dev/null 2>/tmp/kamailio-check.log || {
+kamailio -c -f /etc/kamailio/kamailio.cfg >/dev/null 2>/tmp/kamailio-check.log || {
     cat /tmp/kamailio-check.log >&2; exit 1; }
 
-exec kamailio -DD -E "${defs[@]}" -f /etc/kamailio/kamailio.cfg -u kamailio -g kamailio \
+exec kamailio -DD -E -f /etc/kamailio/kamailio.cfg -u kamailio -g kamailio \
     -m "$KAMAILIO_SHM_MB" -M "$KAMAILIO_PKG_MB" "$@"
