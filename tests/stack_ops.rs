@@ -11,6 +11,7 @@
 //! (1001), `REGMIRROR_TEST_STACK_PASSWORD` (secret<user>), `REGMIRROR_TEST_STACK_DOMAIN`
 //! (regmirror.test), `REGMIRROR_TEST_STACK_NODES` (ast1,ast2).
 
+mod common;
 #[path = "support/phone.rs"]
 mod phone;
 
@@ -18,8 +19,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::{http as get, metric, wait_for_some as wait_for};
 use phone::Phone;
-use regmirror::cli::status::http_get;
 use regmirror::core::digest::Secret;
 use regmirror::core::testing::FakeRegistrar;
 use regmirror::status::{FarmStatus, UserStatus};
@@ -40,30 +41,9 @@ fn status(admin: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn get(admin: &str, path: &str) -> (u16, String) {
-    http_get(admin, path, Duration::from_secs(5)).unwrap_or((0, String::new()))
-}
-
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn user_status(admin: &str, user: &str) -> Option<UserStatus> {
     let o = status(admin, &[user, "--json"]);
     serde_json::from_slice(&o.stdout).ok()
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]

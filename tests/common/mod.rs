@@ -1,5 +1,7 @@
-//! Shared helpers for the `db_*` tests, which need a real MariaDB: run them
-//! through `tests/with-mariadb.sh cargo test --test db_...`.
+//! Helpers shared by the integration tests: free ports, the `regmirror` binary, the admin
+//! listener, polling, provisioning and notifications against a real MariaDB
+//! (`tests/with-mariadb.sh`), and a `regmirror run` service in a temporary directory.
+// Each test binary compiles this module and uses a different part of it.
 #![allow(dead_code)]
 
 use std::io::Write;
@@ -44,10 +46,19 @@ pub fn http(admin: &str, path: &str) -> (u16, String) {
 
 /// Polls `f` every 50 ms until it holds; panics naming `what` after `timeout`.
 pub fn wait_for(what: &str, timeout: std::time::Duration, mut f: impl FnMut() -> bool) {
+    wait_for_some(what, timeout, || f().then_some(()))
+}
+
+/// Polls `f` every 50 ms until it returns a value; panics naming `what` after `timeout`.
+pub fn wait_for_some<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
     let end = std::time::Instant::now() + timeout;
     while std::time::Instant::now() < end {
-        if f() {
-            return;
+        if let Some(v) = f() {
+            return v;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
