@@ -86,7 +86,7 @@ pub struct FarmStatus {
     pub bindings: Vec<BindingRow>,
     /// Role in an active/standby pair (`standalone` without `[ha]`).
     #[serde(default)]
-    pub ha: crate::runtime::ha::HaView,
+    pub ha: HaView,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -284,6 +284,38 @@ pub fn user_status(
         user: user.to_string(),
         live: mirror.is_live(now, user),
         nodes,
+    }
+}
+
+/// `ha` in `/status.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HaView {
+    /// `standalone`, `primary` or `secondary`.
+    pub role: String,
+    /// `active` or `standby`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// Consecutive probes the primary left unanswered (secondary only).
+    #[serde(default)]
+    pub peer_unanswered: u32,
+    #[serde(default)]
+    pub takeovers: u64,
+    /// Live AORs received while standby, applied at takeover.
+    #[serde(default)]
+    pub standby_aors: u64,
+}
+
+impl Default for HaView {
+    fn default() -> Self {
+        HaView {
+            role: "standalone".into(),
+            state: "active".into(),
+            peer: None,
+            peer_unanswered: 0,
+            takeovers: 0,
+            standby_aors: 0,
+        }
     }
 }
 

@@ -788,3 +788,56 @@ fn credential_debug_is_redacted() {
     let c = cred("1001", "hunter2");
     assert!(!format!("{c:?}").contains("hunter2"));
 }
+
+/// The core reports each transaction's outcome (node, round trip from the first send, final
+/// code) and each retry after a failure, so the shell never re-reads the bytes it sent.
+#[test]
+fn transaction_outcomes_and_retries_are_reported() {
+    let mut s = sim(2);
+    s.latency = ms(5);
+    s.registrars[1]
+        .script
+        .push_back(Scripted::Unavailable(Some(20)));
+    let now = s.now;
+    s.mirror
+        .aor_update(now, "1001", secs(600), None, Some(cred("1001", "s3cret")));
+    s.run_for(secs(1));
+    let done: Vec<(u16, u16, Duration)> = s
+        .take_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::TransactionDone {
+                node,
+                round_trip,
+                code,
+            } => Some((node, code, round_trip)),
+            _ => None,
+        })
+        .collect();
+    // node 0: 401 then 200; node 1: 503 (scripted, before any challenge)
+    let codes = |n: u16| {
+        done.iter()
+            .filter(|d| d.0 == n)
+            .map(|d| d.1)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(codes(0), [401, 200], "{done:?}");
+    assert_eq!(codes(1), [503], "{done:?}");
+    assert!(
+        done.iter().all(|d| d.2 == ms(10)),
+        "two 5 ms hops: {done:?}"
+    );
+    // Retry-After 20 s: one retry on node 1, which then registers.
+    s.run_for(secs(25));
+    let events = s.take_events();
+    let retries: Vec<u16> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Retrying { node } => Some(*node),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(retries, [1], "{events:?}");
+    assert_eq!(states(&s, "1001"), [Some(BindingState::Registered); 2]);
+    assert_eq!(s.mirror.operations_in_flight(), 0);
+}

@@ -144,6 +144,14 @@ pub enum Event {
     NodeDown { node: NodeId },
     /// The node answers again: every binding on it is being replayed.
     NodeUp { node: NodeId },
+    /// A binding starts again after an error response or a timeout (RFC 5626 backoff).
+    Retrying { node: NodeId },
+    /// A REGISTER transaction got its final response: the round trip from its first send.
+    TransactionDone {
+        node: NodeId,
+        round_trip: Duration,
+        code: u16,
+    },
 }
 
 /// Drift found (and repaired) by one `audit` of a node.
@@ -603,6 +611,9 @@ impl Mirror {
             let b = &self.bindings[idx];
             if b.phase == Phase::Backoff && retry(b.last) {
                 let op = b.op;
+                self.events.push_back(Event::Retrying {
+                    node: node as NodeId,
+                });
                 self.start_op(now, idx, op);
             }
         }
@@ -643,7 +654,13 @@ impl Mirror {
         let Some(txn) = self.bindings[idx].txn.take() else {
             return;
         };
-        self.congestion_feedback(now, idx % self.nodes.len(), Some(now - txn.sent_at));
+        let round_trip = now - txn.sent_at;
+        self.congestion_feedback(now, idx % self.nodes.len(), Some(round_trip));
+        self.events.push_back(Event::TransactionDone {
+            node: (idx % self.nodes.len()) as NodeId,
+            round_trip,
+            code: info.code,
+        });
         self.forget_relocated(txn.id);
         self.on_final(now, idx, *txn, info);
         self.emit_change(idx, before, None);
@@ -871,6 +888,12 @@ impl Mirror {
             .iter()
             .filter(move |a| a.is_live(now))
             .filter_map(|a| a.name.as_ref())
+    }
+
+    /// REGISTER operations in flight on nodes that are up (a challenge round trip included):
+    /// what a graceful shutdown waits for.
+    pub fn operations_in_flight(&self) -> usize {
+        self.nodes.iter().map(|ns| ns.inflight).sum()
     }
 
     /// Whether a reconciliation has succeeded since start.
@@ -2221,6 +2244,9 @@ impl Mirror {
                 Phase::Registered => self.start_op(now, idx, Op::Register),
                 Phase::Backoff => {
                     let op = b.op;
+                    self.events.push_back(Event::Retrying {
+                        node: (idx % self.nodes.len()) as NodeId,
+                    });
                     self.start_op(now, idx, op)
                 }
                 _ => {}

@@ -26,7 +26,6 @@ use crate::core::{binding::refresh_period, response::ResponseInfo};
 use crate::runtime::admin::AdminQuery;
 use crate::runtime::ami::{fetch_contact_users, remove_contacts, AmiTarget};
 use crate::runtime::ha::{self as ha_rt, Ha};
-use crate::runtime::inflight::InFlight;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::mmsg;
 use crate::runtime::tcp::{Frame, TcpLinks};
@@ -75,8 +74,6 @@ pub struct Driver {
     /// Users whose credential to look up, batched by the credential reader.
     lookup_queue: mpsc::UnboundedSender<String>,
     lookup_queue_rx: Option<mpsc::UnboundedReceiver<String>>,
-    /// REGISTERs in flight by branch: latency per node, and the shutdown drain.
-    inflight: InFlight,
     /// Shutting down: notifications are refused, in-flight transactions finish.
     draining: bool,
     reconcile_tx: mpsc::Sender<ReconcileSnapshot>,
@@ -152,7 +149,6 @@ impl Driver {
             },
             ..MirrorConfig::default()
         };
-        let inflight = InFlight::new(nodes.iter().map(|n| n.addr), config.sip.timer_f);
         let mirror = Mirror::new(mcfg.clone(), nodes.clone(), rand::random());
         let ha = Ha::new(&config);
         metrics
@@ -183,7 +179,6 @@ impl Driver {
             recently_confirmed: HashMap::new(),
             lookup_queue,
             lookup_queue_rx: Some(lookup_queue_rx),
-            inflight,
             draining: false,
             reconcile_tx,
             reconcile_rx,
@@ -442,8 +437,6 @@ impl Driver {
             added += 1;
         }
         if added + removed > 0 {
-            self.inflight =
-                InFlight::new(self.nodes.iter().map(|n| n.addr), self.config.sip.timer_f);
             self.tcp.retain(self.nodes.iter().map(|n| n.addr));
         }
         tracing::info!(
@@ -699,9 +692,6 @@ impl Driver {
         }
         if matches!(resp.code, 200..=699) {
             self.metrics.count_result(resp.code);
-            if let Some((node, took)) = self.inflight.on_final(resp, Instant::now()) {
-                self.metrics.observe_latency(&self.node_name(node), took);
-            }
         }
         self.mirror.handle_response_info(Instant::now(), from, resp);
     }
@@ -851,14 +841,13 @@ impl Driver {
         self.draining = true;
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         self.flush().await;
-        self.inflight.sweep(Instant::now());
         tracing::info!(
-            in_flight = self.inflight.len(),
+            in_flight = self.mirror.operations_in_flight(),
             grace = ?SHUTDOWN_GRACE,
             "shutting down: finishing transactions in flight; bindings stay registered on the nodes"
         );
         // A credential lookup still running may be what an in-flight REGISTER waits for.
-        while !(self.inflight.is_empty() && self.lookups_pending.is_empty())
+        while !(self.mirror.operations_in_flight() == 0 && self.lookups_pending.is_empty())
             && Instant::now() < deadline
         {
             let wake = self
@@ -878,10 +867,9 @@ impl Driver {
                 }
             }
             self.flush().await;
-            self.inflight.sweep(Instant::now());
         }
         tracing::info!(
-            unfinished = self.inflight.len() + self.lookups_pending.len(),
+            unfinished = self.mirror.operations_in_flight() + self.lookups_pending.len(),
             "stopped"
         );
     }
@@ -894,16 +882,8 @@ impl Driver {
             while let Some(t) = self.mirror.poll_transmit() {
                 any = true;
                 match t.transport {
-                    Transport::Udp => {
-                        if self.inflight.on_send(&t.payload, t.dest, Instant::now()) {
-                            Metrics::inc(&self.metrics.register_retries);
-                        }
-                        udp.push(t);
-                    }
-                    Transport::Tcp => {
-                        self.inflight.on_send(&t.payload, t.dest, Instant::now());
-                        self.send_tcp(t.dest, t.payload);
-                    }
+                    Transport::Udp => udp.push(t),
+                    Transport::Tcp => self.send_tcp(t.dest, t.payload),
                 }
             }
             self.send_udp(&udp).await;
@@ -975,6 +955,12 @@ impl Driver {
             Event::NodeUp { node } => {
                 tracing::info!(node = %self.node_name(node), "node up: replaying its bindings");
             }
+            Event::Retrying { .. } => Metrics::inc(&self.metrics.register_retries),
+            Event::TransactionDone {
+                node, round_trip, ..
+            } => self
+                .metrics
+                .observe_latency(&self.node_name(node), round_trip),
         }
     }
 
@@ -1032,8 +1018,6 @@ impl Driver {
                 // re-registers every live AOR at its start.
                 let bindings = self.mirror.bindings().count();
                 self.mirror = self.new_mirror();
-                self.inflight =
-                    InFlight::new(self.nodes.iter().map(|n| n.addr), self.config.sip.timer_f);
                 self.reconcile_creds.clear();
                 self.reconcile_users.clear();
                 self.ha.clear_pending();
@@ -1070,7 +1054,6 @@ impl Driver {
         self.config.nodes = new.nodes.clone();
         self.nodes = new.nodes.iter().map(node_of).collect();
         self.mirror = self.new_mirror();
-        self.inflight = InFlight::new(self.nodes.iter().map(|n| n.addr), self.config.sip.timer_f);
         self.tcp.retain(self.nodes.iter().map(|n| n.addr));
         tracing::info!(
             nodes = self.nodes.len(),

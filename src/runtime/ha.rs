@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::config::{Config, HaRole};
 use crate::core::peer::{self, PeerConfig, PeerMonitor, PeerState, Role};
 use crate::core::sip::header_values;
+use crate::status::HaView;
 
 /// Live AORs remembered while standby. Beyond this, takeover relies on the reconciliation
 /// alone (Kamailio's `location` is complete: usrloc writes through).
@@ -22,38 +22,6 @@ struct Pending {
     at: Instant,
     expires: Duration,
     time_us: Option<u64>,
-}
-
-/// `ha` in `/status.json`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct HaView {
-    /// `standalone`, `primary` or `secondary`.
-    pub role: String,
-    /// `active` or `standby`.
-    pub state: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub peer: Option<String>,
-    /// Consecutive probes the primary left unanswered (secondary only).
-    #[serde(default)]
-    pub peer_unanswered: u32,
-    #[serde(default)]
-    pub takeovers: u64,
-    /// Live AORs received while standby, applied at takeover.
-    #[serde(default)]
-    pub standby_aors: u64,
-}
-
-impl Default for HaView {
-    fn default() -> Self {
-        HaView {
-            role: "standalone".into(),
-            state: "active".into(),
-            peer: None,
-            peer_unanswered: 0,
-            takeovers: 0,
-            standby_aors: 0,
-        }
-    }
 }
 
 pub struct Ha {

@@ -6,7 +6,6 @@ pub mod admin;
 pub mod ami;
 pub mod driver;
 pub mod ha;
-pub mod inflight;
 pub mod metrics;
 pub mod mmsg;
 pub mod tcp;
