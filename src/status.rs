@@ -148,15 +148,6 @@ pub fn lag_text(s: f64) -> String {
     }
 }
 
-pub fn state_name(s: BindingState) -> &'static str {
-    match s {
-        BindingState::Registering => "registering",
-        BindingState::Registered => "registered",
-        BindingState::Unregistering => "unregistering",
-        BindingState::Failed => "failed",
-    }
-}
-
 /// Builds the farm summary. `health` gives each node's health (`unknown` until probed).
 pub fn farm_status(
     mirror: &Mirror,
@@ -219,7 +210,7 @@ pub fn farm_status(
             list.push(BindingRow {
                 user: b.aor.to_string(),
                 node: row.name.clone(),
-                state: state_name(b.state).into(),
+                state: b.state.as_str().into(),
                 last_result: b.last_result.to_string(),
             });
         }
@@ -267,7 +258,7 @@ pub fn user_status(
             UserBinding {
                 node: n.name.clone(),
                 health: health(id).to_string(),
-                state: b.as_ref().map_or("absent", |b| state_name(b.state)).into(),
+                state: b.as_ref().map_or("absent", |b| b.state.as_str()).into(),
                 last_result: b
                     .as_ref()
                     .map_or_else(|| "-".into(), |b| b.last_result.to_string()),

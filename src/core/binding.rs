@@ -24,14 +24,21 @@ pub enum BindingState {
     Failed,
 }
 
-impl fmt::Display for BindingState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl BindingState {
+    /// The name operators read (status, metrics labels, logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
             BindingState::Registering => "registering",
             BindingState::Registered => "registered",
             BindingState::Unregistering => "unregistering",
             BindingState::Failed => "failed",
-        })
+        }
+    }
+}
+
+impl fmt::Display for BindingState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

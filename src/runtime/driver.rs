@@ -923,11 +923,11 @@ impl Driver {
                 reason,
             } => {
                 let name = self.node_name(node);
-                self.metrics.count_transition(&name, state_name(state));
+                self.metrics.count_transition(&name, state.as_str());
                 if state == BindingState::Registered {
                     self.note_confirmed(&name, &aor);
                 }
-                tracing::info!(user = %aor, node = %name, state = state_name(state), reason = %reason, "binding");
+                tracing::info!(user = %aor, node = %name, state = state.as_str(), reason = %reason, "binding");
             }
             Event::CredentialRejected { aor, node } => {
                 tracing::warn!(user = %aor, node = %self.node_name(node), "node rejected the credential; refetching");
@@ -1218,15 +1218,6 @@ impl Driver {
             Metrics::inc(&self.metrics.send_errors);
             tracing::debug!(%dest, error = %e, "send failed");
         }
-    }
-}
-
-pub fn state_name(s: BindingState) -> &'static str {
-    match s {
-        BindingState::Registering => "registering",
-        BindingState::Registered => "registered",
-        BindingState::Unregistering => "unregistering",
-        BindingState::Failed => "failed",
     }
 }
 
