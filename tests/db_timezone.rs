@@ -6,7 +6,11 @@ mod common;
 use std::str::FromStr;
 
 use regmirror::store::credentials::live_aors_db_now;
-use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+
+async fn run(pool: &MySqlPool, sql: &str) {
+    sqlx::query(sql).execute(pool).await.unwrap();
+}
 
 #[tokio::test]
 async fn live_bindings_are_read_in_utc_on_a_server_in_another_zone() {
@@ -20,23 +24,16 @@ async fn live_bindings_are_read_in_utc_on_a_server_in_another_zone() {
         .fetch_one(&admin)
         .await
         .unwrap();
-    sqlx::query("DELETE FROM location WHERE username = 'tz-live'")
-        .execute(&admin)
-        .await
-        .unwrap();
+    run(&admin, "DELETE FROM location WHERE username = 'tz-live'").await;
     // What Kamailio running in UTC writes for a contact that expires in two minutes.
-    sqlx::query(
-        "INSERT INTO location (ruid, username, contact, expires) \
-         VALUES ('tz-1', 'tz-live', 'sip:tz-live@192.0.2.1', UTC_TIMESTAMP() + INTERVAL 120 SECOND)",
+    run(
+        &admin,
+        "INSERT INTO location (ruid, username, contact, expires) VALUES \
+         ('tz-1', 'tz-live', 'sip:tz-live@192.0.2.1', UTC_TIMESTAMP() + INTERVAL 120 SECOND)",
     )
-    .execute(&admin)
-    .await
-    .unwrap();
+    .await;
     // A server east of UTC: a session in its zone sees that contact as expired hours ago.
-    sqlx::query("SET GLOBAL time_zone = '+05:00'")
-        .execute(&admin)
-        .await
-        .unwrap();
+    run(&admin, "SET GLOBAL time_zone = '+05:00'").await;
     let server_zone = MySqlPoolOptions::new()
         .max_connections(1)
         .connect_with(
@@ -49,14 +46,8 @@ async fn live_bindings_are_read_in_utc_on_a_server_in_another_zone() {
     let ours = regmirror::store::connect(&reader_url).await.unwrap();
     let in_server_zone = live_aors_db_now(&server_zone).await;
     let in_ours = live_aors_db_now(&ours).await;
-    sqlx::query(&format!("SET GLOBAL time_zone = '{global}'"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    sqlx::query("DELETE FROM location WHERE username = 'tz-live'")
-        .execute(&admin)
-        .await
-        .unwrap();
+    run(&admin, &format!("SET GLOBAL time_zone = '{global}'")).await;
+    run(&admin, "DELETE FROM location WHERE username = 'tz-live'").await;
 
     let find = |live: Vec<(String, u32)>| live.into_iter().find(|(aor, _)| aor == "tz-live");
     assert_eq!(
