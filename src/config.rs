@@ -9,6 +9,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::core::farm::FarmConfig;
+use crate::core::mirror::MirrorConfig;
+
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read configuration: {0}")]
@@ -103,19 +106,22 @@ pub struct SipConfig {
     pub socket_buffer: usize,
 }
 
+// The protocol's defaults (timers, expiry, backoff) are the core's; this file adds only
+// what a running service needs beyond them.
 impl Default for SipConfig {
     fn default() -> Self {
+        let core = MirrorConfig::default();
         SipConfig {
             listen: "0.0.0.0:5070".parse().expect("static address"),
             advertise: None,
             domain: "regmirror.test".into(),
-            register_expires: 600,
-            user_agent: concat!("regmirror/", env!("CARGO_PKG_VERSION")).into(),
-            t1: Duration::from_millis(500),
-            t2: Duration::from_secs(4),
-            timer_f: Duration::from_secs(32),
-            retry_base: Duration::from_secs(30),
-            retry_max: Duration::from_secs(1800),
+            register_expires: core.register_expires,
+            user_agent: core.user_agent,
+            t1: core.t1,
+            t2: core.t2,
+            timer_f: core.timer_f,
+            retry_base: core.retry_base,
+            retry_max: core.retry_max,
             socket_buffer: 4 << 20,
         }
     }
@@ -230,21 +236,55 @@ pub struct FarmSettings {
     pub audit_interval: Duration,
 }
 
+// Health probing, pacing and the storm hold are on in a service (the core's defaults leave
+// them off for tests); the rest are the core's.
 impl Default for FarmSettings {
     fn default() -> Self {
+        let core = FarmConfig::default();
         FarmSettings {
             probe_interval: Duration::from_secs(5),
-            probe_timeout: Duration::from_secs(2),
-            probe_failures: 2,
-            replay_rate: 200,
-            nonce_reuse: Duration::from_secs(20),
+            probe_timeout: core.probe_timeout,
+            probe_failures: core.probe_failures,
+            replay_rate: core.replay_rate,
+            nonce_reuse: core.nonce_reuse,
             latency_target: Duration::from_millis(50),
             max_inflight_per_node: 128,
-            max_register_rate: 0,
+            max_register_rate: core.max_register_rate,
             storm_hold: Duration::from_secs(30),
             reconcile_interval: Duration::from_secs(60),
-            reconcile_max_drop: 0.9,
+            reconcile_max_drop: MirrorConfig::default().reconcile_max_drop,
             audit_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The core's configuration, from the service's.
+impl From<&Config> for MirrorConfig {
+    fn from(c: &Config) -> Self {
+        MirrorConfig {
+            domain: c.sip.domain.clone(),
+            contact_host: c.kamailio.contact_host.clone(),
+            local_addr: c.advertised_addr(),
+            register_expires: c.sip.register_expires,
+            t1: c.sip.t1,
+            t2: c.sip.t2,
+            timer_f: c.sip.timer_f,
+            retry_base: c.sip.retry_base,
+            retry_max: c.sip.retry_max,
+            user_agent: c.sip.user_agent.clone(),
+            max_inflight_per_node: c.farm.max_inflight_per_node,
+            reconcile_max_drop: c.farm.reconcile_max_drop,
+            farm: FarmConfig {
+                probe_interval: (!c.farm.probe_interval.is_zero()).then_some(c.farm.probe_interval),
+                probe_timeout: c.farm.probe_timeout,
+                probe_failures: c.farm.probe_failures,
+                replay_rate: c.farm.replay_rate,
+                nonce_reuse: c.farm.nonce_reuse,
+                latency_target: c.farm.latency_target,
+                max_register_rate: c.farm.max_register_rate,
+                storm_hold: c.farm.storm_hold,
+            },
+            ..MirrorConfig::default()
         }
     }
 }

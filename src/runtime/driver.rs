@@ -16,8 +16,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::config::{Config, Redacted, TransportKind};
 use crate::core::mirror::{
-    drop_refused, BindingState, Credential, Event, FarmConfig, Mirror, MirrorConfig, Node,
-    Transmit, Transport,
+    drop_refused, BindingState, Credential, Event, Mirror, MirrorConfig, Node, Transmit, Transport,
 };
 use crate::core::notify::{aor_user, parse_notification, AuthError, Notification};
 use crate::core::peer::{self, Transition};
@@ -123,32 +122,7 @@ impl Driver {
                     .map_err(|e| anyhow::anyhow!("database.url: {e}"))?,
             );
         let nodes: Vec<Node> = config.nodes.iter().map(node_of).collect();
-        let mcfg = MirrorConfig {
-            domain: config.sip.domain.clone(),
-            contact_host: config.kamailio.contact_host.clone(),
-            local_addr: config.advertised_addr(),
-            register_expires: config.sip.register_expires,
-            t1: config.sip.t1,
-            t2: config.sip.t2,
-            timer_f: config.sip.timer_f,
-            retry_base: config.sip.retry_base,
-            retry_max: config.sip.retry_max,
-            user_agent: config.sip.user_agent.clone(),
-            max_inflight_per_node: config.farm.max_inflight_per_node,
-            reconcile_max_drop: config.farm.reconcile_max_drop,
-            farm: FarmConfig {
-                probe_interval: (!config.farm.probe_interval.is_zero())
-                    .then_some(config.farm.probe_interval),
-                probe_timeout: config.farm.probe_timeout,
-                probe_failures: config.farm.probe_failures,
-                replay_rate: config.farm.replay_rate,
-                nonce_reuse: config.farm.nonce_reuse,
-                latency_target: config.farm.latency_target,
-                max_register_rate: config.farm.max_register_rate,
-                storm_hold: config.farm.storm_hold,
-            },
-            ..MirrorConfig::default()
-        };
+        let mcfg = MirrorConfig::from(&config);
         let mirror = Mirror::new(mcfg.clone(), nodes.clone(), rand::random());
         let ha = Ha::new(&config);
         metrics
