@@ -1,0 +1,354 @@
+//! Per-node concerns: OPTIONS probes and health, down and back up (replay through the paced
+//! queue), the send budget and its congestion window.
+
+use super::*;
+
+impl Mirror {
+    /// Schedules the first probes once a time is known.
+    pub(super) fn ensure_started(&mut self, now: Instant) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        if self.cfg.farm.probe_interval.is_some() {
+            for ns in &mut self.nodes {
+                ns.health.next_probe = Some(now);
+            }
+        }
+    }
+
+    pub(super) fn node_timer(&mut self, now: Instant, node: usize) {
+        loop {
+            let action = self.nodes[node]
+                .health
+                .on_timer(now, &self.cfg.farm, self.timers.t2);
+            match action {
+                HealthAction::None => break,
+                HealthAction::SendProbe => self.send_probe(now, node),
+                HealthAction::Retransmit => {
+                    let ns = &self.nodes[node];
+                    if let Some(p) = &ns.health.probe {
+                        self.transmits.push_back(Transmit {
+                            dest: ns.node.addr,
+                            transport: ns.node.transport,
+                            payload: p.payload.clone(),
+                        });
+                    }
+                }
+                HealthAction::ProbeFailed(true) => self.on_node_down(now, node),
+                HealthAction::ProbeFailed(false) => {}
+            }
+        }
+        self.pump_waiting(now, node);
+    }
+
+    pub(super) fn send_probe(&mut self, now: Instant, node: usize) {
+        let id = self.next_txn;
+        self.next_txn = self.next_txn.wrapping_add(1);
+        let ns = &mut self.nodes[node];
+        ns.health.cseq = ns.health.cseq.wrapping_add(1);
+        ns.health.probes_sent += 1;
+        let tcp = ns.node.transport == Transport::Tcp;
+        let br = branch(self.prefix, PROBE_SLOT + (ns.uid & 0xFFFF), id);
+        let mut payload = String::with_capacity(400);
+        // Writing to a String cannot fail; every part is validated config.
+        let _ = std::fmt::Write::write_fmt(
+            &mut payload,
+            format_args!(
+                "OPTIONS sip:{addr} SIP/2.0\r\n\
+                 Via: SIP/2.0/{t} {local};branch={br};rport\r\n\
+                 Max-Forwards: 70\r\n\
+                 From: <sip:regmirror@{domain}>;tag={prefix:08x}p{uid:x}\r\n\
+                 To: <sip:{addr}>\r\n\
+                 Call-ID: {prefix:08x}-probe-{uid:x}\r\n\
+                 CSeq: {cseq} OPTIONS\r\n\
+                 User-Agent: {ua}\r\n\
+                 Content-Length: 0\r\n\r\n",
+                addr = ns.node.addr,
+                t = if tcp { "TCP" } else { "UDP" },
+                local = self.cfg.local_addr,
+                domain = self.cfg.domain,
+                prefix = self.prefix,
+                uid = ns.uid,
+                cseq = ns.health.cseq,
+                ua = self.cfg.user_agent,
+            ),
+        );
+        let payload = payload.into_bytes();
+        self.transmits.push_back(Transmit {
+            dest: ns.node.addr,
+            transport: ns.node.transport,
+            payload: payload.clone(),
+        });
+        let t1 = self.timers.t1;
+        ns.health.probe = Some(Probe {
+            id,
+            cseq: ns.health.cseq,
+            retransmit_at: (!tcp).then(|| now + t1),
+            interval: t1,
+            deadline: now + self.cfg.farm.probe_timeout,
+            payload,
+        });
+    }
+
+    /// A response to a probe: true when the response was one (matched or not).
+    pub(super) fn match_probe(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        info: &ResponseInfo<'_>,
+    ) -> bool {
+        let Some((slot, id)) = info.branch.and_then(|b| parse_branch(b, self.prefix)) else {
+            return false;
+        };
+        if slot < PROBE_SLOT {
+            return false;
+        }
+        let uid = slot - PROBE_SLOT;
+        let Some(node) = self.nodes.iter().position(|ns| ns.uid & 0xFFFF == uid) else {
+            self.counters.stray_responses += 1;
+            return true;
+        };
+        let matched = self.nodes.get(node).is_some_and(|ns| {
+            ns.node.addr.ip() == from.ip()
+                && ns
+                    .health
+                    .probe
+                    .as_ref()
+                    .is_some_and(|p| p.id == id && info.cseq == Some(p.cseq))
+        });
+        if !matched {
+            self.counters.stray_responses += 1;
+            return true;
+        }
+        if info.code >= 200 {
+            self.nodes[node].health.probe_answered(now, &self.cfg.farm);
+        }
+        self.node_heard(now, node);
+        true
+    }
+
+    pub(super) fn node_heard(&mut self, now: Instant, node: usize) {
+        if self.nodes[node].health.heard(now) {
+            self.events.push_back(Event::NodeUp {
+                node: node as NodeId,
+            });
+            self.replay_node(now, node);
+        }
+    }
+
+    /// The node is down: abort its transactions and park every binding on it. Its confirmed
+    /// bindings turn pending: the node may come back without them.
+    pub(super) fn on_node_down(&mut self, now: Instant, node: usize) {
+        self.events.push_back(Event::NodeDown {
+            node: node as NodeId,
+        });
+        let n = self.nodes.len();
+        for slot in 0..self.aors.len() {
+            let idx = slot * n + node;
+            self.track(now, idx);
+            let b = &mut self.bindings[idx];
+            if b.phase != Phase::InFlight {
+                continue;
+            }
+            if let Some(t) = b.txn.take() {
+                if t.expires > 0 {
+                    b.server_bound = true; // it may have arrived
+                }
+                if !self.relocated.is_empty() {
+                    self.relocated.remove(&t.id);
+                }
+            }
+            b.phase = Phase::Queued;
+            b.rounds = 0;
+            self.schedule(idx);
+        }
+        let ns = &mut self.nodes[node];
+        ns.inflight = 0;
+        ns.waiting.clear();
+        ns.refreshes.clear();
+        ns.replay.clear();
+        ns.pacer = Pacer::default();
+        ns.window = f64::MAX;
+        ns.cut_until = None;
+        ns.base_prev = None;
+        ns.base_cur = None;
+        ns.base_period_end = None;
+    }
+
+    /// Queues every binding of `node` for a paced replay, newest changed AOR first: registers
+    /// the live ones, unregisters those the node may still hold.
+    pub(super) fn replay_node(&mut self, now: Instant, node: usize) {
+        let n = self.nodes.len();
+        let mut list: Vec<(Option<Instant>, Option<Instant>, u32)> = Vec::new();
+        for slot in 0..self.aors.len() {
+            if self.aors[slot].name.is_none() {
+                continue;
+            }
+            let idx = slot * n + node;
+            if self.bindings[idx].phase == Phase::InFlight {
+                continue;
+            }
+            // Pending on an added node; on one back up since it went down (`on_node_down`).
+            self.track(now, idx);
+            let b = &self.bindings[idx];
+            let before = b.state();
+            let op = if self.wants_registration(now, idx) {
+                Op::Register
+            } else if b.server_bound {
+                Op::Unregister
+            } else {
+                if b.phase != Phase::Absent {
+                    self.remove_binding(idx);
+                    self.emit_change(idx, before, None);
+                }
+                continue;
+            };
+            let a = &self.aors[slot];
+            let b = &mut self.bindings[idx];
+            b.op = op;
+            b.failures = 0;
+            b.action_at = None;
+            b.phase = Phase::Queued;
+            list.push((a.changed, a.live_until, idx as u32));
+            self.emit_change(idx, before, Some("replay".into()));
+            self.schedule(idx);
+        }
+        // Newest notification first, then the longest-lived (the most recently saved).
+        list.sort_unstable_by_key(|&(changed, until, _)| Reverse((changed, until)));
+        let ns = &mut self.nodes[node];
+        // A binding also in `waiting` is harmless: whichever queue pops it first starts it.
+        ns.replay.extend(list.into_iter().map(|(_, _, i)| i));
+        self.pump_replay(now, node);
+    }
+
+    /// Sends from the replay queue as fast as the pacer and the send budget allow.
+    pub(super) fn pump_replay(&mut self, now: Instant, node: usize) {
+        if self.storm_holding(now) {
+            return;
+        }
+        loop {
+            let ns = &mut self.nodes[node];
+            if !ns.health.up || ns.inflight >= budget(&self.cfg, ns) {
+                return;
+            }
+            let Some(&idx) = ns.replay.front() else {
+                return;
+            };
+            if self.bindings[idx as usize].phase != Phase::Queued {
+                ns.replay.pop_front(); // started or dropped meanwhile
+                continue;
+            }
+            let rate = self.cfg.farm.max_register_rate;
+            if !ns.rate.ready(now, rate)
+                || !ns.pacer.take(now, self.cfg.farm.replay_rate, &mut self.rng)
+            {
+                return;
+            }
+            ns.rate.take(now, rate, &mut self.rng);
+            ns.replay.pop_front();
+            self.launch_queued(now, idx as usize);
+            self.counters.replayed += 1;
+        }
+    }
+
+    /// A binding taken off one of its node's queues goes in flight.
+    pub(super) fn launch_queued(&mut self, now: Instant, idx: usize) {
+        let node = idx % self.nodes.len();
+        self.nodes[node].inflight += 1;
+        let before = self.bindings[idx].state();
+        let b = &mut self.bindings[idx];
+        b.phase = Phase::InFlight;
+        b.rounds = 0;
+        self.send_request(now, idx);
+        self.emit_change(idx, before, None);
+        self.schedule(idx);
+    }
+
+    /// Adjusts the node's window from one answer's round trip (`None` = no answer at all).
+    pub(super) fn congestion_feedback(&mut self, now: Instant, node: usize, rtt: Option<Duration>) {
+        let target = self.cfg.farm.latency_target;
+        if target.is_zero() {
+            return;
+        }
+        let max = self.cfg.max_inflight_per_node.max(1) as f64;
+        let ns = &mut self.nodes[node];
+        ns.window = ns.window.min(max);
+        if ns.base_period_end.is_none_or(|t| now >= t) {
+            ns.base_prev = ns.base_cur.take();
+            ns.base_period_end = Some(now + BASE_PERIOD);
+        }
+        if let Some(r) = rtt {
+            ns.base_cur = Some(ns.base_cur.map_or(r, |b| b.min(r)));
+        }
+        let base = match (ns.base_prev, ns.base_cur) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or_default(),
+        };
+        // Congested: answers slower than the unloaded round trip by more than the target.
+        if rtt.is_none_or(|r| r > base + target) {
+            if ns.cut_until.is_none_or(|t| now >= t) {
+                ns.window = (ns.window * 0.7).max(MIN_WINDOW);
+                ns.cut_until = Some(now + target);
+            }
+        } else {
+            ns.window = (ns.window + 1.0 / ns.window).min(max);
+        }
+    }
+
+    /// A REGISTER got no answer for Timer F: with probing on, a node silent that long is down.
+    pub(super) fn register_timed_out(&mut self, now: Instant, node: usize) {
+        if self.cfg.farm.probe_interval.is_none() {
+            return; // nothing would bring it back up
+        }
+        let silent_since = now.checked_sub(self.timers.timer_f);
+        let h = &self.nodes[node].health;
+        let silent = match (h.last_heard, silent_since) {
+            (Some(t), Some(s)) => t < s,
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
+        if silent && self.nodes[node].health.mark_down(now) {
+            self.on_node_down(now, node);
+        }
+    }
+}
+
+/// The user part of an AOR (`user`, `user@domain`, `sip:user@domain`), if it is a valid one.
+/// The congestion window never closes below this many operations in flight per node.
+pub(super) const MIN_WINDOW: f64 = 4.0;
+
+/// How long a node's fastest answer counts as its unloaded round trip (two periods kept).
+pub(super) const BASE_PERIOD: Duration = Duration::from_secs(10);
+
+/// Whether the node holds the binding's registration, as far as the mirror knows: it confirmed
+/// it, is up, and no failure or unregister happened since (a refresh may be queued or in flight).
+pub(super) fn holds(ns: &NodeState, b: &Binding) -> bool {
+    ns.health.up
+        && b.confirmed
+        && b.op == Op::Register
+        && matches!(b.phase, Phase::Registered | Phase::Queued | Phase::InFlight)
+}
+
+/// Whether a lag-heap entry `(since, slot)` of `node` is current: that binding is still
+/// pending since then.
+pub(super) fn pending_at(
+    bindings: &[Binding],
+    nodes: usize,
+    node: usize,
+    slot: u32,
+    since: Instant,
+) -> bool {
+    bindings
+        .get(slot as usize * nodes + node)
+        .is_some_and(|b| b.pending_since == Some(since))
+}
+
+/// Operations a node may have in flight now: the fixed budget, or the congestion window.
+pub(super) fn budget(cfg: &MirrorConfig, ns: &NodeState) -> usize {
+    if cfg.farm.latency_target.is_zero() {
+        cfg.max_inflight_per_node
+    } else {
+        (ns.window.min(cfg.max_inflight_per_node as f64) as usize).max(MIN_WINDOW as usize)
+    }
+}

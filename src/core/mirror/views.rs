@@ -1,0 +1,181 @@
+//! Read-only views of the mirror: bindings, stats, node health, coverage.
+
+use super::*;
+
+impl Mirror {
+    pub fn bindings(&self) -> impl Iterator<Item = BindingView<'_>> {
+        let n = self.nodes.len();
+        self.bindings
+            .iter()
+            .enumerate()
+            .filter_map(move |(idx, b)| {
+                let state = b.state()?;
+                let aor = self.aors[idx / n].name.as_ref()?;
+                Some(BindingView {
+                    aor,
+                    node: (idx % n) as NodeId,
+                    state,
+                    last_result: b.last,
+                    next_action: b.deadline(),
+                    failures: b.failures,
+                    granted_expires: b.granted,
+                })
+            })
+    }
+
+    /// The binding of `aor` on `node`, if any.
+    pub fn binding(&self, aor: &str, node: NodeId) -> Option<BindingView<'_>> {
+        let slot = *self.by_name.get(user_part(aor)?)? as usize;
+        let n = self.nodes.len();
+        if usize::from(node) >= n {
+            return None;
+        }
+        let b = &self.bindings[slot * n + usize::from(node)];
+        Some(BindingView {
+            aor: self.aors[slot].name.as_ref()?,
+            node,
+            state: b.state()?,
+            last_result: b.last,
+            next_action: b.deadline(),
+            failures: b.failures,
+            granted_expires: b.granted,
+        })
+    }
+
+    /// Whether the mirror considers `aor` live at `now`.
+    pub fn is_live(&self, now: Instant, aor: &str) -> bool {
+        user_part(aor)
+            .and_then(|u| self.by_name.get(u))
+            .is_some_and(|&s| self.aors[s as usize].is_live(now))
+    }
+
+    pub fn stats(&self) -> MirrorStats {
+        let c = &self.counters;
+        let mut s = MirrorStats {
+            aors: self.by_name.len(),
+            transactions: c.transactions,
+            retransmits: c.retransmits,
+            timeouts: c.timeouts,
+            challenges: c.challenges,
+            credential_rejected: c.credential_rejected,
+            stray_responses: c.stray_responses,
+            stale_snapshots: c.stale_snapshots,
+            invalid_aors: c.invalid_aors,
+            replayed: c.replayed,
+            drift_repaired: c.drift_repaired,
+            refreshes_deferred: c.refreshes_deferred,
+            ..Default::default()
+        };
+        for ns in &self.nodes {
+            s.nodes_down += usize::from(!ns.health.up);
+            s.replay_pending += ns.replay.len();
+            s.probes_sent += ns.health.probes_sent;
+            s.probes_failed += ns.health.probes_failed;
+            s.preemptive += ns.preemptive;
+            s.preemptive_challenged += ns.preemptive_challenged;
+        }
+        s.live_aors = self
+            .aors
+            .iter()
+            .filter(|a| a.name.is_some() && !a.removed && a.live_until.is_some())
+            .count();
+        for b in &self.bindings {
+            if b.phase == Phase::Queued {
+                s.queued += 1;
+            }
+            match b.state() {
+                Some(BindingState::Registering) => s.registering += 1,
+                Some(BindingState::Registered) => s.registered += 1,
+                Some(BindingState::Unregistering) => s.unregistering += 1,
+                Some(BindingState::Failed) => s.failed += 1,
+                None => {}
+            }
+        }
+        s
+    }
+
+    /// Whether the node is considered up.
+    pub fn node_up(&self, node: NodeId) -> bool {
+        self.nodes
+            .get(usize::from(node))
+            .is_some_and(|n| n.health.up)
+    }
+
+    pub fn node_health(&self, node: NodeId) -> Option<NodeHealthView> {
+        let ns = self.nodes.get(usize::from(node))?;
+        Some(NodeHealthView {
+            up: ns.health.up,
+            probe_failures: ns.health.failures,
+            last_heard: ns.health.last_heard,
+            since: ns.health.since,
+            replay_pending: ns.replay.len(),
+            inflight: ns.inflight,
+            window: budget(&self.cfg, ns),
+            challenges: ns.challenges,
+            preemptive: ns.preemptive,
+            preemptive_challenged: ns.preemptive_challenged,
+            coverage: Coverage {
+                desired: ns.desired,
+                confirmed: ns.desired.saturating_sub(ns.pending),
+                oldest_pending: ns.lag.peek().map(|Reverse((t, _))| *t),
+            },
+        })
+    }
+
+    /// AORs the mirror considers live at `now` (whether or not a credential is known).
+    pub fn live_aors(&self, now: Instant) -> impl Iterator<Item = &Arc<str>> {
+        self.aors
+            .iter()
+            .filter(move |a| a.is_live(now))
+            .filter_map(|a| a.name.as_ref())
+    }
+
+    /// REGISTER operations in flight on nodes that are up (a challenge round trip included):
+    /// what a graceful shutdown waits for.
+    pub fn operations_in_flight(&self) -> usize {
+        self.nodes.iter().map(|ns| ns.inflight).sum()
+    }
+
+    /// Whether a reconciliation has succeeded since start.
+    pub fn is_reconciled(&self) -> bool {
+        self.reconciled
+    }
+
+    /// Recounts every node's `Coverage` from the bindings at `now` (no timer due unhandled) and
+    /// compares it with the incremental one; also that no binding counted confirmed is one its
+    /// node may not hold. For tests: this walks everything.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn check_coverage(&self, now: Instant) -> Result<(), String> {
+        let n = self.nodes.len();
+        for (node, ns) in self.nodes.iter().enumerate() {
+            let (mut desired, mut pending, mut oldest) = (0, 0, None::<Instant>);
+            for (slot, a) in self.aors.iter().enumerate() {
+                let b = &self.bindings[slot * n + node];
+                let name = a.name.as_deref().unwrap_or("(free)");
+                if b.desired != a.is_live(now) {
+                    return Err(format!("{name} on node {node}: desired {}", b.desired));
+                }
+                if b.pending_since.is_some() && !b.desired {
+                    return Err(format!("{name} on node {node}: pending, not desired"));
+                }
+                if b.desired && b.pending_since.is_none() && !holds(ns, b) {
+                    return Err(format!("{name} on node {node}: confirmed, not held: {b:?}"));
+                }
+                desired += usize::from(b.desired);
+                if let Some(t) = b.pending_since {
+                    pending += 1;
+                    oldest = Some(oldest.map_or(t, |o| o.min(t)));
+                }
+            }
+            let top = ns.lag.peek().map(|Reverse((t, _))| *t);
+            if (desired, pending, oldest) != (ns.desired, ns.pending, top) {
+                return Err(format!(
+                    "node {node}: counted (desired, pending, oldest) {:?}, recounted {:?}",
+                    (ns.desired, ns.pending, top),
+                    (desired, pending, oldest)
+                ));
+            }
+        }
+        Ok(())
+    }
+}
