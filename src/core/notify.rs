@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use super::sip::header_values;
+use super::sip::{header_values, valid_user_part};
 
 /// Longest AOR accepted (usrloc's `username@domain` columns are 64 + 64 wide).
 pub const MAX_AOR: usize = 255;
@@ -184,12 +184,6 @@ fn parse_num<T: std::str::FromStr>(s: &str) -> Option<T> {
     s.parse().ok()
 }
 
-/// RFC 3261 `unreserved` plus the `user-unreserved` characters that cannot break a URI or header
-/// when the user is put into `sip:<user>@<host>` (no `;`, `?`, `,`, `/`, `<`, `>`, `"`, `:`, `@`).
-fn is_user_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$%".contains(&b)
-}
-
 fn is_domain_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-.:[]".contains(&b)
 }
@@ -206,7 +200,7 @@ fn validate_aor(aor: &str) -> Result<(), &'static str> {
     if user.is_empty() {
         return Err("empty user part");
     }
-    if !user.bytes().all(is_user_char) {
+    if !valid_user_part(user) {
         return Err("forbidden character in user part");
     }
     if let Some(d) = domain {

@@ -546,9 +546,43 @@ pub fn challenges(resp: &rsip::Response) -> Vec<(bool, Result<digest::Challenge,
         .collect()
 }
 
+/// The one check of a user part regmirror takes from the network (notifications, `location`)
+/// and writes into its REGISTERs: 1 to 128 bytes of RFC 3261 `unreserved`, escapes (`%`) and
+/// `& = + $`. Not the other `user-unreserved` characters (`, ; ? /`): they split lists and
+/// parameters in the headers regmirror writes and in Asterisk's configuration. Provisioning
+/// (`store::provision::validate_id`) allows a narrower set still.
+pub fn valid_user_part(user: &str) -> bool {
+    !user.is_empty()
+        && user.len() <= 128
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$%".contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_parts_are_validated() {
+        assert!(valid_user_part("1001"));
+        assert!(valid_user_part("alice.smith+x"));
+        assert!(valid_user_part("a%20b"));
+        for bad in [
+            "",
+            "a b",
+            "a\r\nVia: x",
+            "a>b",
+            "a@b",
+            "a;b",
+            "a,b",
+            "a?b",
+            "a/b",
+        ] {
+            assert!(!valid_user_part(bad), "{bad:?}");
+        }
+        assert!(!valid_user_part(&"1".repeat(129)));
+    }
 
     const REGISTER: &str = "REGISTER sip:regmirror.test SIP/2.0\r\n\
 Via: SIP/2.0/UDP 10.0.0.5:5070;branch=z9hG4bK776asdhds;rport\r\n\

@@ -162,7 +162,7 @@ impl Mirror {
         }
         if self.reconciled {
             for user in actual_users {
-                if !valid_user(user) {
+                if !valid_user_part(user) {
                     continue;
                 }
                 let slot = match self.by_name.get(user.as_str()) {

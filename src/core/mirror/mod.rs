@@ -36,14 +36,15 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::binding::{
-    backoff, first_refresh_delay, refresh_delay, valid_user, AuthNext, AuthSent, Binding,
-    NodeNonce, Op, Phase, RegisterRequest, Txn, NODE_REALMS,
+    backoff, first_refresh_delay, refresh_delay, AuthNext, AuthSent, Binding, NodeNonce, Op, Phase,
+    RegisterRequest, Txn, NODE_REALMS,
 };
 pub use super::binding::{BindingState, LastResult};
 use super::digest::{self, Challenge, RequestInfo, Secret};
 pub use super::farm::FarmConfig;
 use super::farm::{Health, HealthAction, Pacer, Probe, StormGate};
 use super::response::ResponseInfo;
+use super::sip::valid_user_part;
 use super::transaction::{branch, parse_branch, Id, NonInviteClient, TimerAction, Timers};
 
 pub type NodeId = u16;
@@ -785,5 +786,5 @@ pub fn user_part(aor: &str) -> Option<&str> {
         .or_else(|| a.strip_prefix("sips:"))
         .unwrap_or(a);
     let user = a.split_once('@').map_or(a, |(u, _)| u);
-    valid_user(user).then_some(user)
+    valid_user_part(user).then_some(user)
 }
