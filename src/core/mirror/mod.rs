@@ -625,11 +625,7 @@ impl Mirror {
             let idx = slot as usize * n + node;
             let b = &self.bindings[idx];
             if b.phase == Phase::Backoff && retry(b.last) {
-                let op = b.op;
-                self.events.push_back(Event::Retrying {
-                    node: node as NodeId,
-                });
-                self.start_op(now, idx, op);
+                self.retry_now(now, idx);
             }
         }
     }
@@ -658,7 +654,8 @@ impl Mirror {
             }
             return;
         };
-        self.node_heard(now, idx % self.nodes.len());
+        let node = idx % self.nodes.len();
+        self.node_heard(now, node);
         if info.code < 200 {
             if let Some(t) = self.bindings[idx].txn.as_mut() {
                 t.timers.on_provisional();
@@ -670,9 +667,9 @@ impl Mirror {
             return;
         };
         let round_trip = now - txn.sent_at;
-        self.congestion_feedback(now, idx % self.nodes.len(), Some(round_trip));
+        self.congestion_feedback(now, node, Some(round_trip));
         self.events.push_back(Event::TransactionDone {
-            node: (idx % self.nodes.len()) as NodeId,
+            node: node as NodeId,
             round_trip,
             code: info.code,
         });

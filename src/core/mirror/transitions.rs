@@ -70,6 +70,15 @@ impl Mirror {
         self.track(now, idx);
     }
 
+    /// A binding backing off tries its operation again (counted as a retry).
+    pub(super) fn retry_now(&mut self, now: Instant, idx: usize) {
+        self.events.push_back(Event::Retrying {
+            node: (idx % self.nodes.len()) as NodeId,
+        });
+        let op = self.bindings[idx].op;
+        self.start_op(now, idx, op);
+    }
+
     /// Begins `op` now, or queues it behind the node's send budget.
     pub(super) fn start_op(&mut self, now: Instant, idx: usize, op: Op) {
         let node = idx % self.nodes.len();
@@ -599,13 +608,7 @@ impl Mirror {
                     self.counters.refreshes_deferred += 1;
                 }
                 Phase::Registered => self.start_op(now, idx, Op::Register),
-                Phase::Backoff => {
-                    let op = b.op;
-                    self.events.push_back(Event::Retrying {
-                        node: (idx % self.nodes.len()) as NodeId,
-                    });
-                    self.start_op(now, idx, op)
-                }
+                Phase::Backoff => self.retry_now(now, idx),
                 _ => {}
             }
         }
