@@ -307,8 +307,8 @@ pub struct RegisterRequest<'a> {
 }
 
 impl RegisterRequest<'_> {
-    /// Serialises the request. Inputs were validated (`sip::valid_user_part`, config) so plain formatting
-    /// cannot inject headers. Written piece by piece: this runs for every transaction.
+    /// Serialises the request. Inputs were validated (`sip::valid_user_part`, config) so plain
+    /// formatting cannot inject headers. Written piece by piece: this runs for every transaction.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut s = Vec::with_capacity(512 + self.authorization.map_or(0, |(_, a)| a.len()));
         let transport = if self.tcp { "TCP" } else { "UDP" };

@@ -17,9 +17,9 @@ import time
 
 import pytest
 
-from conftest import (ADMINS, DOCKER, KAMAILIO_FARM, KAMAILIO_SIP, NODES, REALM, TESTER, FarmCapture,
-                      bulk_provision, bulk_register, bulk_remove, cid, compose, converged, metric,
-                      node_users, poll, wait_healthy)
+from conftest import (ADMINS, DOCKER, KAMAILIO_FARM, KAMAILIO_SIP, NODES, REALM, TESTER,
+                      FarmCapture, bulk_provision, bulk_register, bulk_remove, cid, compose,
+                      converged, metric, node_users, poll, wait_healthy)
 
 STORM = 2000
 STORM_RATE = 250

@@ -7,6 +7,7 @@ flood at regmirror, the nodes' and AMI's own ACLs) come from an intruder contain
 10.77.0.60, an address none of the farm's ACLs admit."""
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -44,9 +45,10 @@ except socket.timeout:
 """
 
 
+@contextlib.contextmanager
 def sidecar(stack, key, network):
     """The tester's image (SIPp, python3, tests/ mounted) idling with `network` (docker run
-    --network arguments), reachable as stack service `key`; removed when the generator ends."""
+    --network arguments), reachable as stack service `key` while the context lasts."""
     name = f"regmirror-{key}-{os.getpid()}"
     subprocess.run([DOCKER, "run", "-d", "--rm", "--name", name, *network,
                     "-v", f"{ROOT / 'tests'}:/work/tests:ro",
@@ -65,16 +67,17 @@ def sidecar(stack, key, network):
 def intruder(stack):
     """A host on the farm network that is not Kamailio, a node or regmirror (a compromised
     neighbour), as stack service "intruder"."""
-    yield from (INTRUDER for _ in sidecar(stack, "intruder",
-                                          ["--network", "regmirror", "--ip", INTRUDER]))
+    with sidecar(stack, "intruder", ["--network", "regmirror", "--ip", INTRUDER]):
+        yield INTRUDER
 
 
 @pytest.fixture(scope="module")
 def beside_regmirror(stack):
     """SIPp with regmirror's own address (in its network namespace), as service
     "beside-regmirror": what a compromised regmirror host could send."""
-    yield from (REGMIRROR for _ in sidecar(
-        stack, "beside-regmirror", ["--network", f"container:{stack.container('regmirror')}"]))
+    with sidecar(stack, "beside-regmirror",
+                 ["--network", f"container:{stack.container('regmirror')}"]):
+        yield REGMIRROR
 
 
 @pytest.fixture(scope="module")
@@ -175,9 +178,9 @@ def spoofed_notification(user, *, time_us, key=None):
 def test_a_notification_from_a_forged_source_address_changes_no_binding(
         stack, intruder, new_user, phone, how):
     """A delete notification sent straight to every regmirror instance, from a farm-side host,
-    as a raw datagram with Kamailio's IP as its source: unsigned, signed with a guessed key, or a genuine one replayed
-    five minutes later. Each is dropped and counted (forged / stale), and the user stays
-    registered on both nodes."""
+    as a raw datagram with Kamailio's IP as its source: unsigned, signed with a guessed key, or
+    a genuine one replayed five minutes later. Each is dropped and counted (forged / stale), and
+    the user stays registered on both nodes."""
     p = phone(*new_user())
     p.register()
     assert poll(lambda: stack.mirrored(p.user), 2)[0], stack.contacts_of(p.user)

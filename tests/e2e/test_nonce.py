@@ -44,7 +44,8 @@ def test_burst_costs_about_one_challenge_per_node(stack, new_user, phone):
 
     def all_mirrored():
         per_node = [stack.contacts(n) for n in NODES]
-        return all(c.get(u) == [f"sip:{u}@{MIRROR_CONTACT_HOST}"] for c in per_node for u, _ in users)
+        return all(c.get(u) == [f"sip:{u}@{MIRROR_CONTACT_HOST}"]
+                   for c in per_node for u, _ in users)
 
     ok, took = poll(all_mirrored, 15, 0.3)
     assert ok, "not every phone reached both nodes"
