@@ -13,7 +13,7 @@ use regmirror::core::digest::{self, RequestInfo, Secret};
 use regmirror::core::mirror::{Credential, Mirror, MirrorConfig, Node, Transport};
 use regmirror::core::sip::{challenges, parse_incoming, parse_message, Incoming};
 use regmirror::core::testing::FakeRegistrar;
-use regmirror::core::{binding::RegisterRequest, response::ResponseInfo};
+use regmirror::core::{response::ResponseInfo, sip::RegisterRequest};
 
 const DOMAIN: &str = "regmirror.test";
 const AORS_PER_ROUND: usize = 4096;

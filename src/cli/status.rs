@@ -92,15 +92,14 @@ pub fn http_get(base: &str, path: &str, timeout: Duration) -> Result<(u16, Strin
     Ok((code, body.to_string()))
 }
 
+/// Bytes of a user id written as they are in a URL path; everything else is percent-encoded.
+const USER_ID: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.');
+
 fn encode(user: &str) -> String {
-    user.bytes().fold(String::new(), |mut o, b| {
-        if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
-            o.push(char::from(b));
-        } else {
-            let _ = write!(o, "%{b:02X}");
-        }
-        o
-    })
+    percent_encoding::utf8_percent_encode(user, USER_ID).to_string()
 }
 
 /// Runs the command, printing to stdout/stderr; returns the exit code.

@@ -3,7 +3,6 @@
 //! `mirror`.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -289,118 +288,6 @@ impl Binding {
     }
 }
 
-/// Everything a REGISTER needs.
-pub struct RegisterRequest<'a> {
-    pub domain: &'a str,
-    pub user: &'a str,
-    pub contact_host: &'a str,
-    pub local_addr: SocketAddr,
-    pub tcp: bool,
-    pub branch: &'a str,
-    pub call_id: &'a str,
-    pub from_tag: &'a str,
-    pub cseq: u32,
-    pub expires: u32,
-    /// `(proxy, header value)`.
-    pub authorization: Option<(bool, &'a str)>,
-    pub user_agent: &'a str,
-}
-
-impl RegisterRequest<'_> {
-    /// Serialises the request. Inputs were validated (`sip::valid_user_part`, config) so plain
-    /// formatting cannot inject headers. Written piece by piece: this runs for every transaction.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut s = Vec::with_capacity(512 + self.authorization.map_or(0, |(_, a)| a.len()));
-        let transport = if self.tcp { "TCP" } else { "UDP" };
-        let put = |s: &mut Vec<u8>, parts: &[&str]| {
-            for p in parts {
-                s.extend_from_slice(p.as_bytes());
-            }
-        };
-        put(
-            &mut s,
-            &[
-                "REGISTER sip:",
-                self.domain,
-                " SIP/2.0\r\nVia: SIP/2.0/",
-                transport,
-                " ",
-            ],
-        );
-        // Writing to a Vec cannot fail.
-        let _ = std::io::Write::write_fmt(&mut s, format_args!("{}", self.local_addr));
-        let (mut cseq, mut expires) = (Decimal::default(), Decimal::default());
-        put(
-            &mut s,
-            &[
-                ";branch=",
-                self.branch,
-                ";rport\r\nMax-Forwards: 70\r\nFrom: <sip:",
-                self.user,
-                "@",
-                self.domain,
-                ">;tag=",
-                self.from_tag,
-                "\r\nTo: <sip:",
-                self.user,
-                "@",
-                self.domain,
-                ">\r\nCall-ID: ",
-                self.call_id,
-                "\r\nCSeq: ",
-                cseq.of(self.cseq),
-                " REGISTER\r\nContact: <sip:",
-                self.user,
-                "@",
-                self.contact_host,
-                if self.expires == 0 {
-                    ">;expires=0\r\nExpires: "
-                } else {
-                    ">\r\nExpires: "
-                },
-                expires.of(self.expires),
-                "\r\n",
-            ],
-        );
-        if let Some((proxy, value)) = self.authorization {
-            let name = if proxy {
-                "Proxy-Authorization: "
-            } else {
-                "Authorization: "
-            };
-            put(&mut s, &[name, value, "\r\n"]);
-        }
-        put(
-            &mut s,
-            &[
-                "User-Agent: ",
-                self.user_agent,
-                "\r\nContent-Length: 0\r\n\r\n",
-            ],
-        );
-        s
-    }
-}
-
-/// Decimal digits of a `u32` on the stack.
-#[derive(Default)]
-struct Decimal([u8; 10]);
-
-impl Decimal {
-    fn of(&mut self, mut v: u32) -> &str {
-        let mut i = self.0.len();
-        loop {
-            i -= 1;
-            self.0[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        std::str::from_utf8(&self.0[i..]).unwrap_or("0")
-    }
-}
-
 /// RFC 5626 4.5: W = min(max, base * 2^(failures-1)); wait a random 50-100% of W.
 pub fn backoff<R: Rng>(rng: &mut R, base: Duration, max: Duration, failures: u16) -> Duration {
     let exp = u32::from(failures.saturating_sub(1)).min(20);
@@ -443,6 +330,7 @@ pub fn first_refresh_delay<R: Rng>(rng: &mut R, granted: u32, margin: Duration) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::sip::RegisterRequest;
     use rand::SeedableRng;
 
     #[test]

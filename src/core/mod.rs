@@ -1,6 +1,7 @@
 //! Sans-IO core: no tokio, no sockets, time passed in.
 pub mod binding;
 pub mod digest;
+pub mod door;
 pub mod farm;
 pub mod mirror;
 pub mod notify;

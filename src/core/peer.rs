@@ -8,9 +8,10 @@
 //! two instances both configured `secondary` would otherwise keep each other in standby and
 //! nobody would mirror anything.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use crate::core::sip::{self, OptionsRequest};
 
 /// Header carrying an instance's role and activity in OPTIONS requests and answers.
 pub const H_HA: &str = "X-RegMirror-HA";
@@ -246,35 +247,25 @@ pub fn probe_request(
     me: PeerState,
     user_agent: &str,
 ) -> Vec<u8> {
-    let mut o = String::with_capacity(512);
-    let _ = write!(
-        o,
-        "OPTIONS sip:regmirror@{peer} SIP/2.0\r\n\
-         Via: SIP/2.0/UDP {local};branch=z9hG4bKha{tag:08x}{seq};rport\r\n\
-         Max-Forwards: 70\r\n\
-         From: <sip:regmirror@{local}>;tag=ha{tag:08x}\r\n\
-         To: <sip:regmirror@{peer}>\r\n\
-         Call-ID: {}\r\n\
-         CSeq: {seq} OPTIONS\r\n\
-         {H_HA}: {}\r\n\
-         User-Agent: {user_agent}\r\n\
-         Content-Length: 0\r\n\r\n",
-        call_id(tag, seq, local),
-        header_value(me.role, me.active),
-    );
-    o.into_bytes()
+    OptionsRequest {
+        request_uri: &format!("sip:regmirror@{peer}"),
+        tcp: false,
+        local_addr: local,
+        branch: &format!("z9hG4bKha{tag:08x}{seq}"),
+        from_uri: &format!("sip:regmirror@{local}"),
+        from_tag: &format!("ha{tag:08x}"),
+        to_uri: &format!("sip:regmirror@{peer}"),
+        call_id: &call_id(tag, seq, local),
+        cseq: seq,
+        extra: Some((H_HA, &header_value(me.role, me.active))),
+        user_agent,
+    }
+    .to_bytes()
 }
 
-/// Adds `X-RegMirror-HA` to a response built by `sip::response_for` (which ends with the
-/// empty line).
-pub fn with_header(mut response: Vec<u8>, role: Role, active: bool) -> Vec<u8> {
-    if response.ends_with(b"\r\n\r\n") {
-        response.truncate(response.len() - 2);
-        response.extend_from_slice(
-            format!("{H_HA}: {}\r\n\r\n", header_value(role, active)).as_bytes(),
-        );
-    }
-    response
+/// Adds `X-RegMirror-HA` to a response built by `sip::response_for`.
+pub fn with_header(response: Vec<u8>, role: Role, active: bool) -> Vec<u8> {
+    sip::with_header(response, H_HA, &header_value(role, active))
 }
 
 #[cfg(test)]

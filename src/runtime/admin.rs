@@ -214,21 +214,12 @@ async fn ask<T>(
         .ok()
 }
 
+/// A path segment, percent-decoded (`None` when the result is not UTF-8).
 fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
 }
 
 fn esc(s: &str) -> String {
@@ -496,7 +487,8 @@ mod tests {
     #[test]
     fn percent_decoding() {
         assert_eq!(percent_decode("10%2B01").as_deref(), Some("10+01"));
-        assert_eq!(percent_decode("%zz"), None);
-        assert_eq!(percent_decode("%2"), None);
+        assert_eq!(percent_decode("%FF"), None);
+        // A `%` that starts no escape stays as it is (a user part may hold `%`).
+        assert_eq!(percent_decode("%zz").as_deref(), Some("%zz"));
     }
 }

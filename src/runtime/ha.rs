@@ -92,14 +92,9 @@ impl Ha {
         self.peer.is_some_and(|p| p.ip() == from.ip())
     }
 
-    /// The probe sequence number if `resp` answers one of our probes.
-    pub fn probe_answer(&self, resp: &rsip::Response, from: SocketAddr) -> Option<u32> {
-        if !self.is_peer(from) {
-            return None;
-        }
-        header_values(&resp.headers, "Call-ID")
-            .next()
-            .and_then(|c| peer::probe_seq(c, self.tag))
+    /// The tag our probes' Call-IDs carry (the door tells their answers by it).
+    pub fn tag(&self) -> u32 {
+        self.tag
     }
 
     /// The peer's `X-RegMirror-HA`; a 2xx without one (not a regmirror) says nothing.

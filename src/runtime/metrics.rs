@@ -75,7 +75,7 @@ pub struct Metrics {
     /// Final responses to our REGISTERs by status code.
     pub register_results: Mutex<BTreeMap<u16, u64>>,
     /// Binding state changes by (node, state).
-    pub binding_transitions: Mutex<BTreeMap<(String, &'static str), u64>>,
+    pub binding_transitions: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
     /// REGISTER transaction latency (first send to final response) by node.
     pub register_latency: Mutex<BTreeMap<String, Histogram>>,
 }
@@ -93,7 +93,12 @@ impl Metrics {
 
     pub fn count_transition(&self, node: &str, state: &'static str) {
         if let Ok(mut m) = self.binding_transitions.lock() {
-            *m.entry((node.to_string(), state)).or_default() += 1;
+            // The node's name is allocated once, not per transition.
+            let states = match m.get_mut(node) {
+                Some(states) => states,
+                None => m.entry(node.to_string()).or_default(),
+            };
+            *states.entry(state).or_default() += 1;
         }
     }
 
@@ -315,12 +320,14 @@ impl Metrics {
             "binding state changes by node and new state (each `failed` schedules a retry)",
         );
         if let Ok(m) = self.binding_transitions.lock() {
-            for ((node, state), n) in m.iter() {
-                let _ = writeln!(
-                    o,
-                    "regmirror_binding_transitions_total{{node=\"{}\",state=\"{state}\"}} {n}",
-                    label(node)
-                );
+            for (node, states) in m.iter() {
+                for (state, n) in states {
+                    let _ = writeln!(
+                        o,
+                        "regmirror_binding_transitions_total{{node=\"{}\",state=\"{state}\"}} {n}",
+                        label(node)
+                    );
+                }
             }
         }
 

@@ -4,6 +4,8 @@
 
 pub mod admin;
 pub mod ami;
+pub mod background;
+pub mod credentials;
 pub mod driver;
 pub mod ha;
 pub mod metrics;

@@ -37,7 +37,7 @@ use rand::{Rng, SeedableRng};
 
 use super::binding::{
     backoff, first_refresh_delay, refresh_delay, AuthNext, AuthSent, Binding, NodeNonce, Op, Phase,
-    RegisterRequest, Txn, NODE_REALMS,
+    Txn, NODE_REALMS,
 };
 pub use super::binding::{BindingState, LastResult};
 use super::digest::{self, Challenge, RequestInfo, Secret};

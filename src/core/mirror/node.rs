@@ -2,6 +2,7 @@
 //! queue), the send budget and its congestion window.
 
 use super::*;
+use crate::core::sip::OptionsRequest;
 
 impl Mirror {
     /// Schedules the first probes once a time is known.
@@ -50,31 +51,21 @@ impl Mirror {
         ns.health.probes_sent += 1;
         let tcp = ns.node.transport == Transport::Tcp;
         let br = branch(self.prefix, PROBE_SLOT + (ns.uid & 0xFFFF), id);
-        let mut payload = String::with_capacity(400);
-        // Writing to a String cannot fail; every part is validated config.
-        let _ = std::fmt::Write::write_fmt(
-            &mut payload,
-            format_args!(
-                "OPTIONS sip:{addr} SIP/2.0\r\n\
-                 Via: SIP/2.0/{t} {local};branch={br};rport\r\n\
-                 Max-Forwards: 70\r\n\
-                 From: <sip:regmirror@{domain}>;tag={prefix:08x}p{uid:x}\r\n\
-                 To: <sip:{addr}>\r\n\
-                 Call-ID: {prefix:08x}-probe-{uid:x}\r\n\
-                 CSeq: {cseq} OPTIONS\r\n\
-                 User-Agent: {ua}\r\n\
-                 Content-Length: 0\r\n\r\n",
-                addr = ns.node.addr,
-                t = if tcp { "TCP" } else { "UDP" },
-                local = self.cfg.local_addr,
-                domain = self.cfg.domain,
-                prefix = self.prefix,
-                uid = ns.uid,
-                cseq = ns.health.cseq,
-                ua = self.cfg.user_agent,
-            ),
-        );
-        let payload = payload.into_bytes();
+        let (addr, prefix, uid) = (ns.node.addr, self.prefix, ns.uid);
+        let payload = OptionsRequest {
+            request_uri: &format!("sip:{addr}"),
+            tcp,
+            local_addr: self.cfg.local_addr,
+            branch: br.as_str(),
+            from_uri: &format!("sip:regmirror@{}", self.cfg.domain),
+            from_tag: &format!("{prefix:08x}p{uid:x}"),
+            to_uri: &format!("sip:{addr}"),
+            call_id: &format!("{prefix:08x}-probe-{uid:x}"),
+            cseq: ns.health.cseq,
+            extra: None,
+            user_agent: &self.cfg.user_agent,
+        }
+        .to_bytes();
         self.transmits.push_back(Transmit {
             dest: ns.node.addr,
             transport: ns.node.transport,

@@ -2,6 +2,7 @@
 //! failure and backoff, timers, and the events they emit.
 
 use super::*;
+use crate::core::sip::RegisterRequest;
 
 impl Mirror {
     /// Starts `op`, through the paced queue when reconciliation added the AOR.
