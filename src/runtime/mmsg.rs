@@ -1,13 +1,17 @@
-//! Batched UDP I/O (`sendmmsg`/`recvmmsg`, Linux): one system call for up to [`BATCH`]
-//! datagrams, so a burst of REGISTERs and their responses costs fewer kernel entries.
+//! Batched UDP I/O (`sendmmsg`/`recvmmsg`, Linux, through `nix`'s safe wrappers): one system
+//! call for up to [`BATCH`] datagrams, so a burst of REGISTERs and their responses costs fewer
+//! kernel entries.
 //!
 //! Both calls are non-blocking (`MSG_DONTWAIT`) on the socket's fd; callers wait for readiness
 //! through tokio (`UdpSocket::readable`/`writable`, `try_io`) as with `try_send_to`.
 
-use std::io;
-use std::mem::{size_of, zeroed};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
+
+use nix::sys::socket::{
+    recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
+};
 
 use crate::core::sip::MAX_MESSAGE;
 
@@ -16,107 +20,34 @@ pub const BATCH: usize = 32;
 /// Receive slot: one byte more than accepted, so an oversized datagram shows as oversized.
 const SLOT: usize = MAX_MESSAGE + 1;
 
-fn to_storage(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut st: libc::sockaddr_storage = unsafe { zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            unsafe { std::ptr::write((&mut st as *mut libc::sockaddr_storage).cast(), sin) };
-            size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            unsafe { std::ptr::write((&mut st as *mut libc::sockaddr_storage).cast(), sin6) };
-            size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (st, len as libc::socklen_t)
-}
-
-fn from_storage(st: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
-    let len = len as usize;
-    match i32::from(st.ss_family) {
-        libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
-            // SAFETY: the kernel wrote a sockaddr_in (family and length checked).
-            let sin: libc::sockaddr_in =
-                unsafe { std::ptr::read((st as *const libc::sockaddr_storage).cast()) };
-            let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
-            Some(SocketAddrV4::new(ip, u16::from_be(sin.sin_port)).into())
-        }
-        libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
-            // SAFETY: the kernel wrote a sockaddr_in6 (family and length checked).
-            let sin6: libc::sockaddr_in6 =
-                unsafe { std::ptr::read((st as *const libc::sockaddr_storage).cast()) };
-            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-            Some(
-                SocketAddrV6::new(
-                    ip,
-                    u16::from_be(sin6.sin6_port),
-                    sin6.sin6_flowinfo,
-                    sin6.sin6_scope_id,
-                )
-                .into(),
-            )
-        }
-        _ => None,
-    }
-}
-
-/// Sends up to [`BATCH`] of `msgs` with one `sendmmsg`. Returns how many were sent, from the
-/// first; an error means the first one failed (`WouldBlock`: wait for writability and retry;
-/// otherwise skip it: the kernel reports the failing datagram first on the next call).
+/// Sends up to [`BATCH`] datagrams in one call; returns how many the kernel took (the first
+/// failing datagram's error when it took none).
 pub fn send_batch(fd: RawFd, msgs: &[(&[u8], SocketAddr)]) -> io::Result<usize> {
-    let n = msgs.len().min(BATCH);
-    if n == 0 {
+    let msgs = &msgs[..msgs.len().min(BATCH)];
+    if msgs.is_empty() {
         return Ok(0);
     }
-    // SAFETY: all-zero is valid for these plain C structs; every pointer set below points into
-    // locals that outlive the call, and the kernel only reads the iovecs and addresses.
-    let mut addrs: [libc::sockaddr_storage; BATCH] = unsafe { zeroed() };
-    let mut iov: [libc::iovec; BATCH] = unsafe { zeroed() };
-    let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
-    for (i, (payload, dest)) in msgs.iter().take(n).enumerate() {
-        let (st, len) = to_storage(*dest);
-        addrs[i] = st;
-        iov[i] = libc::iovec {
-            iov_base: payload.as_ptr() as *mut libc::c_void,
-            iov_len: payload.len(),
-        };
-        hdrs[i].msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
-        hdrs[i].msg_hdr.msg_namelen = len;
-        hdrs[i].msg_hdr.msg_iov = &mut iov[i];
-        hdrs[i].msg_hdr.msg_iovlen = 1;
-    }
-    // SAFETY: `hdrs[..n]` are initialised as above.
-    let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(r as usize)
+    let slices: Vec<[IoSlice<'_>; 1]> = msgs.iter().map(|(b, _)| [IoSlice::new(b)]).collect();
+    let addrs: Vec<Option<SockaddrStorage>> = msgs
+        .iter()
+        .map(|(_, a)| Some(SockaddrStorage::from(*a)))
+        .collect();
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(msgs.len(), None);
+    let none: [ControlMessage<'_>; 0] = [];
+    let sent = sendmmsg(
+        fd,
+        &mut headers,
+        &slices,
+        &addrs,
+        none,
+        MsgFlags::MSG_DONTWAIT,
+    )?;
+    Ok(sent.count())
 }
 
 /// Buffers for one `recvmmsg` of up to [`BATCH`] datagrams (~512 KiB, allocated once).
 pub struct RecvBatch {
     buf: Vec<u8>,
-    addrs: Box<[libc::sockaddr_storage; BATCH]>,
     meta: [(usize, Option<SocketAddr>); BATCH],
     n: usize,
 }
@@ -131,8 +62,6 @@ impl RecvBatch {
     pub fn new() -> Self {
         RecvBatch {
             buf: vec![0; BATCH * SLOT],
-            // SAFETY: all-zero is a valid sockaddr_storage.
-            addrs: Box::new(unsafe { zeroed() }),
             meta: [(0, None); BATCH],
             n: 0,
         }
@@ -141,37 +70,24 @@ impl RecvBatch {
     /// Reads the datagrams already queued on `fd` (up to [`BATCH`]); `WouldBlock` when none.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         self.n = 0;
-        // SAFETY: as in `send_batch`; the iovecs point at disjoint SLOT-sized parts of `buf`
-        // and the names at `addrs`, all alive and exclusively borrowed during the call.
-        let mut iov: [libc::iovec; BATCH] = unsafe { zeroed() };
-        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
-        for (i, chunk) in self.buf.chunks_exact_mut(SLOT).enumerate() {
-            iov[i] = libc::iovec {
-                iov_base: chunk.as_mut_ptr().cast(),
-                iov_len: SLOT,
-            };
-            hdrs[i].msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
-            hdrs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            hdrs[i].msg_hdr.msg_iov = &mut iov[i];
-            hdrs[i].msg_hdr.msg_iovlen = 1;
-        }
-        // SAFETY: see above.
-        let r = unsafe {
-            libc::recvmmsg(
-                fd,
-                hdrs.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = (r as usize).min(BATCH);
-        for (i, h) in hdrs.iter().take(n).enumerate() {
-            let len = (h.msg_len as usize).min(SLOT);
-            self.meta[i] = (len, from_storage(&self.addrs[i], h.msg_hdr.msg_namelen));
+        // Headers per call: nix's are not `Send`, and the driver's future must be.
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+        let mut slices: Vec<[IoSliceMut<'_>; 1]> = self
+            .buf
+            .chunks_exact_mut(SLOT)
+            .map(|c| [IoSliceMut::new(c)])
+            .collect();
+        let got = recvmmsg(
+            fd,
+            &mut headers,
+            slices.iter_mut(),
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        )?;
+        let mut n = 0;
+        for (slot, msg) in self.meta.iter_mut().zip(got) {
+            *slot = (msg.bytes.min(SLOT), msg.address.and_then(socket_addr));
+            n += 1;
         }
         self.n = n;
         Ok(n)
@@ -185,6 +101,13 @@ impl RecvBatch {
             .enumerate()
             .filter_map(|(i, (len, from))| Some((&self.buf[i * SLOT..i * SLOT + len], (*from)?)))
     }
+}
+
+fn socket_addr(a: SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
 }
 
 #[cfg(test)]
@@ -242,11 +165,17 @@ mod tests {
     }
 
     #[test]
-    fn addresses_convert_both_ways() {
-        for a in ["10.77.0.11:5060", "[2001:db8::1]:5070", "[fe80::1%2]:5060"] {
-            let a: SocketAddr = a.parse().unwrap();
-            let (st, len) = to_storage(a);
-            assert_eq!(from_storage(&st, len), Some(a));
-        }
+    fn ipv6_sources_come_back_whole() {
+        let Ok(a) = std::net::UdpSocket::bind("[::1]:0") else {
+            return; // no IPv6 loopback here
+        };
+        let b = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        let sent = send_batch(a.as_raw_fd(), &[(b"v6", b.local_addr().unwrap())]).unwrap();
+        assert_eq!(sent, 1);
+        let mut rb = RecvBatch::new();
+        b.set_nonblocking(false).unwrap();
+        assert_eq!(rb.recv(b.as_raw_fd()).unwrap(), 1);
+        let (d, from) = rb.iter().next().unwrap();
+        assert_eq!((d, from), (&b"v6"[..], a.local_addr().unwrap()));
     }
 }
