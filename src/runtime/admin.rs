@@ -1,13 +1,18 @@
 //! Admin HTTP listener: `/healthz`, `/readyz`, `/metrics` (Prometheus text), `/status` (an HTML
 //! page that refreshes itself), `/status.json` (farm summary) and `/status/<user>.json` (one
-//! user's bindings). A deliberately small HTTP/1.1 subset, one GET per connection, so the
-//! service needs no web framework; loopback by default.
+//! user's bindings). HTTP/1.1 through hyper, one GET per connection, a bounded number of
+//! connections and a bounded time for each; loopback by default.
 
+use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
@@ -32,9 +37,13 @@ pub enum AdminQuery {
 /// most `MAX_CONNECTIONS` at a time (more are closed at once), and the driver is asked for
 /// the farm at most once per `SNAPSHOT_TTL`, so a flood costs the driver nothing.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, driver: mpsc::Sender<AdminQuery>) {
-    let started = Instant::now();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let snapshots = Arc::new(Snapshots::default());
+    let ctx = Arc::new(Ctx {
+        metrics,
+        driver,
+        snapshots: Snapshots::default(),
+        started: Instant::now(),
+    });
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             // Out of descriptors and the like: do not spin.
@@ -45,24 +54,34 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, driver: mpsc::S
             drop(stream);
             continue;
         };
-        let ctx = Ctx {
-            metrics: metrics.clone(),
-            driver: driver.clone(),
-            snapshots: snapshots.clone(),
-            started,
-        };
+        let ctx = ctx.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), handle(stream, ctx)).await;
+            let _ = tokio::time::timeout(CONNECTION_MAX, connection(stream, ctx)).await;
             drop(slot);
         });
     }
+}
+
+/// One connection: one request (no keep-alive), its head within `HEAD_READ_MAX`.
+async fn connection(stream: TcpStream, ctx: Arc<Ctx>) {
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(respond(&ctx, req.method(), req.uri().path()).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_READ_MAX)
+        .max_buf_size(HEAD_MAX)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 /// What every connection shares.
 struct Ctx {
     metrics: Arc<Metrics>,
     driver: mpsc::Sender<AdminQuery>,
-    snapshots: Arc<Snapshots>,
+    snapshots: Snapshots,
     started: Instant,
 }
 
@@ -74,107 +93,103 @@ struct Snapshots {
     page: tokio::sync::Mutex<Option<(Instant, FarmStatus)>>,
 }
 
-type Reply = (&'static str, &'static str, String);
+type Reply = (StatusCode, &'static str, String);
 
 fn unavailable() -> Reply {
     (
-        "503 Service Unavailable",
+        StatusCode::SERVICE_UNAVAILABLE,
         "text/plain",
         "driver not running\n".to_string(),
     )
 }
 
-async fn handle(mut stream: TcpStream, ctx: Ctx) -> std::io::Result<()> {
+async fn respond(ctx: &Ctx, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = route(ctx, method, path).await;
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+async fn route(ctx: &Ctx, method: &Method, path: &str) -> Reply {
     let Ctx {
         ref metrics,
         ref driver,
         ref snapshots,
         started,
-    } = ctx;
+    } = *ctx;
     let farm = |bindings, uptime| farm(driver, snapshots, bindings, uptime);
-    let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    // Read until the end of the request head (or the buffer is full).
-    while len < buf.len() {
-        let n = stream.read(&mut buf[len..]).await?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-            break;
-        }
-    }
-    let head = String::from_utf8_lossy(&buf[..len]);
-    let mut parts = head.lines().next().unwrap_or("").split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
     let uptime = started.elapsed().as_secs();
-    let (status, ctype, body): Reply = if method != "GET" {
-        (
-            "405 Method Not Allowed",
+    if method != Method::GET {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "GET only\n".to_string(),
-        )
-    } else {
-        match path {
-            "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-            "/readyz" => match farm(0, uptime).await {
-                Some(_) => ("200 OK", "text/plain", "ready\n".to_string()),
-                None => unavailable(),
-            },
-            "/metrics" => {
-                let f = farm(0, uptime).await;
-                (
-                    "200 OK",
-                    "text/plain; version=0.0.4",
-                    metrics.render(f.as_ref()),
-                )
-            }
-            "/status.json" => match farm(0, uptime).await {
-                Some(s) => (
-                    "200 OK",
-                    "application/json",
-                    serde_json::to_string(&s).unwrap_or_default(),
-                ),
-                None => unavailable(),
-            },
-            "/" | "/status" => match farm(PAGE_BINDINGS, uptime).await {
-                Some(s) => ("200 OK", "text/html; charset=utf-8", render_html(&s)),
-                None => unavailable(),
-            },
-            p => match p
-                .strip_prefix("/status/")
-                .and_then(|u| u.strip_suffix(".json"))
-                .map(percent_decode)
-            {
-                Some(Some(user)) if crate::core::mirror::user_part(&user) == Some(&user) => {
-                    match ask(driver, |reply| AdminQuery::User { user, reply }).await {
-                        Some(s) => (
-                            "200 OK",
-                            "application/json",
-                            serde_json::to_string(&s).unwrap_or_default(),
-                        ),
-                        None => unavailable(),
-                    }
-                }
-                Some(_) => ("400 Bad Request", "text/plain", "invalid user\n".into()),
-                None => ("404 Not Found", "text/plain", "not found\n".to_string()),
-            },
+        );
+    }
+    let ok = StatusCode::OK;
+    match path {
+        "/healthz" => (ok, "text/plain", "ok\n".to_string()),
+        "/readyz" => match farm(0, uptime).await {
+            Some(_) => (ok, "text/plain", "ready\n".to_string()),
+            None => unavailable(),
+        },
+        "/metrics" => {
+            let f = farm(0, uptime).await;
+            (ok, "text/plain; version=0.0.4", metrics.render(f.as_ref()))
         }
-    };
-    let resp = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(resp.as_bytes()).await?;
-    stream.shutdown().await
+        "/status.json" => match farm(0, uptime).await {
+            Some(s) => (
+                ok,
+                "application/json",
+                serde_json::to_string(&s).unwrap_or_default(),
+            ),
+            None => unavailable(),
+        },
+        "/" | "/status" => match farm(PAGE_BINDINGS, uptime).await {
+            Some(s) => (ok, "text/html; charset=utf-8", render_html(&s)),
+            None => unavailable(),
+        },
+        p => match p
+            .strip_prefix("/status/")
+            .and_then(|u| u.strip_suffix(".json"))
+            .map(percent_decode)
+        {
+            Some(Some(user)) if crate::core::mirror::user_part(&user) == Some(&user) => {
+                match ask(driver, |reply| AdminQuery::User { user, reply }).await {
+                    Some(s) => (
+                        ok,
+                        "application/json",
+                        serde_json::to_string(&s).unwrap_or_default(),
+                    ),
+                    None => unavailable(),
+                }
+            }
+            Some(_) => (
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                "invalid user\n".into(),
+            ),
+            None => (
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found\n".to_string(),
+            ),
+        },
+    }
 }
 
 /// Binding rows shown on the HTML page (problems first).
 const PAGE_BINDINGS: usize = 500;
 /// Concurrent admin connections; more are closed at once.
 const MAX_CONNECTIONS: usize = 32;
+/// A connection's whole life, and the time its request head may take to arrive.
+const CONNECTION_MAX: Duration = Duration::from_secs(10);
+const HEAD_READ_MAX: Duration = Duration::from_secs(5);
+/// Largest request head read (hyper's smallest buffer).
+const HEAD_MAX: usize = 8192;
 /// How long one farm snapshot serves every request.
 const SNAPSHOT_TTL: Duration = Duration::from_secs(1);
 
@@ -344,6 +359,7 @@ pub fn render_html(s: &FarmStatus) -> String {
 mod tests {
     use super::*;
     use crate::status::{farm_status, BindingRow, NodeRow};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn page_escapes_and_lists_nodes() {
@@ -482,6 +498,33 @@ mod tests {
         let closed = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut byte)).await;
         assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
         drop(idle);
+    }
+
+    #[tokio::test]
+    async fn a_request_head_that_never_ends_is_cut_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, _rx) = mpsc::channel(1);
+        tokio::spawn(serve(listener, Arc::new(Metrics::default()), tx));
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: 1\r\n")
+            .await
+            .unwrap();
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        let r = tokio::time::timeout(HEAD_READ_MAX * 2, s.read_to_end(&mut out)).await;
+        assert!(r.is_ok(), "still open after {:?}", t0.elapsed());
+        assert!(t0.elapsed() >= HEAD_READ_MAX - Duration::from_millis(100));
+        // And a complete request is answered, with the headers the clients read.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 200 ok\r\n"), "{text}");
+        assert!(text.contains("connection: close\r\n"), "{text}");
+        assert!(text.contains("cache-control: no-store\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\nok\n"), "{text}");
     }
 
     #[test]
