@@ -395,11 +395,9 @@ fn config_text(a: &Args, nodes: &[SocketAddr]) -> String {
 
 /// Bindings on `nodes` that reached `state` (the driver's own transition counters).
 fn transitions(metrics: &Metrics, nodes: &[String], state: &str) -> usize {
-    let m = metrics.binding_transitions.lock().unwrap();
     nodes
         .iter()
-        .filter_map(|node| m.get(node)?.get(state))
-        .map(|n| *n as usize)
+        .map(|node| metrics.transitions(node, state) as usize)
         .sum()
 }
 

@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::runtime::metrics::Metrics;
+use crate::runtime::metrics::{self, Metrics};
 use crate::status::{lag_text, percent_text, FarmStatus, UserStatus};
 
 /// Questions the admin listener asks the driver task (which owns the `Mirror`).
@@ -138,7 +138,7 @@ async fn route(ctx: &Ctx, method: &Method, path: &str) -> Reply {
         },
         "/metrics" => {
             let f = farm(0, uptime).await;
-            (ok, "text/plain; version=0.0.4", metrics.render(f.as_ref()))
+            (ok, metrics::CONTENT_TYPE, metrics.render(f.as_ref()))
         }
         "/status.json" => match farm(0, uptime).await {
             Some(s) => (

@@ -143,9 +143,7 @@ pub fn spawn_credential_reader<S: CredentialSource>(
             let mut wait = Duration::from_millis(500);
             let mut after_outage = false;
             loop {
-                metrics
-                    .credential_lookups
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                metrics.credential_lookups.inc_by(batch.len() as u64);
                 Metrics::inc(&metrics.credential_queries);
                 match source.credentials(&batch).await {
                     Ok(found) => {

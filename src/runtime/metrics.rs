@@ -1,12 +1,19 @@
-//! Counters the driver updates and the admin listener renders in Prometheus text format
-//! (version 0.0.4). Gauges that describe the farm now (bindings by state, drift, node health)
-//! come from a `FarmStatus` snapshot taken when `/metrics` is scraped.
+//! regmirror's metrics, exposed through `prometheus-client` (OpenMetrics text). Counters and
+//! gauges the driver updates live in the registry; what describes the farm now (bindings by
+//! state, coverage, lag, drift, node health) is read from a `FarmStatus` snapshot taken when
+//! `/metrics` is scraped.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use crate::status::FarmStatus;
 
@@ -15,518 +22,458 @@ pub const LATENCY_BUCKETS: [f64; 12] = [
     0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 8.0, 32.0,
 ];
 
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Histogram {
-    /// Non-cumulative counts per bucket; the last slot is +Inf.
-    pub buckets: [u64; LATENCY_BUCKETS.len() + 1],
-    pub count: u64,
-    pub sum: f64,
-}
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-impl Histogram {
-    pub fn observe(&mut self, d: Duration) {
-        let s = d.as_secs_f64();
-        let i = LATENCY_BUCKETS
-            .iter()
-            .position(|&b| s <= b)
-            .unwrap_or(LATENCY_BUCKETS.len());
-        self.buckets[i] += 1;
-        self.count += 1;
-        self.sum += s;
-    }
-}
+type Label = (&'static str, String);
+type Latency = Family<[Label; 1], Histogram, fn() -> Histogram>;
 
-#[derive(Default)]
 pub struct Metrics {
-    pub notifications_accepted: AtomicU64,
-    pub notifications_malformed: AtomicU64,
-    pub notifications_untrusted: AtomicU64,
+    registry: Registry,
+    /// The farm snapshot the collector reads while one render runs.
+    farm: Arc<Mutex<Option<FarmStatus>>>,
+    render: Mutex<()>,
+    pub notifications_accepted: Counter,
+    pub notifications_malformed: Counter,
+    pub notifications_untrusted: Counter,
     /// Answered 503 while shutting down.
-    pub notifications_refused: AtomicU64,
-    pub datagrams_malformed: AtomicU64,
-    pub datagrams_oversized: AtomicU64,
-    pub credential_lookups: AtomicU64,
+    pub notifications_refused: Counter,
+    pub notifications_forged: Counter,
+    pub notifications_stale: Counter,
+    pub datagrams_malformed: Counter,
+    pub datagrams_oversized: Counter,
+    pub credential_lookups: Counter,
     /// Statements that read credentials (a batch of lookups is one).
-    pub credential_queries: AtomicU64,
-    pub credential_lookup_errors: AtomicU64,
-    pub credential_unknown_users: AtomicU64,
-    pub send_errors: AtomicU64,
+    pub credential_queries: Counter,
+    pub credential_lookup_errors: Counter,
+    pub credential_unknown_users: Counter,
+    pub send_errors: Counter,
     /// New REGISTER transactions after a failed one on the same binding.
-    pub register_retries: AtomicU64,
-    /// AORs replayed onto a node that came back or restarted empty (issue 5).
-    pub replays: AtomicU64,
-    /// Bindings found missing or stale by reconciliation and repaired (issue 5).
-    pub drift_repaired: AtomicU64,
-    pub reconcile_runs: AtomicU64,
-    pub reconcile_errors: AtomicU64,
-    pub reconcile_refused: AtomicU64,
-    pub notifications_forged: AtomicU64,
-    pub notifications_stale: AtomicU64,
-    pub ami_errors: AtomicU64,
+    pub register_retries: Counter,
+    /// AORs replayed onto a node that came back or restarted empty (the core counts them).
+    pub replays: Counter,
+    /// Bindings found missing or stale by the audit and repaired.
+    pub drift_repaired: Counter,
+    pub reconcile_runs: Counter,
+    pub reconcile_errors: Counter,
+    pub reconcile_refused: Counter,
+    pub ami_errors: Counter,
     /// Registration storms that held new work (`farm.storm_hold`).
-    pub storm_holds: AtomicU64,
+    pub storm_holds: Counter,
     /// 1 while a storm holds new work.
-    pub storm_holding: AtomicU64,
-    pub nodes_down: AtomicU64,
+    pub storm_holding: Gauge,
+    pub nodes_down: Gauge,
     /// 1 while this instance talks to the nodes (always, without `[ha]`).
-    pub ha_active: AtomicU64,
+    pub ha_active: Gauge,
     /// Times this secondary took over from its primary.
-    pub ha_takeovers: AtomicU64,
+    pub ha_takeovers: Counter,
     /// Final responses to our REGISTERs by status code.
-    pub register_results: Mutex<BTreeMap<u16, u64>>,
+    register_results: Family<[Label; 1], Counter>,
     /// Binding state changes by (node, state).
-    pub binding_transitions: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
+    binding_transitions: Family<[Label; 2], Counter>,
     /// REGISTER transaction latency (first send to final response) by node.
-    pub register_latency: Mutex<BTreeMap<String, Histogram>>,
+    register_latency: Latency,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut r = Registry::default();
+        let notifications = Family::<[Label; 1], Counter>::default();
+        r.register(
+            "regmirror_notifications",
+            "Kamailio notifications by outcome",
+            notifications.clone(),
+        );
+        let outcome = |result: &str| {
+            notifications
+                .get_or_create(&[("result", result.to_string())])
+                .clone()
+        };
+        let datagrams = Family::<[Label; 1], Counter>::default();
+        r.register(
+            "regmirror_datagrams_rejected",
+            "datagrams dropped before parsing",
+            datagrams.clone(),
+        );
+        let rejected = |reason: &str| {
+            datagrams
+                .get_or_create(&[("reason", reason.to_string())])
+                .clone()
+        };
+        let mut counter = |name: &str, help: &str| {
+            let c = Counter::default();
+            r.register(name, help, c.clone());
+            c
+        };
+        let credential_lookups = counter(
+            "regmirror_credential_lookups",
+            "credential lookups in the database",
+        );
+        let credential_queries = counter(
+            "regmirror_credential_queries",
+            "database statements that read credentials (one per batch of lookups)",
+        );
+        let credential_lookup_errors = counter(
+            "regmirror_db_errors",
+            "failed database queries (each is retried)",
+        );
+        let credential_unknown_users = counter(
+            "regmirror_unknown_users",
+            "notifications for users with no credential",
+        );
+        let send_errors = counter("regmirror_send_errors", "datagrams the socket refused");
+        let register_retries = counter(
+            "regmirror_register_retries",
+            "REGISTERs retried after an error response or a timeout",
+        );
+        let replays = counter(
+            "regmirror_replays",
+            "AORs replayed onto a node that came back",
+        );
+        let drift_repaired = counter(
+            "regmirror_drift_repaired",
+            "bindings found missing or stale on a node by the audit and repaired",
+        );
+        let reconcile_runs = counter(
+            "regmirror_reconcile_runs",
+            "reconciliations from Kamailio's location table",
+        );
+        let reconcile_errors = counter(
+            "regmirror_reconcile_errors",
+            "reconciliations that failed (retried with backoff)",
+        );
+        let reconcile_refused = counter(
+            "regmirror_reconcile_refused",
+            "reconciliations (or their credential removals) refused by the circuit breaker",
+        );
+        let ami_errors = counter("regmirror_ami_errors", "AMI audits that failed");
+        let storm_holds = counter(
+            "regmirror_storm_holds",
+            "registration storms during which new work on the nodes waited (farm.storm_hold)",
+        );
+        let ha_takeovers = counter(
+            "regmirror_ha_takeovers",
+            "times this secondary took over from an unanswering primary",
+        );
+        let mut gauge = |name: &str, help: &str| {
+            let g = Gauge::default();
+            r.register(name, help, g.clone());
+            g
+        };
+        gauge("regmirror_up", "1 while the service runs").set(1);
+        let nodes_down = gauge("regmirror_nodes_down", "nodes marked down by probing");
+        let storm_holding = gauge(
+            "regmirror_storm_holding",
+            "1 while a registration storm holds new work on the nodes",
+        );
+        let ha_active = gauge(
+            "regmirror_ha_active",
+            "1 while this instance registers on the nodes, 0 in standby",
+        );
+        let register_results = Family::default();
+        r.register(
+            "regmirror_register_responses",
+            "final responses to REGISTER by status code",
+            register_results.clone(),
+        );
+        let register_latency: Latency =
+            Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS));
+        r.register(
+            "regmirror_register_latency_seconds",
+            "REGISTER transaction latency, first send to final response",
+            register_latency.clone(),
+        );
+        let binding_transitions = Family::default();
+        r.register(
+            "regmirror_binding_transitions",
+            "binding state changes by node and new state (each `failed` schedules a retry)",
+            binding_transitions.clone(),
+        );
+        let farm = Arc::new(Mutex::new(None));
+        r.register_collector(Box::new(FarmCollector(farm.clone())));
+        Metrics {
+            registry: r,
+            farm,
+            render: Mutex::new(()),
+            notifications_accepted: outcome("accepted"),
+            notifications_malformed: outcome("malformed"),
+            notifications_untrusted: outcome("untrusted"),
+            notifications_forged: outcome("forged"),
+            notifications_stale: outcome("stale"),
+            notifications_refused: outcome("refused"),
+            datagrams_malformed: rejected("malformed"),
+            datagrams_oversized: rejected("oversized"),
+            credential_lookups,
+            credential_queries,
+            credential_lookup_errors,
+            credential_unknown_users,
+            send_errors,
+            register_retries,
+            replays,
+            drift_repaired,
+            reconcile_runs,
+            reconcile_errors,
+            reconcile_refused,
+            ami_errors,
+            storm_holds,
+            storm_holding,
+            nodes_down,
+            ha_active,
+            ha_takeovers,
+            register_results,
+            binding_transitions,
+            register_latency,
+        }
+    }
 }
 
 impl Metrics {
-    pub fn inc(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
+    pub fn inc(c: &Counter) {
+        c.inc();
     }
 
     pub fn count_result(&self, code: u16) {
-        if let Ok(mut m) = self.register_results.lock() {
-            *m.entry(code).or_default() += 1;
-        }
+        self.register_results
+            .get_or_create(&[("code", code.to_string())])
+            .inc();
     }
 
     pub fn count_transition(&self, node: &str, state: &'static str) {
-        if let Ok(mut m) = self.binding_transitions.lock() {
-            // The node's name is allocated once, not per transition.
-            let states = match m.get_mut(node) {
-                Some(states) => states,
-                None => m.entry(node.to_string()).or_default(),
-            };
-            *states.entry(state).or_default() += 1;
-        }
+        self.binding_transitions
+            .get_or_create(&[("node", node.to_string()), ("state", state.to_string())])
+            .inc();
+    }
+
+    /// State changes to `state` on `node` so far.
+    pub fn transitions(&self, node: &str, state: &str) -> u64 {
+        self.binding_transitions
+            .get_or_create(&[("node", node.to_string()), ("state", state.to_string())])
+            .get()
     }
 
     pub fn observe_latency(&self, node: &str, d: Duration) {
-        if let Ok(mut m) = self.register_latency.lock() {
-            match m.get_mut(node) {
-                Some(h) => h.observe(d),
-                None => {
-                    let mut h = Histogram::default();
-                    h.observe(d);
-                    m.insert(node.to_string(), h);
-                }
-            }
-        }
+        self.register_latency
+            .get_or_create(&[("node", node.to_string())])
+            .observe(d.as_secs_f64());
     }
 
-    /// Prometheus text. `farm` adds the gauges of the current state (absent when the driver
+    /// OpenMetrics text. `farm` adds the gauges of the current state (absent when the driver
     /// did not answer in time: the counters still render).
     pub fn render(&self, farm: Option<&FarmStatus>) -> String {
+        // One render at a time: the collector reads the snapshot this one set.
+        let _one = self.render.lock().unwrap_or_else(|e| e.into_inner());
+        if let Ok(mut f) = self.farm.lock() {
+            *f = farm.cloned();
+        }
         let mut o = String::with_capacity(8192);
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        family(&mut o, "regmirror_up", "gauge", "1 while the service runs");
-        let _ = writeln!(o, "regmirror_up 1");
-
-        family(
-            &mut o,
-            "regmirror_notifications_total",
-            "counter",
-            "Kamailio notifications by outcome",
-        );
-        for (result, c) in [
-            ("accepted", &self.notifications_accepted),
-            ("malformed", &self.notifications_malformed),
-            ("untrusted", &self.notifications_untrusted),
-            ("forged", &self.notifications_forged),
-            ("stale", &self.notifications_stale),
-            ("refused", &self.notifications_refused),
-        ] {
-            let _ = writeln!(
-                o,
-                "regmirror_notifications_total{{result=\"{result}\"}} {}",
-                get(c)
-            );
-        }
-        family(
-            &mut o,
-            "regmirror_datagrams_rejected_total",
-            "counter",
-            "datagrams dropped before parsing",
-        );
-        for (reason, c) in [
-            ("malformed", &self.datagrams_malformed),
-            ("oversized", &self.datagrams_oversized),
-        ] {
-            let _ = writeln!(
-                o,
-                "regmirror_datagrams_rejected_total{{reason=\"{reason}\"}} {}",
-                get(c)
-            );
-        }
-        for (name, help, c) in [
-            (
-                "regmirror_credential_lookups_total",
-                "credential lookups in the database",
-                &self.credential_lookups,
-            ),
-            (
-                "regmirror_credential_queries_total",
-                "database statements that read credentials (one per batch of lookups)",
-                &self.credential_queries,
-            ),
-            (
-                "regmirror_db_errors_total",
-                "failed database queries (each is retried)",
-                &self.credential_lookup_errors,
-            ),
-            (
-                "regmirror_unknown_users_total",
-                "notifications for users with no credential",
-                &self.credential_unknown_users,
-            ),
-            (
-                "regmirror_send_errors_total",
-                "datagrams the socket refused",
-                &self.send_errors,
-            ),
-            (
-                "regmirror_register_retries_total",
-                "REGISTERs retried after an error response or a timeout",
-                &self.register_retries,
-            ),
-            (
-                "regmirror_replays_total",
-                "AORs replayed onto a node that came back",
-                &self.replays,
-            ),
-            (
-                "regmirror_drift_repaired_total",
-                "bindings found missing or stale on a node by the audit and repaired",
-                &self.drift_repaired,
-            ),
-            (
-                "regmirror_reconcile_runs_total",
-                "reconciliations from Kamailio's location table",
-                &self.reconcile_runs,
-            ),
-            (
-                "regmirror_reconcile_errors_total",
-                "reconciliations that failed (retried with backoff)",
-                &self.reconcile_errors,
-            ),
-            (
-                "regmirror_reconcile_refused_total",
-                "reconciliations (or their credential removals) refused by the circuit breaker",
-                &self.reconcile_refused,
-            ),
-            (
-                "regmirror_ami_errors_total",
-                "AMI audits that failed",
-                &self.ami_errors,
-            ),
-            (
-                "regmirror_storm_holds_total",
-                "registration storms during which new work on the nodes waited (farm.storm_hold)",
-                &self.storm_holds,
-            ),
-        ] {
-            family(&mut o, name, "counter", help);
-            let _ = writeln!(o, "{name} {}", get(c));
-        }
-
-        family(
-            &mut o,
-            "regmirror_nodes_down",
-            "gauge",
-            "nodes marked down by probing",
-        );
-        let _ = writeln!(o, "regmirror_nodes_down {}", get(&self.nodes_down));
-        family(
-            &mut o,
-            "regmirror_storm_holding",
-            "gauge",
-            "1 while a registration storm holds new work on the nodes",
-        );
-        let _ = writeln!(o, "regmirror_storm_holding {}", get(&self.storm_holding));
-        family(
-            &mut o,
-            "regmirror_ha_active",
-            "gauge",
-            "1 while this instance registers on the nodes, 0 in standby",
-        );
-        let _ = writeln!(o, "regmirror_ha_active {}", get(&self.ha_active));
-        family(
-            &mut o,
-            "regmirror_ha_takeovers_total",
-            "counter",
-            "times this secondary took over from an unanswering primary",
-        );
-        let _ = writeln!(
-            o,
-            "regmirror_ha_takeovers_total {}",
-            get(&self.ha_takeovers)
-        );
-
-        family(
-            &mut o,
-            "regmirror_register_responses_total",
-            "counter",
-            "final responses to REGISTER by status code",
-        );
-        if let Ok(m) = self.register_results.lock() {
-            for (code, n) in m.iter() {
-                let _ = writeln!(
-                    o,
-                    "regmirror_register_responses_total{{code=\"{code}\"}} {n}"
-                );
-            }
-        }
-
-        family(
-            &mut o,
-            "regmirror_register_latency_seconds",
-            "histogram",
-            "REGISTER transaction latency, first send to final response",
-        );
-        if let Ok(m) = self.register_latency.lock() {
-            for (node, h) in m.iter() {
-                let node = label(node);
-                let mut cum = 0;
-                for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
-                    cum += h.buckets[i];
-                    let _ = writeln!(
-                        o,
-                        "regmirror_register_latency_seconds_bucket{{node=\"{node}\",le=\"{b}\"}} {cum}"
-                    );
-                }
-                let _ = writeln!(
-                    o,
-                    "regmirror_register_latency_seconds_bucket{{node=\"{node}\",le=\"+Inf\"}} {}",
-                    h.count
-                );
-                let _ = writeln!(
-                    o,
-                    "regmirror_register_latency_seconds_sum{{node=\"{node}\"}} {}",
-                    h.sum
-                );
-                let _ = writeln!(
-                    o,
-                    "regmirror_register_latency_seconds_count{{node=\"{node}\"}} {}",
-                    h.count
-                );
-            }
-        }
-
-        family(
-            &mut o,
-            "regmirror_binding_transitions_total",
-            "counter",
-            "binding state changes by node and new state (each `failed` schedules a retry)",
-        );
-        if let Ok(m) = self.binding_transitions.lock() {
-            for (node, states) in m.iter() {
-                for (state, n) in states {
-                    let _ = writeln!(
-                        o,
-                        "regmirror_binding_transitions_total{{node=\"{}\",state=\"{state}\"}} {n}",
-                        label(node)
-                    );
-                }
-            }
-        }
-
-        if let Some(f) = farm {
-            render_farm(&mut o, f);
-        }
+        let _ = prometheus_client::encoding::text::encode(&mut o, &self.registry);
         o
     }
 }
 
-fn render_farm(o: &mut String, f: &FarmStatus) {
-    let s = &f.stats;
-    for (name, help, v) in [
-        (
-            "regmirror_transactions_total",
-            "REGISTER transactions started",
-            s.transactions,
-        ),
-        (
-            "regmirror_retransmits_total",
-            "REGISTER retransmissions (UDP timer E)",
-            s.retransmits,
-        ),
-        (
-            "regmirror_transaction_timeouts_total",
-            "REGISTER transactions that reached Timer F",
-            s.timeouts,
-        ),
-        (
-            "regmirror_challenges_total",
-            "digest challenges answered",
-            s.challenges,
-        ),
-        (
-            "regmirror_credential_rejected_total",
-            "fresh digest answers the node rejected",
-            s.credential_rejected,
-        ),
-        (
-            "regmirror_stray_responses_total",
-            "responses matching no transaction",
-            s.stray_responses,
-        ),
-        (
-            "regmirror_storm_deferred_refreshes_total",
-            "refreshes that fell due in a storm hold and waited for its end",
-            s.refreshes_deferred,
-        ),
-    ] {
-        family(o, name, "counter", help);
-        let _ = writeln!(o, "{name} {v}");
-    }
-    family(
-        o,
-        "regmirror_live_aors",
-        "gauge",
-        "AORs Kamailio holds live (desired on every node)",
-    );
-    let _ = writeln!(o, "regmirror_live_aors {}", f.live_aors);
-    family(
-        o,
-        "regmirror_queued_bindings",
-        "gauge",
-        "bindings waiting for their node's send budget",
-    );
-    let _ = writeln!(o, "regmirror_queued_bindings {}", s.queued);
-    family(
-        o,
-        "regmirror_bindings",
-        "gauge",
-        "bindings by node and state",
-    );
-    for n in &f.nodes {
-        let node = label(&n.name);
-        for (state, v) in [
-            ("registered", n.confirmed),
-            ("registering", n.registering),
-            ("unregistering", n.unregistering),
-            ("failed", n.failing),
+/// The farm's gauges, from the snapshot of the render in progress.
+#[derive(Debug)]
+struct FarmCollector(Arc<Mutex<Option<FarmStatus>>>);
+
+impl Collector for FarmCollector {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Ok(farm) = self.0.lock() else {
+            return Ok(());
+        };
+        let Some(f) = farm.as_ref() else {
+            return Ok(());
+        };
+        let s = &f.stats;
+        for (name, help, v) in [
+            (
+                "regmirror_transactions",
+                "REGISTER transactions started",
+                s.transactions,
+            ),
+            (
+                "regmirror_retransmits",
+                "REGISTER retransmissions (UDP timer E)",
+                s.retransmits,
+            ),
+            (
+                "regmirror_transaction_timeouts",
+                "REGISTER transactions that reached Timer F",
+                s.timeouts,
+            ),
+            (
+                "regmirror_challenges",
+                "digest challenges answered",
+                s.challenges,
+            ),
+            (
+                "regmirror_credential_rejected",
+                "fresh digest answers the node rejected",
+                s.credential_rejected,
+            ),
+            (
+                "regmirror_stray_responses",
+                "responses matching no transaction",
+                s.stray_responses,
+            ),
+            (
+                "regmirror_storm_deferred_refreshes",
+                "refreshes that fell due in a storm hold and waited for its end",
+                s.refreshes_deferred,
+            ),
         ] {
-            let _ = writeln!(
-                o,
-                "regmirror_bindings{{node=\"{node}\",state=\"{state}\"}} {v}"
-            );
+            ConstCounter::new(v).encode(e.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)?;
         }
-    }
-    family(
-        o,
-        "regmirror_binding_drift",
-        "gauge",
-        "bindings differing from the desired state, by node",
-    );
-    for n in &f.nodes {
-        let _ = writeln!(
-            o,
-            "regmirror_binding_drift{{node=\"{}\"}} {}",
-            label(&n.name),
-            n.drift
-        );
-    }
-    // One series per node for each of these, read straight from the node's status row (f64
-    // prints integers without a fraction, exactly up to 2^53).
-    type NodeValue = fn(&crate::status::NodeRow) -> f64;
-    let per_node: [(&str, &str, &str, NodeValue); 9] = [
+        for (name, help, v) in [
+            (
+                "regmirror_live_aors",
+                "AORs Kamailio holds live (desired on every node)",
+                f.live_aors,
+            ),
+            (
+                "regmirror_queued_bindings",
+                "bindings waiting for their node's send budget",
+                s.queued,
+            ),
+        ] {
+            let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+            g.encode(e.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
+        }
+        let mut m = e.encode_descriptor(
+            "regmirror_bindings",
+            "bindings by node and state",
+            None,
+            MetricType::Gauge,
+        )?;
+        for n in &f.nodes {
+            for (state, v) in [
+                ("registered", n.confirmed),
+                ("registering", n.registering),
+                ("unregistering", n.unregistering),
+                ("failed", n.failing),
+            ] {
+                let labels = [("node", n.name.as_str()), ("state", state)];
+                gauge(v).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        let mut m = e.encode_descriptor(
+            "regmirror_binding_drift",
+            "bindings differing from the desired state, by node",
+            None,
+            MetricType::Gauge,
+        )?;
+        for n in &f.nodes {
+            gauge(n.drift).encode(m.encode_family(&[("node", n.name.as_str())])?)?;
+        }
+        // One series per node for each of these, read straight from the node's status row.
+        type NodeValue = fn(&crate::status::NodeRow) -> f64;
+        let per_node: [(&str, MetricType, &str, NodeValue); 9] = [
         (
             "regmirror_node_desired_bindings",
-            "gauge",
+            MetricType::Gauge,
             "bindings that should be registered on the node now (one per live AOR), by node",
             |n| n.desired as f64,
         ),
         (
             "regmirror_node_confirmed_bindings",
-            "gauge",
+            MetricType::Gauge,
             "desired bindings the node confirmed and has not possibly lost since, by node",
             |n| n.covered as f64,
         ),
         (
             "regmirror_node_coverage_ratio",
-            "gauge",
+            MetricType::Gauge,
             "confirmed / desired bindings (1 when none is desired), by node",
             |n| n.coverage_ratio(),
         ),
         (
             "regmirror_node_lag_seconds",
-            "gauge",
+            MetricType::Gauge,
             "age of the oldest desired binding the node has not confirmed (0 when all are), by node",
             |n| n.lag_seconds,
         ),
         (
             "regmirror_node_inflight",
-            "gauge",
+            MetricType::Gauge,
             "REGISTER operations in flight, by node",
             |n| n.inflight as f64,
         ),
         (
             "regmirror_node_window",
-            "gauge",
+            MetricType::Gauge,
             "REGISTER operations the node may have in flight now (farm.latency_target congestion window), by node",
             |n| n.window as f64,
         ),
         (
-            "regmirror_register_challenges_total",
-            "counter",
+            "regmirror_register_challenges",
+            MetricType::Counter,
             "digest challenges (401/407) received, by node",
             |n| n.challenges as f64,
         ),
         (
-            "regmirror_register_preemptive_total",
-            "counter",
+            "regmirror_register_preemptive",
+            MetricType::Counter,
             "REGISTERs answering the node's latest nonce preemptively (farm.nonce_reuse), by node",
             |n| n.preemptive as f64,
         ),
         (
-            "regmirror_register_preemptive_challenged_total",
-            "counter",
+            "regmirror_register_preemptive_challenged",
+            MetricType::Counter,
             "preemptive REGISTERs the node challenged again (nonce expired or another realm), by node",
             |n| n.preemptive_challenged as f64,
         ),
     ];
-    for (name, kind, help, get) in per_node {
-        family(o, name, kind, help);
-        for n in &f.nodes {
-            let _ = writeln!(o, "{name}{{node=\"{}\"}} {}", label(&n.name), get(n));
+        for (name, kind, help, get) in per_node {
+            let mut m = e.encode_descriptor(name, help, None, kind)?;
+            for n in &f.nodes {
+                let labels = [("node", n.name.as_str())];
+                let v = get(n);
+                match kind {
+                    MetricType::Counter => {
+                        ConstCounter::new(v as u64).encode(m.encode_family(&labels)?)?
+                    }
+                    // Whole numbers print without a fraction, as they did before.
+                    _ if v.fract() == 0.0 && v.abs() < 9.0e15 => {
+                        ConstGauge::new(v as i64).encode(m.encode_family(&labels)?)?
+                    }
+                    _ => ConstGauge::new(v).encode(m.encode_family(&labels)?)?,
+                }
+            }
         }
-    }
-    family(
-        o,
-        "regmirror_node_up",
-        "gauge",
-        "1 node up, 0 down (absent while unknown)",
-    );
-    for n in &f.nodes {
-        let v = match n.health.as_str() {
-            "up" => 1,
-            "down" => 0,
-            _ => continue,
-        };
-        let _ = writeln!(o, "regmirror_node_up{{node=\"{}\"}} {v}", label(&n.name));
+        let mut m = e.encode_descriptor(
+            "regmirror_node_up",
+            "1 node up, 0 down (absent while unknown)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for n in &f.nodes {
+            let v = match n.health.as_str() {
+                "up" => 1,
+                "down" => 0,
+                _ => continue,
+            };
+            ConstGauge::new(v).encode(m.encode_family(&[("node", n.name.as_str())])?)?;
+        }
+        Ok(())
     }
 }
 
-fn family(o: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(o, "# HELP {name} {help}");
-    let _ = writeln!(o, "# TYPE {name} {kind}");
-}
-
-/// Label values escaped per the exposition format.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+fn gauge(v: u64) -> ConstGauge<i64> {
+    ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Every sample line is `name{labels} value` with a family declared before it.
+    /// Every sample line is `name{labels} value` with a family declared before it; the text
+    /// ends with OpenMetrics' `# EOF`.
     fn assert_exposition(text: &str) {
+        assert!(text.ends_with("# EOF\n"), "{text}");
         let mut families = std::collections::HashSet::new();
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
@@ -540,7 +487,7 @@ mod tests {
             let (series, value) = line.rsplit_once(' ').expect(line);
             value.parse::<f64>().expect(line);
             let name = series.split('{').next().unwrap();
-            let base = ["_bucket", "_sum", "_count"]
+            let base = ["_bucket", "_sum", "_count", "_total"]
                 .iter()
                 .find_map(|s| name.strip_suffix(s))
                 .filter(|b| families.contains(*b))
@@ -558,14 +505,16 @@ mod tests {
         let t = m.render(None);
         assert_exposition(&t);
         assert!(
-            t.contains("regmirror_register_latency_seconds_bucket{node=\"ast1\",le=\"0.002\"} 1")
+            t.contains("regmirror_register_latency_seconds_bucket{le=\"0.002\",node=\"ast1\"} 1")
         );
         assert!(
-            t.contains("regmirror_register_latency_seconds_bucket{node=\"ast1\",le=\"0.05\"} 2")
+            t.contains("regmirror_register_latency_seconds_bucket{le=\"0.05\",node=\"ast1\"} 2")
         );
-        assert!(t.contains("regmirror_register_latency_seconds_bucket{node=\"ast1\",le=\"32\"} 2"));
         assert!(
-            t.contains("regmirror_register_latency_seconds_bucket{node=\"ast1\",le=\"+Inf\"} 3")
+            t.contains("regmirror_register_latency_seconds_bucket{le=\"32.0\",node=\"ast1\"} 2")
+        );
+        assert!(
+            t.contains("regmirror_register_latency_seconds_bucket{le=\"+Inf\",node=\"ast1\"} 3")
         );
         assert!(t.contains("regmirror_register_latency_seconds_count{node=\"ast1\"} 3"));
     }

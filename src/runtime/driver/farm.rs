@@ -1,7 +1,6 @@
 //! Changes to what the farm should hold: reconciliation from Kamailio's `location`,
 //! credential lookups, drift audits, and `[[nodes]]` reloads (SIGHUP).
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::config::Config;
@@ -176,9 +175,7 @@ impl<S: CredentialSource> Driver<S> {
         // Repairs start now, not when the listing started (timers would begin in the past).
         let r = self.mirror.audit(self.now, node as u16, &users);
         let repaired = (r.missing + r.stale) as u64;
-        self.metrics
-            .drift_repaired
-            .fetch_add(repaired, Ordering::Relaxed);
+        self.metrics.drift_repaired.inc_by(repaired);
         if repaired > 0 {
             tracing::warn!(node = %a.node, missing = r.missing, stale = r.stale, "drift repaired");
         } else {

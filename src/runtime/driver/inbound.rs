@@ -201,7 +201,7 @@ impl<S: CredentialSource> Driver<S> {
                 self.reconcile_creds.clear();
                 self.reconcile_users.clear();
                 self.ha.clear_pending();
-                self.metrics.nodes_down.store(0, Ordering::Relaxed);
+                self.metrics.nodes_down.set(0);
                 tracing::warn!(
                     peer = %self.ha.peer_label(),
                     forgotten_bindings = bindings,
@@ -210,8 +210,6 @@ impl<S: CredentialSource> Driver<S> {
             }
         }
         self.ha.publish();
-        self.metrics
-            .ha_active
-            .store(u64::from(self.ha.is_active()), Ordering::Relaxed);
+        self.metrics.ha_active.set(i64::from(self.ha.is_active()));
     }
 }

@@ -130,9 +130,7 @@ impl<S: CredentialSource> Driver<S> {
             peer: ha.peer.map(|p| (p, ha.tag())),
             ..DoorConfig::from(&config)
         });
-        metrics
-            .ha_active
-            .store(u64::from(ha.is_active()), Ordering::Relaxed);
+        metrics.ha_active.set(i64::from(ha.is_active()));
         let (lookups_tx, lookups_rx) = mpsc::channel(4096);
         let (lookup_queue, lookup_queue_rx) = mpsc::unbounded_channel();
         let (reconcile_tx, reconcile_rx) = mpsc::channel(1);
@@ -319,9 +317,7 @@ impl<S: CredentialSource> Driver<S> {
         {
             return;
         }
-        self.metrics
-            .storm_holding
-            .store(u64::from(holding), Ordering::Relaxed);
+        self.metrics.storm_holding.set(i64::from(holding));
         if holding {
             Metrics::inc(&self.metrics.storm_holds);
             tracing::info!(
@@ -345,9 +341,9 @@ impl<S: CredentialSource> Driver<S> {
             Some(h) if h.last_heard.is_some() || h.probe_failures > 0 => "down",
             _ => "unknown",
         };
-        self.metrics
-            .replays
-            .store(self.mirror.stats().replayed, Ordering::Relaxed);
+        // The core counts replays; the counter follows it.
+        let replays = self.metrics.replays.inner();
+        replays.store(self.mirror.stats().replayed, Ordering::Relaxed);
         match q {
             AdminQuery::Farm { bindings, reply } => {
                 let mut s = status::farm_status(&self.mirror, self.now, health, bindings);
@@ -429,7 +425,7 @@ impl<S: CredentialSource> Driver<S> {
         // Sends the TCP links accepted, then dropped when the connect failed.
         let late = self.tcp.take_dropped();
         if late > 0 {
-            self.metrics.send_errors.fetch_add(late, Ordering::Relaxed);
+            self.metrics.send_errors.inc_by(late);
         }
         if !self.reconcile_users.is_empty() {
             // Taken, not cleared: a reconciliation's tables are as large as the farm.
@@ -439,9 +435,7 @@ impl<S: CredentialSource> Driver<S> {
         let down = (0..self.nodes.len())
             .filter(|&i| !self.mirror.node_up(i as u16))
             .count();
-        self.metrics
-            .nodes_down
-            .store(down as u64, Ordering::Relaxed);
+        self.metrics.nodes_down.set(down as i64);
     }
 
     fn on_event(&mut self, ev: Event) {
