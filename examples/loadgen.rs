@@ -394,7 +394,7 @@ fn config_text(a: &Args, nodes: &[SocketAddr]) -> String {
 }
 
 /// Bindings on `nodes` that reached `state` (the driver's own transition counters).
-fn transitions(metrics: &Metrics, nodes: &[String], state: &str) -> usize {
+fn transitions(metrics: &Metrics, nodes: &[String], state: &'static str) -> usize {
     nodes
         .iter()
         .map(|node| metrics.transitions(node, state) as usize)

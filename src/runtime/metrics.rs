@@ -3,7 +3,8 @@
 //! state, coverage, lag, drift, node health) is read from a `FarmStatus` snapshot taken when
 //! `/metrics` is scraped.
 
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -73,6 +74,17 @@ pub struct Metrics {
     binding_transitions: Family<[Label; 2], Counter>,
     /// REGISTER transaction latency (first send to final response) by node.
     register_latency: Latency,
+    /// The families' members seen so far, found again without building their labels (these
+    /// count every response and every state change).
+    seen_results: RwLock<HashMap<u16, Counter>>,
+    seen_nodes: RwLock<HashMap<String, NodeSeries>>,
+}
+
+/// One node's members of the per-node families.
+#[derive(Default)]
+struct NodeSeries {
+    latency: Option<Histogram>,
+    transitions: HashMap<&'static str, Counter>,
 }
 
 impl Default for Metrics {
@@ -223,6 +235,8 @@ impl Default for Metrics {
             register_results,
             binding_transitions,
             register_latency,
+            seen_results: RwLock::default(),
+            seen_nodes: RwLock::default(),
         }
     }
 }
@@ -233,28 +247,60 @@ impl Metrics {
     }
 
     pub fn count_result(&self, code: u16) {
-        self.register_results
+        if let Some(c) = read(&self.seen_results).get(&code) {
+            c.inc();
+            return;
+        }
+        let c = self
+            .register_results
             .get_or_create(&[("code", code.to_string())])
-            .inc();
+            .clone();
+        c.inc();
+        write(&self.seen_results).insert(code, c);
     }
 
     pub fn count_transition(&self, node: &str, state: &'static str) {
-        self.binding_transitions
-            .get_or_create(&[("node", node.to_string()), ("state", state.to_string())])
-            .inc();
+        self.transition_counter(node, state).inc();
     }
 
     /// State changes to `state` on `node` so far.
-    pub fn transitions(&self, node: &str, state: &str) -> u64 {
-        self.binding_transitions
+    pub fn transitions(&self, node: &str, state: &'static str) -> u64 {
+        self.transition_counter(node, state).get()
+    }
+
+    fn transition_counter(&self, node: &str, state: &'static str) -> Counter {
+        if let Some(c) = read(&self.seen_nodes)
+            .get(node)
+            .and_then(|n| n.transitions.get(state))
+        {
+            return c.clone();
+        }
+        let c = self
+            .binding_transitions
             .get_or_create(&[("node", node.to_string()), ("state", state.to_string())])
-            .get()
+            .clone();
+        let mut seen = write(&self.seen_nodes);
+        let series = seen.entry(node.to_string()).or_default();
+        series.transitions.insert(state, c.clone());
+        c
     }
 
     pub fn observe_latency(&self, node: &str, d: Duration) {
-        self.register_latency
+        if let Some(h) = read(&self.seen_nodes)
+            .get(node)
+            .and_then(|n| n.latency.as_ref())
+        {
+            return h.observe(d.as_secs_f64());
+        }
+        let h = self
+            .register_latency
             .get_or_create(&[("node", node.to_string())])
-            .observe(d.as_secs_f64());
+            .clone();
+        h.observe(d.as_secs_f64());
+        write(&self.seen_nodes)
+            .entry(node.to_string())
+            .or_default()
+            .latency = Some(h);
     }
 
     /// OpenMetrics text. `farm` adds the gauges of the current state (absent when the driver
@@ -462,6 +508,14 @@ impl Collector for FarmCollector {
     }
 }
 
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
 fn gauge(v: u64) -> ConstGauge<i64> {
     ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX))
 }
@@ -517,6 +571,27 @@ mod tests {
             t.contains("regmirror_register_latency_seconds_bucket{le=\"+Inf\",node=\"ast1\"} 3")
         );
         assert!(t.contains("regmirror_register_latency_seconds_count{node=\"ast1\"} 3"));
+    }
+
+    #[test]
+    fn members_found_again_count_in_the_same_series() {
+        let m = Metrics::default();
+        for _ in 0..3 {
+            m.count_result(401);
+            m.count_transition("ast1", "registered");
+            m.observe_latency("ast1", Duration::from_millis(3));
+        }
+        let t = m.render(None);
+        assert_exposition(&t);
+        assert!(
+            t.contains("regmirror_register_responses_total{code=\"401\"} 3\n"),
+            "{t}"
+        );
+        assert!(t.contains(
+            "regmirror_binding_transitions_total{node=\"ast1\",state=\"registered\"} 3\n"
+        ));
+        assert!(t.contains("regmirror_register_latency_seconds_count{node=\"ast1\"} 3\n"));
+        assert_eq!(m.transitions("ast1", "registered"), 3);
     }
 
     #[test]
