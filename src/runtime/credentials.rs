@@ -3,6 +3,7 @@
 //! ([`InMemoryCredentials`]). The driver is generic over [`CredentialSource`].
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::fmt::Display;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -103,19 +104,10 @@ impl InMemoryCredentials {
 }
 
 /// Never fails: a poisoned lock reads as empty.
-#[derive(Debug)]
-pub enum Never {}
-
-impl Display for Never {
-    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match *self {}
-    }
-}
-
 impl CredentialSource for InMemoryCredentials {
-    type Error = Never;
+    type Error = Infallible;
 
-    async fn credentials(&self, users: &[String]) -> Result<Vec<Option<Credential>>, Never> {
+    async fn credentials(&self, users: &[String]) -> Result<Vec<Option<Credential>>, Infallible> {
         let Ok(s) = self.state.lock() else {
             return Ok(vec![None; users.len()]);
         };
@@ -125,7 +117,7 @@ impl CredentialSource for InMemoryCredentials {
             .collect())
     }
 
-    async fn live(&self) -> Result<LiveSnapshot, Never> {
+    async fn live(&self) -> Result<LiveSnapshot, Infallible> {
         let Ok(s) = self.state.lock() else {
             return Ok(LiveSnapshot::default());
         };

@@ -87,11 +87,6 @@ impl Ha {
         self.peer.map_or_else(|| "-".into(), |p| p.to_string())
     }
 
-    /// Whether `from` may send us OPTIONS although it is not Kamailio.
-    pub fn is_peer(&self, from: SocketAddr) -> bool {
-        self.peer.is_some_and(|p| p.ip() == from.ip())
-    }
-
     /// The tag our probes' Call-IDs carry (the door tells their answers by it).
     pub fn tag(&self) -> u32 {
         self.tag
