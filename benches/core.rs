@@ -304,11 +304,67 @@ fn full_transaction(c: &mut Criterion) {
     g.finish();
 }
 
+/// The status page's cost with 100,000 bindings (50,000 AORs on 2 nodes, all registered):
+/// the farm summary with the page's 500 rows, in each order and with a search, then the HTML.
+fn status_page(c: &mut Criterion) {
+    use regmirror::core::digest::Secret;
+    use regmirror::core::mirror::{Credential, Transport};
+    use regmirror::core::testing::Sim;
+    use regmirror::runtime::page::{render_html, History};
+    use regmirror::status::{farm_status, BindingList, BindingSort};
+    // `cargo test --all-targets` runs each bench once, unoptimised: a small farm there.
+    let benching = std::env::args().any(|a| a == "--bench");
+    let aors: usize = if benching { 50_000 } else { 200 };
+    let mut sim = Sim::new(config(), 2, Transport::Udp, 7);
+    let now = sim.now;
+    for i in 0..aors {
+        let user = format!("{}", 100_000 + i);
+        let secret = Secret::Password(format!("pw{i}"));
+        sim.add_user(&user, secret.clone());
+        sim.mirror
+            .aor_update(now, &user, Duration::from_secs(3600), None, None);
+        let credential = Credential {
+            username: user.clone(),
+            secret,
+        };
+        sim.mirror.set_credential(now, &user, Some(credential));
+    }
+    sim.run_for(Duration::from_secs(120));
+    let list = |sort, prefix: &str| BindingList {
+        max: 500,
+        user_prefix: prefix.into(),
+        sort,
+    };
+    let f = farm_status(
+        &sim.mirror,
+        sim.now,
+        |_| "up",
+        &list(BindingSort::Problems, ""),
+    );
+    assert_eq!(f.bindings_total, 2 * aors as u64, "not all registered");
+    let mut g = c.benchmark_group("status_page_100k");
+    g.sample_size(20);
+    for (label, sort, prefix) in [
+        ("summary_problems_first", BindingSort::Problems, ""),
+        ("summary_by_next_action", BindingSort::Next, ""),
+        ("summary_search_prefix", BindingSort::User, "1234"),
+    ] {
+        let l = list(sort, prefix);
+        g.bench_function(label, |b| {
+            b.iter(|| farm_status(&sim.mirror, sim.now, |_| "up", &l))
+        });
+    }
+    let history = History::default();
+    let l = list(BindingSort::Problems, "");
+    g.bench_function("render_html", |b| b.iter(|| render_html(&f, &history, &l)));
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = layers, full_transaction
+    targets = layers, full_transaction, status_page
 }
 criterion_main!(benches);

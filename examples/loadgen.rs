@@ -420,7 +420,10 @@ async fn wait_registered(
 async fn farm(admin: &mpsc::Sender<AdminQuery>) -> Result<FarmStatus, Box<dyn std::error::Error>> {
     let (reply, answer) = tokio::sync::oneshot::channel();
     admin
-        .send(AdminQuery::Farm { bindings: 0, reply })
+        .send(AdminQuery::Farm {
+            bindings: regmirror::status::BindingList::none(),
+            reply,
+        })
         .await
         .map_err(|_| "driver gone")?;
     Ok(answer.await?)

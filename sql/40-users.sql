@@ -73,9 +73,13 @@ CALL regmirror_ensure_user('regmirror', @regmirror_pw);
 CALL regmirror_grant('SELECT', 'regmirror_credentials', 'regmirror', @regmirror_pw);
 CALL regmirror_grant('SELECT', 'ps_endpoints', 'regmirror', @regmirror_pw);
 CALL regmirror_grant('SELECT', 'location', 'regmirror', @regmirror_pw);
+-- the farm list (node_list.source = "database"), the same rows Kamailio's dispatcher reads
+CALL regmirror_grant('SELECT', 'dispatcher', 'regmirror', @regmirror_pw);
 
--- provisioner: `regmirror user ...` writes the endpoint, auth and AOR rows.
+-- provisioner: `regmirror user ...` writes the endpoint, auth and AOR rows;
+-- `regmirror node add | remove` the farm list.
 CALL regmirror_ensure_user('provisioner', @provisioner_pw);
+CALL regmirror_grant('SELECT, INSERT, UPDATE, DELETE', 'dispatcher', 'provisioner', @provisioner_pw);
 CALL regmirror_grant('SELECT, INSERT, UPDATE, DELETE', 'ps_endpoints', 'provisioner', @provisioner_pw);
 CALL regmirror_grant('SELECT, INSERT, UPDATE, DELETE', 'ps_auths', 'provisioner', @provisioner_pw);
 CALL regmirror_grant('SELECT, INSERT, UPDATE, DELETE', 'ps_aors', 'provisioner', @provisioner_pw);

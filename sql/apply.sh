@@ -4,7 +4,8 @@
 # and/or Kamailio database it adds only what is missing; a second run changes nothing.
 #
 # Usage: sql/apply.sh [--demo] [--no-users]
-#   --demo       also load demo-users.sql (users 1001..1005, realm regmirror.test)
+#   --demo       also load demo-users.sql (users 1001..1005, realm regmirror.test) and
+#                demo-farm.sql (the compose stack's nodes ast1, ast2, while set 1 is empty)
 #   --no-users   skip 40-users.sql (manage database users yourself)
 # Connection, from the environment (the standard client variables):
 #   MYSQL_HOST, MYSQL_TCP_PORT, MYSQL_UNIX_PORT (socket), MYSQL_USER, MYSQL_PWD
@@ -22,7 +23,7 @@ for arg in "$@"; do
     case "$arg" in
         --demo) DEMO=1 ;;
         --no-users) USERS=0 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "apply.sh: unknown argument '$arg'" >&2; exit 1 ;;
     esac
 done
@@ -75,6 +76,6 @@ if [ "$USERS" = 1 ]; then
         cat "$DIR/40-users.sql"
     } | sql "$DB"
 fi
-[ "$DEMO" = 1 ] && run demo-users.sql
+if [ "$DEMO" = 1 ]; then run demo-users.sql; run demo-farm.sql; fi
 run 90-cleanup.sql
 echo "apply.sh: done ($DB)" >&2

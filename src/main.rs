@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use regmirror::config::{Config, LogFormat};
+use regmirror::config::{Config, LogFormat, NodeSource};
 
 #[derive(Parser)]
 #[command(
@@ -30,7 +30,11 @@ enum Command {
     /// Farm summary, or one user's bindings, from a running service's admin listener
     /// (exit 0 ok, 1 usage, 2 the user has no binding, 3 service unreachable).
     Status(regmirror::cli::status::StatusArgs),
-    /// Validate the configuration and exit (0 valid, 1 invalid).
+    /// The farm's nodes: list them, add one, drain one (Asterisk's maintenance mode, waiting
+    /// for its calls to end), resume it, or remove it.
+    Node(regmirror::cli::node::NodeArgs),
+    /// Validate the configuration, and the farm list's rows when it is the database's
+    /// (0 valid, 1 invalid, 3 database unreachable).
     CheckConfig {
         #[arg(short, long, env = "REGMIRROR_CONFIG")]
         config: Option<PathBuf>,
@@ -53,6 +57,10 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Status(args) => ExitCode::from(regmirror::cli::status::run(args)),
+        Command::Node(args) => match current_thread() {
+            Ok(rt) => ExitCode::from(rt.block_on(regmirror::cli::node::run(args))),
+            Err(code) => code,
+        },
         Command::Run { config } => {
             let cfg = match Config::load(config.as_deref()) {
                 Ok(c) => c,
@@ -80,25 +88,68 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::CheckConfig { config } => match Config::load(config.as_deref()) {
-            Ok(c) => {
-                println!(
-                    "configuration ok: {} node(s), listening on {}{}",
-                    c.nodes.len(),
-                    c.sip.listen,
-                    c.ha.as_ref().map_or_else(String::new, |h| format!(
-                        ", HA {:?} with peer {} (takeover after {} x {:?})",
-                        h.role, h.peer, h.takeover_after, h.probe_interval
-                    )
-                    .to_lowercase())
-                );
-                ExitCode::SUCCESS
+        Command::CheckConfig { config } => check_config(config.as_deref()),
+    }
+}
+
+/// `check-config`: the file, and with `node_list.source = "database"` the farm list's rows
+/// (exit 1 when one cannot be used, 3 when the database cannot be read).
+fn check_config(path: Option<&std::path::Path>) -> ExitCode {
+    let mut c = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("regmirror: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut unusable = Vec::new();
+    if c.node_list.source == NodeSource::Database {
+        let read = current_thread().map(|rt| {
+            rt.block_on(async {
+                let pool = regmirror::runtime::node_list::pool(&c).map_err(|e| e.to_string())?;
+                regmirror::runtime::node_list::read(&pool, &c)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        });
+        match read {
+            Err(code) => return code,
+            Ok(Err(e)) => {
+                eprintln!("regmirror: farm list (dispatcher table): {e}");
+                return ExitCode::from(3);
             }
-            Err(e) => {
-                eprintln!("regmirror: {e}");
-                ExitCode::from(1)
-            }
+            Ok(Ok((nodes, set_aside))) => (c.nodes, unusable) = (nodes, set_aside),
+        }
+    }
+    for u in &unusable {
+        eprintln!("regmirror: {u}: not used");
+    }
+    if c.nodes.is_empty() {
+        eprintln!("regmirror: the farm list has no usable node");
+    }
+    println!(
+        "configuration {}: {} node(s){}, listening on {}{}",
+        if unusable.is_empty() && !c.nodes.is_empty() {
+            "ok"
+        } else {
+            "has problems"
         },
+        c.nodes.len(),
+        match c.node_list.source {
+            NodeSource::Database => format!(" (dispatcher set {})", c.node_list.dispatcher_set),
+            NodeSource::Config => String::new(),
+        },
+        c.sip.listen,
+        c.ha.as_ref().map_or_else(String::new, |h| format!(
+            ", HA {:?} with peer {} (takeover after {} x {:?})",
+            h.role, h.peer, h.takeover_after, h.probe_interval
+        )
+        .to_lowercase())
+    );
+    if unusable.is_empty() && !c.nodes.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

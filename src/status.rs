@@ -16,6 +16,10 @@ pub struct NodeRow {
     pub address: String,
     /// `up`, `down` or `unknown` (no health probe has answered yet).
     pub health: String,
+    /// Asterisk holds the node's Kamailio endpoint in maintenance (`res_pjsip_maintenance`,
+    /// followed over AMI): Kamailio's calls go to the other nodes; bindings are kept.
+    #[serde(default)]
+    pub maintenance: bool,
     /// Bindings that should be on the node now (`core::mirror::Coverage`).
     pub desired: u64,
     /// Bindings in state `registered`, desired or not, being replayed or not.
@@ -57,6 +61,59 @@ pub struct BindingRow {
     pub node: String,
     pub state: String,
     pub last_result: String,
+    /// Seconds until the next refresh, retransmission or retry.
+    #[serde(default)]
+    pub next_action_seconds: Option<f64>,
+}
+
+/// The order of a binding list.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BindingSort {
+    /// Bindings that are not registered first (then by user).
+    #[default]
+    Problems,
+    User,
+    Node,
+    /// The soonest refresh, retransmission or retry first.
+    Next,
+}
+
+impl BindingSort {
+    pub const ALL: [BindingSort; 4] = [
+        BindingSort::Problems,
+        BindingSort::User,
+        BindingSort::Node,
+        BindingSort::Next,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BindingSort::Problems => "problems",
+            BindingSort::User => "user",
+            BindingSort::Node => "node",
+            BindingSort::Next => "next",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<BindingSort> {
+        BindingSort::ALL.into_iter().find(|b| b.as_str() == s)
+    }
+}
+
+/// Which bindings a farm summary lists: at most `max` (0: counts only) of those whose user
+/// starts with `user_prefix`, in `sort` order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BindingList {
+    pub max: usize,
+    pub user_prefix: String,
+    pub sort: BindingSort,
+}
+
+impl BindingList {
+    /// Counts only.
+    pub fn none() -> BindingList {
+        BindingList::default()
+    }
 }
 
 /// The `Mirror`'s counters, for `/metrics` and the status page.
@@ -80,8 +137,11 @@ pub struct FarmStatus {
     pub live_aors: u64,
     pub nodes: Vec<NodeRow>,
     pub stats: StatsView,
-    /// Total bindings, of which `bindings` lists the first few (problems first).
+    /// Total bindings, of which `bindings` lists the first few of the `bindings_matched` that
+    /// the query's `BindingList` asked for.
     pub bindings_total: u64,
+    #[serde(default)]
+    pub bindings_matched: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bindings: Vec<BindingRow>,
     /// Role in an active/standby pair (`standalone` without `[ha]`).
@@ -93,6 +153,10 @@ pub struct FarmStatus {
 pub struct UserBinding {
     pub node: String,
     pub health: String,
+    /// The user's own endpoint is in maintenance on the node: its REGISTERs get 503 and wait
+    /// for the node's `Retry-After`.
+    #[serde(default)]
+    pub maintenance: bool,
     /// `registered`, `registering`, `unregistering`, `failed` or `absent`.
     pub state: String,
     pub last_result: String,
@@ -115,6 +179,15 @@ impl UserStatus {
     /// Whether any node holds (or is working on) a binding.
     pub fn has_binding(&self) -> bool {
         self.nodes.iter().any(|b| b.state != "absent")
+    }
+}
+
+/// A node's health as people read it: `up`, or `up, maintenance`.
+pub fn health_text(health: &str, maintenance: bool) -> String {
+    if maintenance {
+        format!("{health}, maintenance")
+    } else {
+        health.to_string()
     }
 }
 
@@ -153,7 +226,7 @@ pub fn farm_status(
     mirror: &Mirror,
     now: Instant,
     health: impl Fn(NodeId) -> &'static str,
-    max_bindings: usize,
+    list: &BindingList,
 ) -> FarmStatus {
     let mut nodes: Vec<NodeRow> = mirror
         .nodes()
@@ -182,8 +255,7 @@ pub fn farm_status(
     let stats = mirror.stats();
     let live = stats.live_aors as u64;
     let mut total = 0u64;
-    let mut problems = Vec::new();
-    let mut fine = Vec::new();
+    let mut listed = Vec::new();
     for b in mirror.bindings() {
         total += 1;
         let Some(row) = nodes.get_mut(usize::from(b.node)) else {
@@ -201,26 +273,43 @@ pub fn farm_status(
             BindingState::Unregistering => row.unregistering += 1,
             BindingState::Failed => row.failing += 1,
         }
-        let list = if b.state == BindingState::Registered {
-            &mut fine
-        } else {
-            &mut problems
-        };
-        if list.len() < max_bindings {
-            list.push(BindingRow {
-                user: b.aor.to_string(),
-                node: row.name.clone(),
-                state: b.state.as_str().into(),
-                last_result: b.last_result.to_string(),
-            });
+        if list.max > 0 && b.aor.starts_with(list.user_prefix.as_str()) {
+            listed.push(b);
         }
     }
     for row in &mut nodes {
         let confirmed_live = row.confirmed - row.drift;
         row.drift += live.saturating_sub(confirmed_live);
     }
-    problems.extend(fine);
-    problems.truncate(max_bindings);
+    // Sorting views (no allocation per binding) keeps a list of 100,000 cheap.
+    let far = now + std::time::Duration::from_secs(86_400 * 365);
+    match list.sort {
+        BindingSort::Problems => listed.sort_unstable_by(|a, b| {
+            let key = |v: &crate::core::mirror::BindingView| v.state == BindingState::Registered;
+            (key(a), a.aor, a.node).cmp(&(key(b), b.aor, b.node))
+        }),
+        BindingSort::User => listed.sort_unstable_by(|a, b| (a.aor, a.node).cmp(&(b.aor, b.node))),
+        BindingSort::Node => listed.sort_unstable_by(|a, b| (a.node, a.aor).cmp(&(b.node, b.aor))),
+        BindingSort::Next => listed.sort_unstable_by(|a, b| {
+            (a.next_action.unwrap_or(far), a.aor).cmp(&(b.next_action.unwrap_or(far), b.aor))
+        }),
+    }
+    let rows: Vec<BindingRow> = listed
+        .iter()
+        .take(list.max)
+        .map(|b| BindingRow {
+            user: b.aor.to_string(),
+            node: nodes
+                .get(usize::from(b.node))
+                .map_or_else(String::new, |n| n.name.clone()),
+            state: b.state.as_str().into(),
+            last_result: b.last_result.to_string(),
+            next_action_seconds: b
+                .next_action
+                .map(|t| t.saturating_duration_since(now).as_secs_f64().round()),
+        })
+        .collect();
+    let matched = listed.len() as u64;
     FarmStatus {
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_seconds: 0,
@@ -237,7 +326,8 @@ pub fn farm_status(
             refreshes_deferred: stats.refreshes_deferred,
         },
         bindings_total: total,
-        bindings: problems,
+        bindings_matched: matched,
+        bindings: rows,
         ha: Default::default(),
     }
 }
@@ -258,6 +348,7 @@ pub fn user_status(
             UserBinding {
                 node: n.name.clone(),
                 health: health(id).to_string(),
+                maintenance: false,
                 state: b.as_ref().map_or("absent", |b| b.state.as_str()).into(),
                 last_result: b
                     .as_ref()

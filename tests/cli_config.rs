@@ -150,6 +150,22 @@ fn each_bad_input_gets_its_own_message_and_exit_1() {
             "register_expires",
         ),
         (ex.replace("[sip]", "[sip]\nlsiten = \"x\""), "lsiten"),
+        (
+            format!("{ex}\n[node_list]\nsource = \"database\"\n"),
+            "takes the farm from the dispatcher table: remove [[nodes]]",
+        ),
+        (
+            format!("{ex}\n[node_list]\npoll = \"1ms\"\n"),
+            "`node_list.poll`",
+        ),
+        (
+            format!("{ex}\n[node_list]\nami_user = \"regmirror\"\n"),
+            "`node_list.ami_user`",
+        ),
+        (
+            ex.replace("[kamailio]", "[kamailio]\nrpc = [\"https://10.0.0.2/RPC\"]"),
+            "`kamailio.rpc[0]`",
+        ),
     ];
     let mut seen = std::collections::HashSet::new();
     for (text, want) in &cases {
@@ -355,13 +371,19 @@ fn demo_secrets_are_refused_outside_the_demo_stack() {
     .unwrap();
     let o = check(&compose, &[]);
     assert_eq!(o.status.code(), Some(1), "{}", out(&o));
-    assert!(out(&o).contains("nodes.ast1.ami_secret") && out(&o).contains("demo secret"));
+    assert!(out(&o).contains("node_list.ami_secret") && out(&o).contains("demo secret"));
     assert!(
         !out(&o).contains("regmirror-ami-demo"),
         "the secret itself is printed"
     );
+    // Allowed, the file passes; its farm list is the compose database's table (not here).
     let o = check(&compose, &[("REGMIRROR_ALLOW_DEMO_SECRETS", "yes")]);
-    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    assert_eq!(o.status.code(), Some(3), "{}", out(&o));
+    assert!(
+        out(&o).contains("farm list (dispatcher table)"),
+        "{}",
+        out(&o)
+    );
 
     let url = "mysql://regmirror:regmirror-demo@db/regmirror";
     let o = check(&example_text(), &[("REGMIRROR__DATABASE__URL", url)]);
@@ -393,4 +415,81 @@ fn demo_secrets_are_refused_outside_the_demo_stack() {
     let o = check(&missing, &[]);
     assert!(out(&o).contains("ami_secret_file") && out(&o).contains("/nonexistent/ami"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `regmirror node`: an unknown node and a node without `ami` are refused with exit 1 and a
+/// message naming what is wrong; `list` shows what it cannot ask as such.
+#[test]
+fn node_commands_refuse_unknown_nodes_and_nodes_without_ami() {
+    let run = |args: &[&str]| {
+        bin()
+            .arg("node")
+            .args(args)
+            .arg("--config")
+            .arg(example())
+            .output()
+            .unwrap()
+    };
+    let o = run(&["drain", "nosuch"]);
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    assert!(
+        out(&o).contains("unknown node `nosuch` (the farm list has: ast1, ast2)"),
+        "{}",
+        out(&o)
+    );
+    for cmd in ["drain", "resume"] {
+        let o = run(&[cmd, "ast2"]);
+        assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+        assert!(
+            out(&o).contains("`ast2` has no `ami` configured"),
+            "{}",
+            out(&o)
+        );
+    }
+    let o = run(&["list", "--admin", "http://127.0.0.1:1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    assert!(
+        out(&o)
+            .lines()
+            .any(|l| l.starts_with("ast2") && l.contains("no ami")),
+        "{}",
+        out(&o)
+    );
+}
+
+/// The farm list in the database: without one (`[[nodes]]`), `node add | remove` say how to
+/// change the farm instead; with one that cannot be reached, `check-config` and `node` exit 3
+/// and change nothing.
+#[test]
+fn farm_list_commands_without_a_reachable_table() {
+    for args in [
+        &["add", "ast3", "--address", "10.0.0.33:5060"][..],
+        &["remove", "ast2"][..],
+    ] {
+        let o = bin()
+            .arg("node")
+            .args(args)
+            .arg("--config")
+            .arg(example())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+        assert!(
+            out(&o).contains("the farm list is `[[nodes]]` in the configuration file"),
+            "{}",
+            out(&o)
+        );
+    }
+    let ex = example_text();
+    let no_nodes: String =
+        ex.split("[[nodes]]").next().unwrap().to_string() + &ex[ex.find("[database]").unwrap()..];
+    let from_table = format!("{no_nodes}\n[node_list]\nsource = \"database\"\n")
+        .replace("@127.0.0.1:3306/", "@127.0.0.1:1/");
+    let o = check(&from_table, &[]);
+    assert_eq!(o.status.code(), Some(3), "{}", out(&o));
+    assert!(
+        out(&o).contains("farm list (dispatcher table): database unreachable"),
+        "{}",
+        out(&o)
+    );
 }

@@ -710,6 +710,48 @@ fn retry_after_is_honoured_and_errors_back_off() {
     }
 }
 
+/// A node answering 503 with `Retry-After` again and again (a user's endpoint in maintenance):
+/// the first failure and the recovery are told; the retries in between are marked as such, so
+/// the log does not say the same thing twice per retry.
+#[test]
+fn retries_of_a_failure_are_marked_and_the_first_failure_and_recovery_are_not() {
+    let mut s = sim(1);
+    s.registrars[0].script = [
+        Scripted::Unavailable(Some(300)),
+        Scripted::Unavailable(Some(300)),
+        Scripted::Unavailable(Some(300)),
+    ]
+    .into_iter()
+    .collect();
+    let now = s.now;
+    s.mirror
+        .aor_update(now, "1001", secs(7200), None, Some(cred("1001", "s3cret")));
+    s.run_for(secs(1200));
+    assert_eq!(states(&s, "1001"), vec![Some(BindingState::Registered)]);
+    let told: Vec<(BindingState, bool)> = s
+        .take_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::BindingChanged { state, .. } => Some((state, e.is_retry_of_a_failure())),
+            _ => None,
+        })
+        .collect();
+    use BindingState::{Failed, Registered, Registering};
+    assert_eq!(
+        told,
+        vec![
+            (Registering, false),
+            (Failed, false),
+            (Registering, true),
+            (Failed, true),
+            (Registering, true),
+            (Failed, true),
+            (Registering, true),
+            (Registered, false),
+        ]
+    );
+}
+
 #[test]
 fn a_huge_retry_after_is_capped_and_a_grant_never_exceeds_what_was_asked() {
     // One AOR against a node answering its requests as scripted.

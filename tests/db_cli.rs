@@ -1,35 +1,12 @@
 //! `regmirror user ...` exit codes and messages, running the built binary
 //! against a real MariaDB (tests/with-mariadb.sh).
-mod common;
+use test_support as common;
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use common::url;
 
-fn regmirror(url: &str, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_regmirror"))
-        .args(args)
-        .env("REGMIRROR_DATABASE_URL", url)
-        .env_remove("REGMIRROR_USER_PASSWORD")
-        .env_remove("REGMIRROR_REALM")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run regmirror");
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    } else {
-        drop(child.stdin.take());
-    }
-    child.wait_with_output().unwrap()
-}
+use common::run_with_db as regmirror;
 
 fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)

@@ -1,5 +1,5 @@
 //! Provisioning against a real MariaDB (tests/with-mariadb.sh).
-mod common;
+use test_support as common;
 
 use common::{md5_hex, pool, rows_of, url};
 use regmirror::core::digest::Secret;

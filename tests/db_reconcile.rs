@@ -1,6 +1,6 @@
 //! The reconciliation reads against a real MariaDB (tests/with-mariadb.sh): live AORs with the
 //! database's own clock, and the credentials of live users in one query.
-mod common;
+use test_support as common;
 
 use common::pool;
 use regmirror::core::digest::Secret;

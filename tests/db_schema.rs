@@ -1,5 +1,5 @@
 //! The shared schema against a real MariaDB (tests/with-mariadb.sh).
-mod common;
+use test_support as common;
 
 use std::process::Command;
 
@@ -389,6 +389,51 @@ async fn roles_have_least_privilege() {
         .unwrap_err();
     assert_eq!(db_errno(&err), Some(1142));
     remove_user(&admin, "priv-user").await.unwrap();
+}
+
+/// The farm list: the provisioner writes Kamailio's dispatcher rows, regmirror and Kamailio
+/// only read them, and what is written reads back as the same node.
+#[tokio::test]
+async fn farm_list_rows_round_trip_and_only_the_provisioner_writes_them() {
+    use regmirror::config::{attrs_of, destination_of, nodes_of_rows, NodeListConfig};
+    use regmirror::store::farm::{check_writable, delete_farm_row, farm_rows, insert_farm_row};
+    use regmirror::store::StoreError;
+    let Some(provisioner) = pool("REGMIRROR_TEST_PROVISIONER_URL").await else {
+        return;
+    };
+    let Some(kamailio) = pool("REGMIRROR_TEST_KAMAILIO_URL").await else {
+        return;
+    };
+    let Some(regmirror_db) = pool("REGMIRROR_TEST_REGMIRROR_URL").await else {
+        return;
+    };
+    const SET: i32 = 77; // a set of its own: other tests' rows are not touched
+    let address = "10.0.0.77:5080".parse().unwrap();
+    let destination = destination_of(address, regmirror::config::TransportKind::Tcp);
+    let attrs = attrs_of("ast77", Some("10.0.0.77:5038".parse().unwrap()), "kamailio");
+    check_writable(&provisioner).await.unwrap();
+    let id = insert_farm_row(&provisioner, SET, &destination, &attrs, "ast77")
+        .await
+        .unwrap();
+    for reader in [&kamailio, &regmirror_db] {
+        let rows = farm_rows(reader, SET).await.unwrap();
+        let (nodes, unusable) = nodes_of_rows(&rows, &NodeListConfig::default());
+        assert!(unusable.is_empty(), "{unusable:?}");
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(
+            (nodes[0].name.as_str(), nodes[0].address),
+            ("ast77", address)
+        );
+    }
+    for reader in [&kamailio, &regmirror_db] {
+        let err = check_writable(reader).await.unwrap_err();
+        assert!(matches!(err, StoreError::Denied(_)), "{err}");
+        let err = delete_farm_row(reader, SET, id).await.unwrap_err();
+        assert!(matches!(err, StoreError::Denied(_)), "{err}");
+    }
+    assert!(delete_farm_row(&provisioner, SET, id).await.unwrap());
+    assert!(!delete_farm_row(&provisioner, SET, id).await.unwrap());
+    assert!(farm_rows(&regmirror_db, SET).await.unwrap().is_empty());
 }
 
 #[test]

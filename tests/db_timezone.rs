@@ -1,7 +1,7 @@
 //! Time comparisons are in UTC whatever the database server's time zone (issue 15): Kamailio
 //! (TZ=UTC) writes `location.expires` in UTC, and every session regmirror opens compares it with
 //! a UTC `NOW()`. Its own test binary: it changes the server's global time zone for a moment.
-mod common;
+use test_support as common;
 
 use std::str::FromStr;
 

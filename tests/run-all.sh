@@ -3,9 +3,12 @@
 # a real MariaDB, then the compose suite with real Kamailio, Asterisk, MariaDB, SIPp and baresip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A fresh machine: the test dependencies from the distribution (says what, refuses where it cannot).
+bash scripts/deps.sh test
 # Debian's docker client talks to the engine here; another client may sit earlier in PATH.
 export PATH="/usr/bin:$PATH"
 [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$PATH:$HOME/.cargo/bin"
+command -v cargo >/dev/null || { echo "run-all: cargo (Rust >= 1.85) is required: https://rustup.rs" >&2; exit 1; }
 
 echo "== static checks"
 cargo fmt --all -- --check

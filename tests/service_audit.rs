@@ -6,17 +6,17 @@
 //!
 //! Asserts: registrations confirmed while a listing is being fetched are not "missing" (no
 //! re-register, no "drift repaired"), and a contact deleted behind regmirror's back is repaired.
-mod common;
+use common::registrar::UdpRegistrar;
 use common::{free_port_tcp, free_port_udp, http, metric, notify, provision, wait_for, Service};
+use test_support as common;
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use regmirror::core::digest::Secret;
 use regmirror::core::testing::FakeRegistrar;
 
 const REALM: &str = "regmirror.test";
@@ -29,66 +29,6 @@ const USERS: usize = 40;
 
 fn users() -> Vec<String> {
     (0..USERS).map(|i| format!("{}", 7300 + i)).collect()
-}
-
-struct Registrar {
-    addr: SocketAddr,
-    reg: Arc<Mutex<FakeRegistrar>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Registrar {
-    fn start(users: &[String]) -> Registrar {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let addr = socket.local_addr().unwrap();
-        let mut reg = FakeRegistrar::new(addr, REALM);
-        for u in users {
-            reg.add_user(u, Secret::Password(format!("secret{u}")));
-        }
-        let reg = Arc::new(Mutex::new(reg));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (r, s) = (reg.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65_536];
-            while !s.load(Ordering::Relaxed) {
-                let Ok((n, from)) = socket.recv_from(&mut buf) else {
-                    continue;
-                };
-                let out = r.lock().unwrap().handle(Instant::now(), &buf[..n]);
-                for resp in out {
-                    let _ = socket.send_to(&resp, from);
-                }
-            }
-        });
-        Registrar { addr, reg, stop }
-    }
-
-    fn has_contact(&self, user: &str) -> bool {
-        self.reg
-            .lock()
-            .unwrap()
-            .contact(user, Instant::now())
-            .is_some()
-    }
-
-    /// Registrations of `user` the registrar accepted (200 OK to a non-zero Expires), not
-    /// counting retransmissions.
-    fn registrations(&self, user: &str) -> usize {
-        let r = self.reg.lock().unwrap();
-        r.log
-            .iter()
-            .filter(|l| l.user == user && l.expires > 0 && l.answered == 200 && !l.retransmission)
-            .count()
-    }
-}
-
-impl Drop for Registrar {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
 }
 
 /// Counters of the fake manager, read by the test.
@@ -277,7 +217,7 @@ fn audit_ignores_registrations_confirmed_during_a_slow_listing_and_repairs_real_
             });
         }
     });
-    let reg = Registrar::start(&users);
+    let reg = UdpRegistrar::start(REALM, &users);
     let ami = FakeAmi::start(reg.reg.clone());
     let sip: SocketAddr = format!("127.0.0.1:{}", free_port_udp()).parse().unwrap();
     let admin_port = free_port_tcp();

@@ -6,8 +6,8 @@
 //!
 //! The unreachable database needs nothing; with `REGMIRROR_TEST_REGMIRROR_URL` (tests/with-mariadb.sh)
 //! the test also shows the same primary turning active once it reconciles.
-mod common;
 use common::{free_port_tcp, free_port_udp, url, wait_for, Service};
+use test_support as common;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;

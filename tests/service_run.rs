@@ -8,95 +8,20 @@
 //! removes the contact, and SIGTERM lets an in-flight registration finish, exits 0 and leaves
 //! every contact in place. With `chromium` installed it also screenshots the status page
 //! (`tests/status-page.sh`, artifact under `target/artifacts/`).
-mod common;
+use common::registrar::UdpRegistrar;
 use common::{
     bin, free_port_tcp, free_port_udp, http, metric, notify, provision, wait_for, Service,
 };
+use test_support as common;
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-use regmirror::core::digest::Secret;
-use regmirror::core::testing::FakeRegistrar;
 
 const REALM: &str = "regmirror.test";
 const USERS: [&str; 3] = ["7100", "7101", "7102"];
-
-struct Registrar {
-    addr: SocketAddr,
-    reg: Arc<Mutex<FakeRegistrar>>,
-    /// Milliseconds to wait before answering (a slow node).
-    delay_ms: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Registrar {
-    fn start() -> Registrar {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let addr = socket.local_addr().unwrap();
-        let mut reg = FakeRegistrar::new(addr, REALM);
-        for u in USERS {
-            reg.add_user(u, Secret::Password(format!("secret{u}")));
-        }
-        let reg = Arc::new(Mutex::new(reg));
-        let delay_ms = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (r, d, s) = (reg.clone(), delay_ms.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65_536];
-            while !s.load(Ordering::Relaxed) {
-                let Ok((n, from)) = socket.recv_from(&mut buf) else {
-                    continue;
-                };
-                let delay = d.load(Ordering::Relaxed);
-                if delay > 0 {
-                    std::thread::sleep(Duration::from_millis(delay));
-                }
-                let out = r.lock().unwrap().handle(Instant::now(), &buf[..n]);
-                for resp in out {
-                    let _ = socket.send_to(&resp, from);
-                }
-            }
-        });
-        Registrar {
-            addr,
-            reg,
-            delay_ms,
-            stop,
-        }
-    }
-
-    fn has_contact(&self, user: &str) -> bool {
-        self.reg
-            .lock()
-            .unwrap()
-            .contact(user, Instant::now())
-            .is_some()
-    }
-
-    /// Expires of every REGISTER received for `user`.
-    fn expires_seen(&self, user: &str) -> Vec<u32> {
-        let r = self.reg.lock().unwrap();
-        r.log
-            .iter()
-            .filter(|l| l.user == user)
-            .map(|l| l.expires)
-            .collect()
-    }
-}
-
-impl Drop for Registrar {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
 
 fn status(admin: &str, args: &[&str]) -> Output {
     bin()
@@ -126,7 +51,10 @@ fn service_registers_reports_and_shuts_down_gracefully() {
     for u in USERS {
         provision(&prov, REALM, u);
     }
-    let (r1, r2) = (Registrar::start(), Registrar::start());
+    let (r1, r2) = (
+        UdpRegistrar::start(REALM, &USERS),
+        UdpRegistrar::start(REALM, &USERS),
+    );
     let sip: SocketAddr = format!("127.0.0.1:{}", free_port_udp()).parse().unwrap();
     let admin_port = free_port_tcp();
     let admin = format!("http://127.0.0.1:{admin_port}");

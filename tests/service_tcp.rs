@@ -5,8 +5,8 @@
 //! Asserts: the registration reaches the node over TCP (Via `SIP/2.0/TCP`, digest round trip on
 //! one connection), the registrar closing every connection does not lose the binding (the next
 //! refresh opens a new connection and is answered 200), and the logs hold no password.
-mod common;
 use common::{free_port_tcp, free_port_udp, http, notify, provision, wait_for, Service};
+use test_support as common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};

@@ -11,9 +11,8 @@
 //! (1001), `REGMIRROR_TEST_STACK_PASSWORD` (secret<user>), `REGMIRROR_TEST_STACK_DOMAIN`
 //! (regmirror.test), `REGMIRROR_TEST_STACK_NODES` (ast1,ast2).
 
-mod common;
-#[path = "support/phone.rs"]
-mod phone;
+use test_support as common;
+use test_support::phone;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Output};

@@ -25,10 +25,32 @@ DOM="$OUT/${NAME%.png}.html"
 timeout 60 chromium "${FLAGS[@]}" --dump-dom "$URL/status" >"$DOM" 2>"$PROFILE/dom.log" \
     || { cat "$PROFILE/dom.log" >&2; echo "status-page: dump-dom failed" >&2; exit 1; }
 
-python3 - "$DOM" "$@" <<'PY'
+# A search: the first listed binding's user, sorted by node.
+FIRST=$(python3 -c 'import re,sys; m=re.search(r"<tr class=\"binding\"><td>([^<]+)</td>", open(sys.argv[1]).read()); print(m.group(1) if m else "")' "$DOM")
+SEARCH="$OUT/${NAME%.png}-search.html"
+if [ -n "$FIRST" ]; then
+    timeout 60 chromium "${FLAGS[@]}" --dump-dom "$URL/status?user=$FIRST&sort=node" >"$SEARCH" 2>"$PROFILE/search.log" \
+        || { cat "$PROFILE/search.log" >&2; echo "status-page: search dump-dom failed" >&2; exit 1; }
+fi
+
+python3 - "$DOM" "$SEARCH" "$FIRST" "$@" <<'PY'
 import re, sys
 dom = open(sys.argv[1], encoding="utf-8").read()
+search_file, first = sys.argv[2], sys.argv[3]
+del sys.argv[1:4]
+sys.argv.insert(1, "")
 fail = []
+if not re.search(r'<form method="get" action="/status" id="search">', dom):
+    fail.append("no search form")
+if dom.count('<svg class="spark') < 3:
+    fail.append("no pictures of the last hour")
+if first:
+    found = open(search_file, encoding="utf-8").read()
+    users = re.findall(r'<tr class="binding"><td>([^<]+)</td>', found)
+    if not users or any(not u.startswith(first) for u in users):
+        fail.append(f"search for {first}: rows {users[:5]}")
+    if f'value="{first}"' not in found or '<a class="sort on" href="/status?user=' not in found:
+        fail.append("search page does not keep the search and the sort")
 if "<h1>regmirror</h1>" not in dom:
     fail.append("no regmirror heading")
 if 'http-equiv="refresh"' not in dom:

@@ -7,6 +7,8 @@
 #   REGMIRROR_ADDRS   regmirror instances' IPs, comma-separated: with Kamailio's, the only
 #                     sources this node takes SIP from (pjsip_acl.conf), and AMI's default permit
 #   AMI_USER AMI_SECRET AMI_PERMIT   the AMI account regmirror audits with (manager.conf)
+#   METRICS_USER METRICS_SECRET   optional: res_prometheus's /metrics on port 8088 behind basic
+#                   auth (http.conf, prometheus.conf); unset = no HTTP server at all
 # DB_PASSWORD and AMI_SECRET are required, also as *_FILE (a file holding the secret). The demo
 # values of the compose stack are refused unless ALLOW_DEMO_SECRETS=yes.
 set -euo pipefail
@@ -20,7 +22,7 @@ secret() {
     fi
     [ -n "${!name:-}" ] || die "$name (or $file_var) is required"
     case "${!name}" in
-        regmirror-ami-demo|asterisk-demo)
+        regmirror-ami-demo|asterisk-demo|regmirror-metrics-demo)
             [ "${ALLOW_DEMO_SECRETS:-}" = yes ] \
                 || die "$name is the published demo secret; set your own (ALLOW_DEMO_SECRETS=yes only for the demo stack)" ;;
     esac
@@ -86,6 +88,25 @@ CONF
     echo "write = system"
     deny_all_but 127.0.0.1 "${ami_permits[@]}"
 } > "$etc/manager_users.conf")
+if [ -n "${METRICS_SECRET:-}${METRICS_SECRET_FILE:-}" ]; then
+    secret METRICS_SECRET
+    cat > "$etc/http.conf" <<CONF
+[general]
+enabled = yes
+bindaddr = 0.0.0.0
+bindport = 8088
+CONF
+    (umask 077; cat > "$etc/prometheus.conf" <<CONF
+[general]
+enabled = yes
+uri = metrics
+core_metrics_enabled = yes
+auth_username = ${METRICS_USER:-prometheus}
+auth_password = $METRICS_SECRET
+auth_realm = asterisk
+CONF
+)
+fi
 sed -i -e "s/^SERVER = .*/SERVER = $DB_HOST/" -e "s/^PORT = .*/PORT = $DB_PORT/" \
        -e "s/^DATABASE = .*/DATABASE = $DB_NAME/" /etc/odbc.ini
 chown asterisk:asterisk "$etc"/*.conf

@@ -13,6 +13,11 @@
 #   REG_MIN_EXPIRES REG_MAX_EXPIRES UL_TIMER_INTERVAL FARM_FR_TIMEOUT AUTH_FAIL_LIMIT
 #                          AUTH_FAIL_IP_LIMIT (optional)
 #   KAMAILIO_SHM_MB KAMAILIO_PKG_MB  memory
+#   RPC_ALLOW_NET RPC_PORT  optional JSON-RPC over HTTP on SIP_ADDR:RPC_PORT (default 5080),
+#                          answered only to RPC_ALLOW_NET (CIDR, e.g. the regmirror hosts): what
+#                          `regmirror node` calls (kamailio.rpc); unset = no HTTP RPC
+#   METRICS_ALLOW_NET      optional, with RPC_ALLOW_NET: Kamailio's statistics (xhttp_prom) at
+#                          /metrics on the same port, answered only to this CIDR (Prometheus)
 set -euo pipefail
 # usrloc writes location.expires in the process's local time and regmirror reads it in UTC.
 export TZ=UTC
@@ -45,6 +50,13 @@ env_cfg=/etc/kamailio/kamailio-env.cfg
     echo "#!substdef \"!AUTH_REALM!$AUTH_REALM!g\""
     echo "#!substdef \"!ANTIFLOOD_EXEMPT_NET!$ANTIFLOOD_EXEMPT!g\""
     if [ -n "${NOTIFY_KEY:-}" ]; then echo "#!define NOTIFY_KEY \"$NOTIFY_KEY\""; fi
+    if [ -n "${RPC_ALLOW_NET:-}" ]; then
+        echo "#!substdef \"!RPC_ALLOW_NET!$RPC_ALLOW_NET!g\""
+        echo "#!substdef \"!RPC_PORT!${RPC_PORT:-5080}!g\""
+        if [ -n "${METRICS_ALLOW_NET:-}" ]; then
+            echo "#!substdef \"!METRICS_ALLOW_NET!$METRICS_ALLOW_NET!g\""
+        fi
+    fi
     echo "#!define DBURL \"mysql://$DB_USER:$DB_PASSWORD@$DB_HOST:$DB_PORT/$DB_NAME\""
     for v in REG_MIN_EXPIRES REG_MAX_EXPIRES UL_TIMER_INTERVAL FARM_FR_TIMEOUT FR_TIMER AUTH_FAIL_LIMIT AUTH_FAIL_IP_LIMIT \
              DS_FARM_ALG; do

@@ -1,6 +1,9 @@
 //! Command-line front ends. Each subcommand returns the process exit code:
 //! 0 ok, 1 usage or validation, 2 not found or duplicate, 3 database unreachable,
 //! schema or privilege problem.
+pub mod import;
+pub mod kamailio_rpc;
+pub mod node;
 pub mod status;
 pub mod user;
 

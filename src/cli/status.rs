@@ -3,14 +3,17 @@
 //! reached or answered something unexpected.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+use bytes::Bytes;
 use clap::Args;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Request, Uri};
+use hyper_util::rt::TokioIo;
 use thiserror::Error;
+use tokio::net::TcpStream;
 
-use crate::status::{lag_text, percent_text, FarmStatus, UserStatus};
+use crate::status::{health_text, lag_text, percent_text, FarmStatus, UserStatus};
 
 #[derive(Args)]
 pub struct StatusArgs {
@@ -43,53 +46,71 @@ impl HttpError {
     }
 }
 
-/// `GET path` on `base` (`http://host:port[/prefix]`): status code and body. HTTP/1.0 so the
-/// server closes and no chunked decoding is needed.
+/// Largest answer read (the status of 100,000 bindings is a few MB).
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// `GET path` on `base` (`http://host:port[/prefix]`): status code and body, within `timeout`.
 pub fn http_get(base: &str, path: &str, timeout: Duration) -> Result<(u16, String), HttpError> {
-    let rest = base
-        .strip_prefix("http://")
-        .ok_or_else(|| HttpError::Url(base.into()))?;
-    let (hostport, prefix) = match rest.find('/') {
-        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-        None => (rest, ""),
-    };
-    if hostport.is_empty() {
-        return Err(HttpError::Url(base.into()));
+    http_request(base, path, None, timeout)
+}
+
+/// `GET path`, or `POST path` with `json` as the body, on `base`: status code and body, within
+/// `timeout`.
+pub fn http_request(
+    base: &str,
+    path: &str,
+    json: Option<&str>,
+    timeout: Duration,
+) -> Result<(u16, String), HttpError> {
+    let bad_url = || HttpError::Url(base.into());
+    let uri: Uri = format!("{}{path}", base.trim_end_matches('/'))
+        .parse()
+        .map_err(|_| bad_url())?;
+    if uri.scheme_str() != Some("http") {
+        return Err(bad_url());
     }
-    let target = if hostport.contains(':') && !hostport.ends_with(']') {
-        hostport.to_string()
-    } else {
-        format!("{hostport}:80")
-    };
-    let addr = target
-        .to_socket_addrs()
-        .map_err(|e| HttpError::Unreachable(base.into(), e))?
-        .next()
-        .ok_or_else(|| HttpError::Url(base.into()))?;
+    let authority = uri.authority().ok_or_else(bad_url)?.clone();
     let unreachable = |e| HttpError::Unreachable(base.into(), e);
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(unreachable)?;
-    s.set_read_timeout(Some(timeout)).map_err(unreachable)?;
-    s.set_write_timeout(Some(timeout)).map_err(unreachable)?;
-    write!(
-        s,
-        "GET {prefix}{path} HTTP/1.0\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(unreachable)?;
-    let mut raw = Vec::new();
-    s.take(16 * 1024 * 1024)
-        .read_to_end(&mut raw)
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .map_err(unreachable)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| HttpError::Protocol(base.into(), "no HTTP header".into()))?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse::<u16>().ok())
-        .filter(|_| head.starts_with("HTTP/1."))
-        .ok_or_else(|| HttpError::Protocol(base.into(), "no HTTP status line".into()))?;
-    Ok((code, body.to_string()))
+    let exchange = async {
+        let addr = format!(
+            "{}:{}",
+            authority.host(),
+            authority.port_u16().unwrap_or(80)
+        );
+        let stream = TcpStream::connect(addr).await.map_err(unreachable)?;
+        let protocol = |e: hyper::Error| HttpError::Protocol(base.into(), e.to_string());
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(protocol)?;
+        tokio::spawn(conn);
+        let target = uri.path_and_query().map_or("/", |p| p.as_str());
+        let request = match json {
+            None => Request::get(target),
+            Some(_) => {
+                Request::post(target).header(hyper::header::CONTENT_TYPE, "application/json")
+            }
+        }
+        .header(hyper::header::HOST, authority.as_str())
+        .body(Full::new(Bytes::from(json.unwrap_or("").to_owned())))
+        .map_err(|_| bad_url())?;
+        let response = sender.send_request(request).await.map_err(protocol)?;
+        let code = response.status().as_u16();
+        let body = Limited::new(response.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| HttpError::Protocol(base.into(), e.to_string()))?
+            .to_bytes();
+        Ok((code, String::from_utf8_lossy(&body).into_owned()))
+    };
+    runtime.block_on(async {
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or_else(|_| Err(unreachable(std::io::ErrorKind::TimedOut.into())))
+    })
 }
 
 /// Bytes of a user id written as they are in a URL path; everything else is percent-encoded.
@@ -165,7 +186,7 @@ pub fn run(args: StatusArgs) -> u8 {
 }
 
 /// Left-aligned columns, two spaces apart.
-fn table(rows: &[Vec<String>]) -> String {
+pub(crate) fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {
@@ -232,7 +253,7 @@ pub fn format_farm(f: &FarmStatus) -> String {
         rows.push(vec![
             n.name.clone(),
             n.address.clone(),
-            n.health.clone(),
+            health_text(&n.health, n.maintenance),
             percent_text(n.coverage_percent),
             lag_text(n.lag_seconds),
             n.desired.to_string(),
@@ -271,7 +292,7 @@ pub fn format_user(u: &UserStatus) -> String {
     for b in &u.nodes {
         rows.push(vec![
             b.node.clone(),
-            b.health.clone(),
+            health_text(&b.health, b.maintenance),
             b.state.clone(),
             b.last_result.clone(),
             b.next_action_seconds
@@ -298,6 +319,41 @@ mod tests {
             let e = http_get(u, "/", Duration::from_millis(100)).unwrap_err();
             assert_eq!(e.exit_code(), 1, "{u}: {e}");
         }
+    }
+
+    /// The answer is read by a real HTTP client: chunked bodies, the path under a prefix.
+    #[test]
+    fn reads_a_chunked_answer_under_a_prefix() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap() == 1 {
+                head.push(byte[0]);
+            }
+            s.write_all(b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+                .unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        let got = http_get(
+            &format!("http://127.0.0.1:{port}/rm/"),
+            "/status/u%401",
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(got, (404, "hello world".to_string()));
+        let head = server.join().unwrap();
+        assert!(
+            head.starts_with("GET /rm/status/u%401 HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains(&format!("host: 127.0.0.1:{port}\r\n")),
+            "{head}"
+        );
     }
 
     #[test]

@@ -75,6 +75,11 @@ pub enum UserCommand {
         #[command(flatten)]
         password: PasswordSource,
     },
+    /// Many users at once, from CSV or chan_sip's `sipusers` table: checked first, then one
+    /// transaction; a re-run changes nothing; `--dry-run` says what it would do.
+    Import(super::import::ImportArgs),
+    /// Every user as CSV (what `import --csv` takes), secrets included.
+    Export,
     /// List users.
     List,
     /// Show one user (never its secret).
@@ -143,7 +148,7 @@ async fn execute(args: UserArgs) -> Result<(), StoreError> {
         | UserCommand::Remove { id }
         | UserCommand::Passwd { id, .. }
         | UserCommand::Show { id } => provision::validate_id(id)?,
-        UserCommand::List => {}
+        UserCommand::List | UserCommand::Import(_) | UserCommand::Export => {}
     }
     match args.command {
         UserCommand::Add {
@@ -193,6 +198,14 @@ async fn execute(args: UserArgs) -> Result<(), StoreError> {
             if generated {
                 print_generated(&secret);
             }
+        }
+        UserCommand::Import(import) => {
+            let pool = store::connect(&url).await?;
+            super::import::import(&pool, import).await?;
+        }
+        UserCommand::Export => {
+            let pool = store::connect(&url).await?;
+            super::import::export(&pool).await?;
         }
         UserCommand::List => {
             let pool = store::connect(&url).await?;

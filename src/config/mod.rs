@@ -12,7 +12,12 @@ use thiserror::Error;
 use crate::core::farm::FarmConfig;
 use crate::core::mirror::MirrorConfig;
 
+mod node_list;
 mod validate;
+
+pub use node_list::{
+    attrs_of, destination_of, nodes_of_rows, DispatcherRow, NodeListConfig, NodeSource, UnusableRow,
+};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -37,6 +42,9 @@ pub struct Config {
     pub kamailio: KamailioConfig,
     #[serde(default)]
     pub nodes: Vec<NodeConfig>,
+    /// Where the farm list comes from: `[[nodes]]` above or the database (`node_list.rs`).
+    #[serde(default)]
+    pub node_list: NodeListConfig,
     #[serde(default)]
     pub database: DatabaseConfig,
     #[serde(default)]
@@ -147,6 +155,11 @@ pub struct KamailioConfig {
     pub notify_key_file: Option<PathBuf>,
     #[serde(default = "default_notify_max_skew", with = "humantime_serde")]
     pub notify_max_skew: Duration,
+    /// Kamailio's JSON-RPC over HTTP (`http://host:port/RPC`, one per proxy), for
+    /// `regmirror node`: `dispatcher.reload` after a change of the farm list, the dispatcher's
+    /// state of each node, and taking a node out of rotation at once. Empty: not used.
+    #[serde(default)]
+    pub rpc: Vec<String>,
 }
 
 fn default_notify_max_skew() -> Duration {
@@ -161,7 +174,7 @@ pub enum TransportKind {
     Tcp,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     pub name: String,
@@ -179,6 +192,15 @@ pub struct NodeConfig {
     /// The AMI secret read from this file instead (surrounding whitespace ignored).
     #[serde(default)]
     pub ami_secret_file: Option<PathBuf>,
+    /// The node's endpoint for Kamailio's requests. While Asterisk holds it in maintenance
+    /// (`pjsip set maintenance on <it>` or `all`), followed over `ami`, the node shows as
+    /// in maintenance.
+    #[serde(default = "default_kamailio_endpoint")]
+    pub kamailio_endpoint: String,
+}
+
+fn default_kamailio_endpoint() -> String {
+    "kamailio".into()
 }
 
 /// A secret string whose `Debug` hides it.
@@ -424,6 +446,7 @@ impl Config {
                 .separator("__")
                 .list_separator(",")
                 .with_list_parse_key("kamailio.trusted")
+                .with_list_parse_key("kamailio.rpc")
                 .try_parsing(true),
         );
         let mut cfg: Config = b.build()?.try_deserialize()?;
@@ -432,6 +455,9 @@ impl Config {
                 let key = format!("nodes.{}.ami_secret_file", node.name);
                 node.ami_secret = Some(secret_from_file(key, file)?);
             }
+        }
+        if let Some(file) = &cfg.node_list.ami_secret_file {
+            cfg.node_list.ami_secret = Some(secret_from_file("node_list.ami_secret_file", file)?);
         }
         if let Some(file) = &cfg.kamailio.notify_key_file {
             cfg.kamailio.notify_key = Some(secret_from_file("kamailio.notify_key_file", file)?);
@@ -463,6 +489,14 @@ impl Config {
             .is_some_and(|k| demo(&k.0))
         {
             return Some("kamailio.notify_key".into());
+        }
+        if self
+            .node_list
+            .ami_secret
+            .as_ref()
+            .is_some_and(|k| demo(&k.0))
+        {
+            return Some("node_list.ami_secret".into());
         }
         self.nodes
             .iter()

@@ -75,25 +75,24 @@ impl Config {
                 "must be host[:port] with no spaces, `@`, `;` or brackets",
             ));
         }
-        if self.nodes.is_empty() {
+        let from_table = self.node_list.source == NodeSource::Database;
+        if from_table && !self.nodes.is_empty() {
             return Err(invalid(
                 "nodes",
-                "configure at least one Asterisk node ([[nodes]] with name and address)",
+                "node_list.source = \"database\" takes the farm from the dispatcher table: remove [[nodes]]",
+            ));
+        }
+        if !from_table && self.nodes.is_empty() {
+            return Err(invalid(
+                "nodes",
+                "configure at least one Asterisk node ([[nodes]] with name and address, or node_list.source = \"database\")",
             ));
         }
         let mut names = std::collections::HashSet::new();
         let mut addrs = std::collections::HashSet::new();
         for (i, n) in self.nodes.iter().enumerate() {
-            if n.name.is_empty()
-                || !n
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            {
-                return Err(invalid(
-                    format!("nodes[{i}].name"),
-                    "must be non-empty letters, digits, `-`, `_` or `.`",
-                ));
+            if let Some((field, why)) = n.problem() {
+                return Err(invalid(format!("nodes[{i}].{field}"), why));
             }
             if !names.insert(n.name.as_str()) {
                 return Err(invalid(
@@ -107,12 +106,6 @@ impl Config {
                     format!("duplicate node address {}", n.address),
                 ));
             }
-            if n.address.port() == 0 || n.address.ip().is_unspecified() {
-                return Err(invalid(
-                    format!("nodes[{i}].address"),
-                    "must be a concrete ip:port",
-                ));
-            }
         }
         if !self.database.url.starts_with("mysql://")
             && !self.database.url.starts_with("mariadb://")
@@ -122,28 +115,23 @@ impl Config {
                 "must start with mysql:// or mariadb://",
             ));
         }
-        for (i, n) in self.nodes.iter().enumerate() {
-            let parts = (
-                n.ami.is_some(),
-                n.ami_user.is_some(),
-                n.ami_secret.is_some(),
-            );
-            if parts != (false, false, false) && parts != (true, true, true) {
+        let l = &self.node_list;
+        if l.poll < Duration::from_millis(100) || l.poll > Duration::from_secs(600) {
+            return Err(invalid("node_list.poll", "must be between 100ms and 10m"));
+        }
+        if l.ami_user.is_some() != l.ami_secret.is_some()
+            || !single_lines(&l.ami_user, &l.ami_secret)
+        {
+            return Err(invalid(
+                "node_list.ami_user",
+                "set ami_user and ami_secret (or ami_secret_file) together, each a non-empty single line",
+            ));
+        }
+        for (i, url) in self.kamailio.rpc.iter().enumerate() {
+            if !url.starts_with("http://") {
                 return Err(invalid(
-                    format!("nodes[{i}].ami"),
-                    "set ami, ami_user and ami_secret together (or none)",
-                ));
-            }
-            if n.ami_user
-                .as_deref()
-                .is_some_and(|u| u.is_empty() || u.contains(|c: char| c.is_control()))
-                || n.ami_secret
-                    .as_ref()
-                    .is_some_and(|s| s.0.contains(['\r', '\n']))
-            {
-                return Err(invalid(
-                    format!("nodes[{i}].ami_user"),
-                    "AMI user and secret must be non-empty single lines",
+                    format!("kamailio.rpc[{i}]"),
+                    "must be Kamailio's JSON-RPC over HTTP, http://host:port/RPC",
                 ));
             }
         }
@@ -257,5 +245,55 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+/// An AMI user and secret are each absent or a non-empty single line.
+fn single_lines(user: &Option<String>, secret: &Option<Redacted>) -> bool {
+    let ok = |v: &str| !v.is_empty() && !v.contains(|c: char| c.is_control());
+    user.as_deref().is_none_or(ok) && secret.as_ref().is_none_or(|s| ok(&s.0))
+}
+
+impl NodeConfig {
+    /// What is wrong with this node on its own (its field and why), if anything.
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        let name_ok = !self.name.is_empty()
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !name_ok {
+            return Some((
+                "name",
+                "must be non-empty letters, digits, `-`, `_` or `.`".into(),
+            ));
+        }
+        if self.address.port() == 0 || self.address.ip().is_unspecified() {
+            return Some(("address", "must be a concrete ip:port".into()));
+        }
+        let parts = (
+            self.ami.is_some(),
+            self.ami_user.is_some(),
+            self.ami_secret.is_some(),
+        );
+        if parts != (false, false, false) && parts != (true, true, true) {
+            return Some((
+                "ami",
+                "set ami, ami_user and ami_secret together (or none)".into(),
+            ));
+        }
+        if !single_lines(&self.ami_user, &self.ami_secret) {
+            return Some((
+                "ami_user",
+                "AMI user and secret must be non-empty single lines".into(),
+            ));
+        }
+        if !crate::core::sip::valid_user_part(&self.kamailio_endpoint) {
+            return Some((
+                "kamailio_endpoint",
+                "must be the name of the node's PJSIP endpoint for Kamailio".into(),
+            ));
+        }
+        None
     }
 }

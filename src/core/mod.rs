@@ -1,5 +1,6 @@
 //! Sans-IO core: no tokio, no sockets, time passed in.
 pub mod binding;
+pub mod congestion;
 pub mod digest;
 pub mod door;
 pub mod farm;

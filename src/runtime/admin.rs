@@ -4,7 +4,6 @@
 //! connections and a bounded time for each; loopback by default.
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,13 +16,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::runtime::metrics::{self, Metrics};
-use crate::status::{lag_text, percent_text, FarmStatus, UserStatus};
+use crate::runtime::page::{render_html, History, SAMPLE_EVERY};
+use crate::status::{BindingList, BindingSort, FarmStatus, UserStatus};
 
 /// Questions the admin listener asks the driver task (which owns the `Mirror`).
 pub enum AdminQuery {
-    /// Farm summary with at most `bindings` binding rows (0 = counts only).
+    /// Farm summary with the binding rows `bindings` asks for.
     Farm {
-        bindings: usize,
+        bindings: BindingList,
         reply: oneshot::Sender<FarmStatus>,
     },
     /// One user's bindings on every node.
@@ -43,6 +43,22 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, driver: mpsc::S
         driver,
         snapshots: Snapshots::default(),
         started: Instant::now(),
+        history: Default::default(),
+    });
+    // The page's picture of the last hour: one counts-only snapshot every SAMPLE_EVERY.
+    let sampler = ctx.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        loop {
+            tick.tick().await;
+            let uptime = sampler.started.elapsed().as_secs();
+            let list = BindingList::none();
+            if let Some(f) = farm(&sampler.driver, &sampler.snapshots, list, uptime).await {
+                if let Ok(mut h) = sampler.history.lock() {
+                    h.push(&f);
+                }
+            }
+        }
     });
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -66,7 +82,10 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, driver: mpsc::S
 async fn connection(stream: TcpStream, ctx: Arc<Ctx>) {
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(respond(&ctx, req.method(), req.uri().path()).await) }
+        async move {
+            let uri = req.uri();
+            Ok::<_, Infallible>(respond(&ctx, req.method(), uri.path(), uri.query()).await)
+        }
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .keep_alive(false)
@@ -83,14 +102,17 @@ struct Ctx {
     driver: mpsc::Sender<AdminQuery>,
     snapshots: Snapshots,
     started: Instant,
+    history: std::sync::Mutex<History>,
 }
 
-/// The last farm snapshots (counts only; with the page's binding rows). Each lock is held across
-/// the driver query, so concurrent requests wait for that one query.
+/// The last farm snapshots (counts only; with the page's binding rows, for its last search and
+/// sort). Each lock is held across the driver query, so concurrent requests wait for that one
+/// query, and each slot asks the driver at most once per `SNAPSHOT_TTL` (with 100,000 bindings a
+/// page's summary takes the driver 20-35 ms: BENCHMARKS.md).
 #[derive(Default)]
 struct Snapshots {
-    counts: tokio::sync::Mutex<Option<(Instant, FarmStatus)>>,
-    page: tokio::sync::Mutex<Option<(Instant, FarmStatus)>>,
+    counts: tokio::sync::Mutex<Option<(Instant, BindingList, FarmStatus)>>,
+    page: tokio::sync::Mutex<Option<(Instant, BindingList, FarmStatus)>>,
 }
 
 type Reply = (StatusCode, &'static str, String);
@@ -103,8 +125,13 @@ fn unavailable() -> Reply {
     )
 }
 
-async fn respond(ctx: &Ctx, method: &Method, path: &str) -> Response<Full<Bytes>> {
-    let (status, ctype, body) = route(ctx, method, path).await;
+async fn respond(
+    ctx: &Ctx,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = route(ctx, method, path, query).await;
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     let h = r.headers_mut();
@@ -113,14 +140,16 @@ async fn respond(ctx: &Ctx, method: &Method, path: &str) -> Response<Full<Bytes>
     r
 }
 
-async fn route(ctx: &Ctx, method: &Method, path: &str) -> Reply {
+async fn route(ctx: &Ctx, method: &Method, path: &str, query: Option<&str>) -> Reply {
     let Ctx {
         ref metrics,
         ref driver,
         ref snapshots,
         started,
+        ref history,
     } = *ctx;
     let farm = |bindings, uptime| farm(driver, snapshots, bindings, uptime);
+    let counts = BindingList::none;
     let uptime = started.elapsed().as_secs();
     if method != Method::GET {
         return (
@@ -132,15 +161,15 @@ async fn route(ctx: &Ctx, method: &Method, path: &str) -> Reply {
     let ok = StatusCode::OK;
     match path {
         "/healthz" => (ok, "text/plain", "ok\n".to_string()),
-        "/readyz" => match farm(0, uptime).await {
+        "/readyz" => match farm(counts(), uptime).await {
             Some(_) => (ok, "text/plain", "ready\n".to_string()),
             None => unavailable(),
         },
         "/metrics" => {
-            let f = farm(0, uptime).await;
+            let f = farm(counts(), uptime).await;
             (ok, metrics::CONTENT_TYPE, metrics.render(f.as_ref()))
         }
-        "/status.json" => match farm(0, uptime).await {
+        "/status.json" => match farm(counts(), uptime).await {
             Some(s) => (
                 ok,
                 "application/json",
@@ -148,10 +177,19 @@ async fn route(ctx: &Ctx, method: &Method, path: &str) -> Reply {
             ),
             None => unavailable(),
         },
-        "/" | "/status" => match farm(PAGE_BINDINGS, uptime).await {
-            Some(s) => (ok, "text/html; charset=utf-8", render_html(&s)),
-            None => unavailable(),
-        },
+        "/" | "/status" => {
+            let list = page_list(query);
+            match farm(list.clone(), uptime).await {
+                Some(s) => {
+                    let page = match history.lock() {
+                        Ok(h) => render_html(&s, &h, &list),
+                        Err(_) => render_html(&s, &History::default(), &list),
+                    };
+                    (ok, "text/html; charset=utf-8", page)
+                }
+                None => unavailable(),
+            }
+        }
         p => match p
             .strip_prefix("/status/")
             .and_then(|u| u.strip_suffix(".json"))
@@ -181,8 +219,31 @@ async fn route(ctx: &Ctx, method: &Method, path: &str) -> Reply {
     }
 }
 
-/// Binding rows shown on the HTML page (problems first).
+/// Binding rows shown on the HTML page.
 const PAGE_BINDINGS: usize = 500;
+
+/// The page's binding list from its query: `user` (a prefix) and `sort`; anything else, or a
+/// value that is not one, is ignored.
+fn page_list(query: Option<&str>) -> BindingList {
+    let mut list = BindingList {
+        max: PAGE_BINDINGS,
+        ..BindingList::default()
+    };
+    for pair in query.unwrap_or("").split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let Some(value) = percent_decode(&value.replace('+', " ")) else {
+            continue;
+        };
+        match key {
+            "user" if crate::core::mirror::user_part(&value) == Some(value.as_str()) => {
+                list.user_prefix = value
+            }
+            "sort" => list.sort = BindingSort::parse(&value).unwrap_or_default(),
+            _ => {}
+        }
+    }
+    list
+}
 /// Concurrent admin connections; more are closed at once.
 const MAX_CONNECTIONS: usize = 32;
 /// A connection's whole life, and the time its request head may take to arrive.
@@ -196,20 +257,25 @@ const SNAPSHOT_TTL: Duration = Duration::from_secs(1);
 async fn farm(
     driver: &mpsc::Sender<AdminQuery>,
     snapshots: &Snapshots,
-    bindings: usize,
+    bindings: BindingList,
     uptime: u64,
 ) -> Option<FarmStatus> {
-    let slot = if bindings == 0 {
+    let slot = if bindings.max == 0 {
         &snapshots.counts
     } else {
         &snapshots.page
     };
     let mut cached = slot.lock().await;
     let mut f = match cached.as_ref() {
-        Some((at, f)) if at.elapsed() < SNAPSHOT_TTL => f.clone(),
-        _ => {
+        Some((at, list, f)) if at.elapsed() < SNAPSHOT_TTL && *list == bindings => f.clone(),
+        other => {
+            // Another search or sort: still at most one driver query per SNAPSHOT_TTL.
+            if let Some((at, _, _)) = other {
+                tokio::time::sleep(SNAPSHOT_TTL.saturating_sub(at.elapsed())).await;
+            }
+            let list = bindings.clone();
             let f = ask(driver, |reply| AdminQuery::Farm { bindings, reply }).await?;
-            *cached = Some((Instant::now(), f.clone()));
+            *cached = Some((Instant::now(), list, f.clone()));
             f
         }
     };
@@ -237,208 +303,10 @@ fn percent_decode(s: &str) -> Option<String> {
         .map(|c| c.into_owned())
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-/// The status page: plain HTML, no script, refreshes itself every 5 s.
-pub fn render_html(s: &FarmStatus) -> String {
-    let mut o = String::with_capacity(16_384);
-    o.push_str(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta http-equiv=\"refresh\" content=\"5\"><title>regmirror status</title><style>\
-         body{font-family:system-ui,sans-serif;margin:1.5em 2em;color:#222}\
-         h1{font-size:1.5em;margin:0 0 .2em}.sub{color:#666;margin-bottom:1.2em}\
-         table{border-collapse:collapse;margin-bottom:1.5em}\
-         td,th{border:1px solid #ccc;padding:4px 12px;text-align:left}th{background:#f3f3f3}\
-         td.n{text-align:right;font-variant-numeric:tabular-nums}\
-         .up,.registered{color:#080;font-weight:600}.down,.failed{color:#c00;font-weight:600}\
-         .unknown,.registering,.unregistering,.standby{color:#a60}.partial{color:#a60;font-weight:600}\
-         .active,.full{color:#080;font-weight:600}.zero{color:#999}\
-         </style></head><body>",
-    );
-    let _ = write!(
-        o,
-        "<h1>regmirror</h1><div class=\"sub\">version {} &middot; up {} s &middot; \
-         <span id=\"live-aors\">{}</span> live AOR(s) &middot; {} binding(s) &middot; {} node(s)</div>",
-        esc(&s.version),
-        s.uptime_seconds,
-        s.live_aors,
-        s.bindings_total,
-        s.nodes.len()
-    );
-    let _ = write!(
-        o,
-        "<div class=\"sub\">role <span id=\"ha-role\">{}</span> &middot; \
-         <span id=\"ha-state\" class=\"{1}\">{1}</span>{2} &middot; {3} takeover(s)</div>",
-        esc(&s.ha.role),
-        esc(&s.ha.state),
-        s.ha.peer
-            .as_deref()
-            .map(|p| format!(" &middot; peer {}", esc(p)))
-            .unwrap_or_default(),
-        s.ha.takeovers
-    );
-    o.push_str(
-        "<h2>Farm</h2><table id=\"nodes\"><tr><th>node</th><th>address</th><th>health</th>\
-         <th>coverage</th><th>lag</th><th>desired</th><th>confirmed</th><th>registering</th>\
-         <th>unregistering</th><th>failing</th><th>drift</th></tr>",
-    );
-    let num = |o: &mut String, class: &str, v: u64| {
-        let z = if v == 0 { " zero" } else { "" };
-        let _ = write!(o, "<td class=\"n {class}{z}\">{v}</td>");
-    };
-    for n in &s.nodes {
-        let _ = write!(
-            o,
-            "<tr class=\"node\" data-node=\"{0}\"><td class=\"name\">{0}</td><td>{1}</td>\
-             <td class=\"{2}\">{2}</td>",
-            esc(&n.name),
-            esc(&n.address),
-            esc(&n.health)
-        );
-        let _ = write!(
-            o,
-            "<td class=\"n coverage {}\">{}</td><td class=\"n lag{}\">{}</td>",
-            if n.covered >= n.desired {
-                "full"
-            } else {
-                "partial"
-            },
-            percent_text(n.coverage_percent),
-            if n.lag_seconds > 0.0 { "" } else { " zero" },
-            lag_text(n.lag_seconds)
-        );
-        num(&mut o, "desired", n.desired);
-        num(&mut o, "confirmed", n.confirmed);
-        num(&mut o, "registering", n.registering);
-        num(&mut o, "unregistering", n.unregistering);
-        num(&mut o, "failing", n.failing);
-        num(&mut o, "drift", n.drift);
-        o.push_str("</tr>");
-    }
-    let st = &s.stats;
-    let _ = write!(
-        o,
-        "</table><h2>Traffic</h2><table id=\"stats\"><tr><th>transactions</th><th>retransmits</th>\
-         <th>timeouts</th><th>challenges</th><th>credential rejected</th><th>queued</th></tr>\
-         <tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
-         <td class=\"n\">{}</td><td class=\"n\">{}</td></tr></table>",
-        st.transactions, st.retransmits, st.timeouts, st.challenges, st.credential_rejected, st.queued
-    );
-    o.push_str(
-        "<h2>Bindings</h2><table id=\"bindings\"><tr><th>user</th><th>node</th><th>state</th>\
-         <th>last result</th></tr>",
-    );
-    for b in &s.bindings {
-        let _ = write!(
-            o,
-            "<tr class=\"binding\"><td>{}</td><td>{}</td><td class=\"{2}\">{2}</td><td>{3}</td></tr>",
-            esc(&b.user),
-            esc(&b.node),
-            esc(&b.state),
-            esc(&b.last_result)
-        );
-    }
-    let shown = s.bindings.len() as u64;
-    if s.bindings_total > shown {
-        let _ = write!(
-            o,
-            "<tr><td colspan=\"4\">&hellip; {} more (problems are listed first)</td></tr>",
-            s.bindings_total - shown
-        );
-    }
-    o.push_str("</table></body></html>\n");
-    o
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{farm_status, BindingRow, NodeRow};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    #[test]
-    fn page_escapes_and_lists_nodes() {
-        let s = FarmStatus {
-            version: "0.1.0".into(),
-            live_aors: 1,
-            nodes: vec![NodeRow {
-                name: "ast<1>".into(),
-                address: "10.0.0.1:5060".into(),
-                health: "unknown".into(),
-                desired: 1,
-                confirmed: 1,
-                ..Default::default()
-            }],
-            bindings_total: 1,
-            bindings: vec![BindingRow {
-                user: "1001".into(),
-                node: "ast<1>".into(),
-                state: "registered".into(),
-                last_result: "200 OK".into(),
-            }],
-            ..Default::default()
-        };
-        let h = render_html(&s);
-        assert!(h.contains("ast&lt;1&gt;") && !h.contains("ast<1>"), "{h}");
-        assert!(h.contains("http-equiv=\"refresh\""));
-        assert!(h.contains("<td class=\"n confirmed\">1</td>"));
-    }
-
-    /// The mirror's coverage reaches the JSON and the page: a live user whose credential is
-    /// still being looked up is desired and not covered, its wait is the lag.
-    #[test]
-    fn nodes_show_the_mirrors_coverage_and_lag() {
-        use crate::core::digest::Secret;
-        use crate::core::mirror::{Credential, MirrorConfig, Transport};
-        use crate::core::testing::Sim;
-        let cfg = MirrorConfig {
-            domain: "regmirror.test".into(),
-            ..MirrorConfig::default()
-        };
-        let mut s = Sim::new(cfg, 2, Transport::Udp, 1);
-        s.add_user("1001", Secret::Password("pw".into()));
-        let now = s.now;
-        s.mirror
-            .aor_update(now, "1001", Duration::from_secs(600), None, None);
-        s.run_for(Duration::from_millis(2500));
-        // (desired, covered, coverage %, lag s) of every node
-        let every_node = |f: &FarmStatus, want: (u64, u64, f64, f64)| {
-            for n in &f.nodes {
-                let got = (n.desired, n.covered, n.coverage_percent, n.lag_seconds);
-                assert_eq!(got, want, "{n:?}");
-            }
-        };
-        let f = farm_status(&s.mirror, s.now, |_| "up", 0);
-        every_node(&f, (1, 0, 0.0, 2.5));
-        let h = render_html(&f);
-        assert!(
-            h.contains("<td class=\"n coverage partial\">0%</td>"),
-            "{h}"
-        );
-        assert!(h.contains("<td class=\"n lag\">2.5 s</td>"), "{h}");
-        let now = s.now;
-        let c = Credential {
-            username: "1001".into(),
-            secret: Secret::Password("pw".into()),
-        };
-        s.mirror.set_credential(now, "1001", Some(c));
-        s.run_for(Duration::from_secs(1));
-        let f = farm_status(&s.mirror, s.now, |_| "up", 0);
-        every_node(&f, (1, 1, 100.0, 0.0));
-        let json = serde_json::to_string(&f).unwrap();
-        assert!(
-            json.contains("\"coverage_percent\":100.0,\"lag_seconds\":0.0"),
-            "{json}"
-        );
-        let h = render_html(&f);
-        assert!(h.contains("<td class=\"n coverage full\">100%</td>"), "{h}");
-        assert!(h.contains("<td class=\"n lag zero\">0 s</td>"), "{h}");
-    }
 
     /// Issue 15: a flood of requests costs the driver at most one farm query per second, and
     /// connections beyond the limit are closed at once.
@@ -498,6 +366,66 @@ mod tests {
         let closed = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut byte)).await;
         assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
         drop(idle);
+    }
+
+    /// Searches of the page each ask the driver, but no more than once per SNAPSHOT_TTL, with
+    /// the page's list (500 rows, the prefix and the sort asked for).
+    #[tokio::test]
+    async fn distinct_searches_ask_the_driver_at_most_once_a_second() {
+        use tokio::io::AsyncWriteExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, mut rx) = mpsc::channel(64);
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = asked.clone();
+        tokio::spawn(async move {
+            while let Some(q) = rx.recv().await {
+                if let AdminQuery::Farm { bindings, reply } = q {
+                    if bindings.max > 0 {
+                        seen.lock().unwrap().push((Instant::now(), bindings));
+                    }
+                    let _ = reply.send(FarmStatus::default());
+                }
+            }
+        });
+        tokio::spawn(serve(listener, Arc::new(Metrics::default()), tx));
+        let get = |path: &'static str| async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).await.unwrap();
+            String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200")
+        };
+        let paths = [
+            "/status?user=10&sort=user",
+            "/status?user=11",
+            "/status?sort=next",
+        ];
+        let answers: Vec<_> = paths.iter().map(|p| tokio::spawn(get(p))).collect();
+        for a in answers {
+            assert!(a.await.unwrap());
+        }
+        let asked = asked.lock().unwrap();
+        assert_eq!(asked.len(), 3);
+        for w in asked.windows(2) {
+            assert!(w[1].0 - w[0].0 >= SNAPSHOT_TTL - Duration::from_millis(50));
+        }
+        let mut lists: Vec<_> = asked
+            .iter()
+            .map(|(_, l)| (l.user_prefix.clone(), l.sort))
+            .collect();
+        lists.sort_by_key(|l| l.0.clone());
+        assert_eq!(
+            lists,
+            [
+                (String::new(), BindingSort::Next),
+                ("10".into(), BindingSort::User),
+                ("11".into(), BindingSort::Problems)
+            ]
+        );
+        assert!(asked.iter().all(|(_, l)| l.max == PAGE_BINDINGS));
     }
 
     #[tokio::test]

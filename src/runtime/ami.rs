@@ -1,5 +1,6 @@
-//! A small Asterisk Manager Interface client for the drift audit: log in, run
-//! `PJSIPShowContacts`, collect its `ContactList` events, log off. The framing and the reading of
+//! A small Asterisk Manager Interface client for the drift audit (log in, run
+//! `PJSIPShowContacts`, collect its `ContactList` events, log off) and the session
+//! `maintenance` keeps open. The framing and the reading of
 //! the answers are pure functions (tested on a transcript); only `fetch_contact_users` does I/O.
 //! The secret is sent once in the Login action and never logged.
 
@@ -10,6 +11,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::config::NodeConfig;
 
 /// Largest AMI message accepted (a ContactList event is well under 2 KiB).
 const MAX_MESSAGE: usize = 64 * 1024;
@@ -36,6 +39,20 @@ pub struct AmiTarget {
     pub secret: String,
 }
 
+impl AmiTarget {
+    /// The node's manager, when `ami`, `ami_user` and a secret are all configured.
+    pub fn of(n: &NodeConfig) -> Option<AmiTarget> {
+        let (Some(addr), Some(user), Some(secret)) = (n.ami, &n.ami_user, &n.ami_secret) else {
+            return None;
+        };
+        Some(AmiTarget {
+            addr,
+            user: user.clone(),
+            secret: secret.0.clone(),
+        })
+    }
+}
+
 impl fmt::Debug for AmiTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AmiTarget")
@@ -60,7 +77,7 @@ impl Message {
             .map(|(_, v)| v.as_str())
     }
 
-    fn is(&self, key: &str, value: &str) -> bool {
+    pub fn is(&self, key: &str, value: &str) -> bool {
         self.get(key).is_some_and(|v| v.eq_ignore_ascii_case(value))
     }
 }
@@ -163,7 +180,7 @@ impl ContactsCollector {
     }
 }
 
-fn action(lines: &[(&str, &str)]) -> Vec<u8> {
+pub(super) fn action(lines: &[(&str, &str)]) -> Vec<u8> {
     let mut s = String::new();
     for (k, v) in lines {
         s.push_str(k);
@@ -175,13 +192,13 @@ fn action(lines: &[(&str, &str)]) -> Vec<u8> {
     s.into_bytes()
 }
 
-struct Conn {
+pub(super) struct Conn {
     stream: TcpStream,
     buf: Vec<u8>,
 }
 
 impl Conn {
-    async fn next(&mut self) -> Result<Message, AmiError> {
+    pub(super) async fn next(&mut self) -> Result<Message, AmiError> {
         loop {
             if let Some(m) = take_message(&mut self.buf)? {
                 return Ok(m);
@@ -205,7 +222,7 @@ impl Conn {
         Ok(())
     }
 
-    async fn send(&mut self, bytes: &[u8]) -> Result<(), AmiError> {
+    pub(super) async fn send(&mut self, bytes: &[u8]) -> Result<(), AmiError> {
         self.stream
             .write_all(bytes)
             .await
@@ -224,21 +241,23 @@ pub async fn fetch_contact_users(
         .map_err(|_| AmiError::Timeout(timeout))?
 }
 
-/// Deletes the contacts of `user` that point at `contact_host` straight from the node's contact
-/// store (AMI `DBDel` of `registrar/contact/<id>`; needs a `system` write permission). For a
-/// user whose credential is gone: the node can no longer authenticate regmirror's unregister,
-/// so the contact would otherwise linger until it expires. Returns how many were deleted.
+/// Deletes the contacts of `user` (every user: `None`) that point at `contact_host` straight
+/// from the node's contact store (AMI `DBDel` of `registrar/contact/<id>`; needs a `system`
+/// write permission). For a user whose credential is gone (the node can no longer authenticate
+/// regmirror's unregister, so the contact would otherwise linger until it expires), and for a
+/// node leaving the farm. Returns how many were deleted.
 pub async fn remove_contacts(
     target: &AmiTarget,
     contact_host: &str,
-    user: &str,
+    user: Option<&str>,
     timeout: Duration,
 ) -> Result<usize, AmiError> {
     tokio::time::timeout(timeout, async {
-        let mut c = login(target).await?;
+        let mut c = login(target, "off").await?;
         let col = list_contacts(&mut c, contact_host).await?;
         let mut removed = 0;
-        for (i, (_, id)) in col.ids.iter().filter(|(u, _)| u == user).enumerate() {
+        let ours = col.ids.iter().filter(|(u, _)| user.is_none_or(|w| u == w));
+        for (i, (_, id)) in ours.enumerate() {
             let action_id = format!("rm-del-{i}");
             c.send(&action(&[
                 ("Action", "DBDel"),
@@ -271,8 +290,73 @@ pub async fn remove_contacts(
     .map_err(|_| AmiError::Timeout(timeout))?
 }
 
+/// Switches `endpoint`'s maintenance mode on the node (`PJSIPSetMaintenance`, Asterisk 20.20,
+/// 22.10, 23.4; `write = system`). Switching it to the state it is in changes nothing.
+pub async fn set_maintenance(
+    target: &AmiTarget,
+    endpoint: &str,
+    on: bool,
+    timeout: Duration,
+) -> Result<(), AmiError> {
+    let state = if on { "on" } else { "off" };
+    let fields = [
+        ("Action", "PJSIPSetMaintenance"),
+        ("Endpoint", endpoint),
+        ("State", state),
+    ];
+    one_request(target, &fields, timeout).await.map(drop)
+}
+
+/// Channels on the node now (`CoreShowChannels`): two or so per call in progress.
+pub async fn channel_count(target: &AmiTarget, timeout: Duration) -> Result<usize, AmiError> {
+    let answer = one_request(target, &[("Action", "CoreShowChannels")], timeout).await?;
+    Ok(answer
+        .iter()
+        .filter(|m| m.is("Event", "CoreShowChannel"))
+        .count())
+}
+
+/// Logs in, runs one action, logs off: the action's response and, for a listing, its events up
+/// to the `...Complete` one. A `Response: Error` is `ActionFailed` with Asterisk's message.
+pub async fn one_request(
+    target: &AmiTarget,
+    fields: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<Vec<Message>, AmiError> {
+    const ID: &str = "rm-request";
+    tokio::time::timeout(timeout, async {
+        let mut c = login(target, "off").await?;
+        let mut lines = fields.to_vec();
+        lines.push(("ActionID", ID));
+        c.send(&action(&lines)).await?;
+        let (mut answer, mut listing) = (Vec::new(), false);
+        loop {
+            let m = c.next().await?;
+            if m.get("ActionID") != Some(ID) {
+                continue;
+            }
+            if m.is("Response", "Error") {
+                let why = m.get("Message").unwrap_or("refused").to_string();
+                return Err(AmiError::ActionFailed(why));
+            }
+            let list = m.get("EventList").map(str::to_ascii_lowercase);
+            answer.push(m);
+            match list.as_deref() {
+                Some("start") => listing = true,
+                Some("complete") => break,
+                _ if !listing => break,
+                _ => {}
+            }
+        }
+        logoff(&mut c).await;
+        Ok(answer)
+    })
+    .await
+    .map_err(|_| AmiError::Timeout(timeout))?
+}
+
 async fn fetch_inner(target: &AmiTarget, contact_host: &str) -> Result<HashSet<String>, AmiError> {
-    let mut c = login(target).await?;
+    let mut c = login(target, "off").await?;
     let col = list_contacts(&mut c, contact_host).await?;
     logoff(&mut c).await;
     Ok(col.users)
@@ -299,7 +383,8 @@ async fn logoff(c: &mut Conn) {
         .await;
 }
 
-async fn login(target: &AmiTarget) -> Result<Conn, AmiError> {
+/// Logs in, asking for the event classes in `events` (`off`: none).
+pub(super) async fn login(target: &AmiTarget, events: &str) -> Result<Conn, AmiError> {
     let stream = TcpStream::connect(target.addr)
         .await
         .map_err(|e| AmiError::Io(e.to_string()))?;
@@ -326,7 +411,7 @@ async fn login(target: &AmiTarget) -> Result<Conn, AmiError> {
         ("ActionID", "rm-login"),
         ("Username", &target.user),
         ("Secret", &target.secret),
-        ("Events", "off"),
+        ("Events", events),
     ]))
     .await?;
     loop {
@@ -488,16 +573,35 @@ ListItems: 3\r\n\
         assert!(!format!("{t:?}").contains("s3cr3t-ami"));
     }
 
+    async fn listen() -> (tokio::net::TcpListener, SocketAddr) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        (listener, addr)
+    }
+
+    /// The first connection, greeted with Asterisk's banner.
+    async fn accept_greeted(listener: &tokio::net::TcpListener) -> tokio::net::TcpStream {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(b"Asterisk Call Manager/9.0.0\r\n")
+            .await
+            .unwrap();
+        s
+    }
+
+    fn target(addr: SocketAddr) -> AmiTarget {
+        AmiTarget {
+            addr,
+            user: "regmirror".into(),
+            secret: "pw".into(),
+        }
+    }
+
     /// The client against a scripted AMI server on loopback: banner, login, list, logoff.
     #[tokio::test]
     async fn client_logs_in_and_lists() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (listener, addr) = listen().await;
         let server = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            s.write_all(b"Asterisk Call Manager/9.0.0\r\n")
-                .await
-                .unwrap();
+            let mut s = accept_greeted(&listener).await;
             let mut got = Vec::new();
             let mut chunk = [0u8; 1024];
             // Login, then PJSIPShowContacts.
@@ -523,11 +627,7 @@ ListItems: 3\r\n\
             s.write_all(rest.as_bytes()).await.unwrap();
             String::from_utf8_lossy(&got).into_owned()
         });
-        let t = AmiTarget {
-            addr,
-            user: "regmirror".into(),
-            secret: "pw".into(),
-        };
+        let t = target(addr);
         let users = fetch_contact_users(&t, "10.77.0.20:5060", Duration::from_secs(5))
             .await
             .unwrap();
@@ -538,16 +638,51 @@ ListItems: 3\r\n\
         ));
     }
 
+    /// `one_request` collects a listing up to its Complete event, skips other sessions'
+    /// messages, and reports a refused action with Asterisk's message.
+    #[tokio::test]
+    async fn one_request_collects_a_listing_and_reports_errors() {
+        let (listener, addr) = listen().await;
+        let server = tokio::spawn(async move {
+            for answer in [
+                "Response: Success\r\nActionID: rm-request\r\nEventList: start\r\n\r\n\
+                 Event: CoreShowChannel\r\nActionID: rm-request\r\nChannel: PJSIP/kamailio-1\r\n\r\n\
+                 Event: Newchannel\r\nChannel: PJSIP/other\r\n\r\n\
+                 Event: CoreShowChannel\r\nActionID: rm-request\r\nChannel: PJSIP/kamailio-2\r\n\r\n\
+                 Event: CoreShowChannelsComplete\r\nActionID: rm-request\r\nEventList: Complete\r\n\r\n",
+                "Response: Error\r\nActionID: rm-request\r\nMessage: Endpoint 'x' not found\r\n\r\n",
+            ] {
+                let mut s = accept_greeted(&listener).await;
+                let mut got = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !String::from_utf8_lossy(&got).contains("ActionID: rm-request") {
+                    let n = s.read(&mut chunk).await.unwrap();
+                    got.extend_from_slice(&chunk[..n]);
+                    if String::from_utf8_lossy(&got).contains("ActionID: rm-login\r\n") {
+                        s.write_all(b"Response: Success\r\nActionID: rm-login\r\n\r\n")
+                            .await
+                            .unwrap();
+                        got.clear();
+                    }
+                }
+                s.write_all(answer.as_bytes()).await.unwrap();
+            }
+        });
+        let t = target(addr);
+        assert_eq!(channel_count(&t, Duration::from_secs(5)).await.unwrap(), 2);
+        let e = set_maintenance(&t, "x", true, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("Endpoint 'x' not found"), "{e}");
+        server.await.unwrap();
+    }
+
     /// `remove_contacts` lists, then deletes only the named user's contacts of ours by id.
     #[tokio::test]
     async fn remove_contacts_deletes_the_users_contact_by_id() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (listener, addr) = listen().await;
         let server = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            s.write_all(b"Asterisk Call Manager/9.0.0\r\n")
-                .await
-                .unwrap();
+            let mut s = accept_greeted(&listener).await;
             let mut inbox = Vec::new();
             let mut seen = String::new();
             let mut chunk = [0u8; 1024];
@@ -581,12 +716,8 @@ ListItems: 3\r\n\
                 }
             }
         });
-        let t = AmiTarget {
-            addr,
-            user: "regmirror".into(),
-            secret: "pw".into(),
-        };
-        let n = remove_contacts(&t, "10.77.0.20:5060", "1003", Duration::from_secs(5))
+        let t = target(addr);
+        let n = remove_contacts(&t, "10.77.0.20:5060", Some("1003"), Duration::from_secs(5))
             .await
             .unwrap();
         assert_eq!(n, 1);

@@ -204,7 +204,7 @@ pub fn spawn_auditor(
     metrics: &Arc<Metrics>,
     gates: &Gates,
 ) {
-    let Some(target) = ami_target(n) else {
+    let Some(target) = AmiTarget::of(n) else {
         return;
     };
     let name = n.name.clone();
@@ -243,17 +243,6 @@ pub fn spawn_auditor(
     });
 }
 
-fn ami_target(n: &NodeConfig) -> Option<AmiTarget> {
-    let (Some(addr), Some(user), Some(secret)) = (n.ami, &n.ami_user, &n.ami_secret) else {
-        return None;
-    };
-    Some(AmiTarget {
-        addr,
-        user: user.clone(),
-        secret: secret.0.clone(),
-    })
-}
-
 /// Deletes a removed user's contacts (ours only) over AMI: the nodes cannot authenticate its
 /// unregister any more.
 #[derive(Default)]
@@ -272,7 +261,7 @@ impl AmiRemovals {
         metrics: &Arc<Metrics>,
     ) {
         for n in nodes {
-            let Some(target) = ami_target(n) else {
+            let Some(target) = AmiTarget::of(n) else {
                 continue;
             };
             let (node, user) = (n.name.clone(), user.to_string());
@@ -288,7 +277,8 @@ impl AmiRemovals {
                 let Ok(_slot) = slots.acquire_owned().await else {
                     return;
                 };
-                match remove_contacts(&target, &contact_host, &user, Duration::from_secs(20)).await
+                match remove_contacts(&target, &contact_host, Some(&user), Duration::from_secs(20))
+                    .await
                 {
                     Ok(0) => {}
                     Ok(n) => {

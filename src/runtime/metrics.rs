@@ -417,7 +417,7 @@ impl Collector for FarmCollector {
         }
         // One series per node for each of these, read straight from the node's status row.
         type NodeValue = fn(&crate::status::NodeRow) -> f64;
-        let per_node: [(&str, MetricType, &str, NodeValue); 9] = [
+        let per_node: [(&str, MetricType, &str, NodeValue); 10] = [
         (
             "regmirror_node_desired_bindings",
             MetricType::Gauge,
@@ -441,6 +441,12 @@ impl Collector for FarmCollector {
             MetricType::Gauge,
             "age of the oldest desired binding the node has not confirmed (0 when all are), by node",
             |n| n.lag_seconds,
+        ),
+        (
+            "regmirror_node_maintenance",
+            MetricType::Gauge,
+            "1 while Asterisk holds the node's Kamailio endpoint in maintenance (followed over AMI), by node",
+            |n| f64::from(u8::from(n.maintenance)),
         ),
         (
             "regmirror_node_inflight",

@@ -323,16 +323,34 @@ mod tests {
     const RESP: &[u8] = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/TCP 127.0.0.1:5070;branch=z9hG4bKx\r\n\
 From: <sip:a@b>;tag=1\r\nTo: <sip:a@b>;tag=2\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
 
-    #[tokio::test]
-    async fn frames_responses_skips_keepalives_and_reconnects_after_eof() {
+    /// A node's TCP listener on loopback, and its address.
+    async fn node() -> (TcpListener, std::net::SocketAddr) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (mut links, mut frames) = TcpLinks::new("127.0.0.1".parse().unwrap());
-        links.send(addr, b"REQ1".to_vec()).unwrap();
+        (listener, addr)
+    }
+
+    /// Sends `payload` to the listener's address; the listener sees it on a new connection.
+    async fn send_on_a_new_connection(
+        links: &mut TcpLinks,
+        listener: &TcpListener,
+        payload: &[u8],
+    ) -> tokio::net::TcpStream {
+        links
+            .send(listener.local_addr().unwrap(), payload.to_vec())
+            .unwrap();
         let (mut conn, _) = listener.accept().await.unwrap();
-        let mut got = [0u8; 4];
+        let mut got = vec![0u8; payload.len()];
         conn.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"REQ1");
+        assert_eq!(got, payload);
+        conn
+    }
+
+    #[tokio::test]
+    async fn frames_responses_skips_keepalives_and_reconnects_after_eof() {
+        let (listener, addr) = node().await;
+        let (mut links, mut frames) = TcpLinks::new("127.0.0.1".parse().unwrap());
+        let mut conn = send_on_a_new_connection(&mut links, &listener, b"REQ1").await;
         // A keepalive, then a response split across two writes.
         conn.write_all(b"\r\n\r\n").await.unwrap();
         conn.write_all(&RESP[..20]).await.unwrap();
@@ -345,37 +363,27 @@ From: <sip:a@b>;tag=1\r\nTo: <sip:a@b>;tag=2\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\
         // The node closes: the next send opens a new connection.
         drop(conn);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        links.send(addr, b"REQ2".to_vec()).unwrap();
-        let (mut conn, _) = listener.accept().await.unwrap();
-        conn.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"REQ2");
+        send_on_a_new_connection(&mut links, &listener, b"REQ2").await;
     }
 
     #[tokio::test]
     async fn close_drops_the_connection_and_the_next_send_reconnects() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (listener, addr) = node().await;
         let (mut links, _frames) = TcpLinks::new("127.0.0.1".parse().unwrap());
-        links.send(addr, b"A".to_vec()).unwrap();
-        let (mut first, _) = listener.accept().await.unwrap();
-        let mut got = [0u8; 1];
-        first.read_exact(&mut got).await.unwrap();
+        let mut first = send_on_a_new_connection(&mut links, &listener, b"A").await;
         links.close(addr);
+        let mut got = [0u8; 1];
         let n = tokio::time::timeout(Duration::from_secs(2), first.read(&mut got)).await;
         assert!(
             matches!(n, Ok(Ok(0)) | Ok(Err(_))),
             "old connection still open"
         );
-        links.send(addr, b"B".to_vec()).unwrap();
-        let (mut second, _) = listener.accept().await.unwrap();
-        second.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"B");
+        send_on_a_new_connection(&mut links, &listener, b"B").await;
     }
 
     #[tokio::test]
     async fn framing_error_closes_the_connection() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (listener, addr) = node().await;
         let (mut links, _frames) = TcpLinks::new("0.0.0.0".parse().unwrap());
         links.send(addr, b"X".to_vec()).unwrap();
         let (mut conn, _) = listener.accept().await.unwrap();

@@ -185,20 +185,6 @@ pub async fn live_credentials(
     .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(username, password, ha1)| {
-            let secret = match (password, ha1) {
-                (Some(p), _) if !p.is_empty() => Secret::Password(p),
-                (_, Some(h)) if is_md5_hex(&h) => Secret::Ha1Md5 {
-                    realm: realm.to_string(),
-                    ha1: h.to_ascii_lowercase(),
-                },
-                _ => return None,
-            };
-            Some(StoredCredential {
-                username,
-                realm: realm.to_string(),
-                secret,
-            })
-        })
+        .filter_map(|(username, password, ha1)| credential_of(&username, realm, password, ha1))
         .collect())
 }

@@ -2,6 +2,8 @@
 //! `location` (read by the runtime), provisioning of PJSIP users (written by
 //! `regmirror user`). Every statement uses bound parameters.
 pub mod credentials;
+pub mod farm;
+pub mod import;
 pub mod provision;
 
 use std::time::Duration;

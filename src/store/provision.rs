@@ -153,9 +153,14 @@ pub fn validate_password(password: &str) -> Result<(), StoreError> {
 }
 
 fn validate_new(user: &NewUser) -> Result<(), StoreError> {
+    validate_password(&user.password)?;
+    validate_profile(user)
+}
+
+/// Everything of a new user but its password.
+pub(crate) fn validate_profile(user: &NewUser) -> Result<(), StoreError> {
     validate_id(&user.id)?;
     validate_realm(&user.realm)?;
-    validate_password(&user.password)?;
     if user.max_contacts == 0 {
         return Err(StoreError::Invalid {
             field: "max contacts",
@@ -197,7 +202,7 @@ fn check(fail: Option<FailPoint>, here: FailPoint) -> Result<(), StoreError> {
 }
 
 /// The auth row's credential columns for `storage`: (auth_type, password, md5_cred).
-fn credential_columns(
+pub(crate) fn credential_columns(
     username: &str,
     realm: &str,
     password: &str,

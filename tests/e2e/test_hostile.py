@@ -298,11 +298,11 @@ print(json.dumps(answered))
 """
 
 BEHIND_THE_DOOR = ([("tcp", MARIADB, 3306)]
-                   + [("tcp", a, 5038) for a in NODES.values()]
+                   + [("tcp", a, port) for a in NODES.values() for port in (5038, 8088)]
                    + [(p, a, 5060) for a in NODES.values() for p in ("udp", "tcp")]
                    + [(p, a, port) for a in REGMIRRORS for p, port in (("udp", 5070),
                                                                       ("tcp", 9070))]
-                   + [("udp", KAMAILIO_FARM, 5060)])
+                   + [("udp", KAMAILIO_FARM, 5060), ("tcp", KAMAILIO_FARM, 5080)])
 
 
 def probe(stack, host, src, targets):
@@ -319,6 +319,41 @@ def test_the_phones_side_reaches_nothing_behind_kamailio(stack, hostile):
     assert all(door.values()), door
     behind = probe(stack, "tester", hostile, BEHIND_THE_DOOR)
     assert not any(behind.values()), [k for k, v in behind.items() if v]
+
+
+RPC_POST = r'''
+import json, socket, sys
+src, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+body = json.dumps({"jsonrpc": "2.0", "method": "dispatcher.list", "id": 1})
+s = socket.create_connection((host, port), timeout=5, source_address=(src, 0))
+s.sendall((f"POST /RPC HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+           f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}").encode())
+answer = b""
+try:
+    while chunk := s.recv(65536):
+        answer += chunk
+except OSError:
+    pass
+print(answer.decode(errors="replace"))
+'''
+
+
+def kamailio_rpc_from(stack, host, src, address, port):
+    return stack.exec(host, ["python3", "-c", RPC_POST, src, address, str(port)], timeout=30,
+                      check=True).stdout
+
+
+def test_kamailios_rpc_answers_regmirror_only(stack, hostile, intruder):
+    """Kamailio's JSON-RPC (dispatcher.reload, .set_state: the farm's routing) is served on its
+    farm side's port 5080 to the regmirror hosts: the same HTTP request from the phones' side
+    (to the TCP socket it can reach) and from another farm host gets 403 and no data."""
+    ours = stack.exec("regmirror", ["regmirror", "node", "list"], timeout=60, check=True).stdout
+    assert re.search(r"^ast1\s+\S+\s+active", ours, re.M), ours
+    for host, src, address, port in (("tester", hostile, KAMAILIO, 5060),
+                                     ("intruder", intruder, KAMAILIO_FARM, 5080)):
+        answer = kamailio_rpc_from(stack, host, src, address, port)
+        assert answer.startswith("HTTP/1.1 403"), (host, answer)
+        assert "10.77.0.31" not in answer, (host, answer)
 
 
 @pytest.mark.parametrize("node", NODES)

@@ -7,28 +7,20 @@ periods: probes 1 s, reconciliation 15 s, AMI audit 10 s. Tests that stop or re-
 container always put the topology back as they found it.
 """
 
-import os
+import json
 import re
 import secrets
 import subprocess
-import tempfile
 import threading
 import time
+import urllib.request
 
 import pytest
 
-from conftest import (ADMINS, DOCKER, ROOT, active, bulk_register, cid,
-                      compose, converged, metric, node_users, poll, status, wait_healthy)
+from conftest import (ADMINS, DOCKER, PROVISIONER_URL, active, bulk_register, cid, compose,
+                      converged, metric, node_users, poll, provisioner_sql, status, wait_healthy)
+from test_callable import node_of, register_then_call
 
-BASE_CONFIG = (ROOT / "docker/regmirror/regmirror.toml").read_text()
-AST3_NODE = """
-[[nodes]]
-name = "ast3"
-address = "10.77.0.33:5060"
-ami = "10.77.0.33:5038"
-ami_user = "regmirror"
-ami_secret = "regmirror-ami-demo"
-"""
 CROWD = 60  # users registered for the whole module
 
 
@@ -183,42 +175,153 @@ def test_wiped_node_gets_every_binding_back(stack, sipp, crowd, new_user, phone,
     assert "ast1" in via, via
 
 
-# ----- 4. a node added at run time -----
+# ----- 4. the farm list: a node added and removed live (`regmirror node add | remove`) -----
 
-def write_config(service, text):
-    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
-        f.write(text)
-        path = f.name
-    os.chmod(path, 0o644)
-    try:
-        subprocess.run([DOCKER, "cp", path, f"{cid(service)}:/etc/regmirror/regmirror.toml"],
-                       check=True, capture_output=True)
-    finally:
-        os.unlink(path)
-    subprocess.run([DOCKER, "kill", "-s", "HUP", cid(service)], check=True, capture_output=True)
+AST3 = ["--address", "10.77.0.33:5060", "--ami", "10.77.0.33:5038"]
 
 
-def test_node_added_at_runtime_gets_every_live_binding(stack, crowd):
+def farm_rows(stack):
+    res = stack.exec("mariadb", ["mariadb", "-N", "-B", "regmirror", "-e",
+                                 "SELECT id, destination, flags, attrs FROM dispatcher"
+                                 " WHERE setid = 1 ORDER BY id"], check=True)
+    return res.stdout
+
+
+def dispatcher_uris(stack):
+    """The destinations Kamailio's dispatcher routes to now."""
+    return set(dispatcher_flags(stack))
+
+
+def dispatcher_flags(stack):
+    """{destination: flags} as Kamailio's dispatcher has them now (AP active, IP inactive)."""
+    out = stack.exec("kamailio", ["kamcmd", "dispatcher.list"], check=True).stdout
+    return dict(re.findall(r"URI: (\S+)\s+FLAGS: (\S+)", out))
+
+
+def instance_nodes(service):
+    return [n["name"] for n in status(service)["nodes"]]
+
+
+def test_node_added_live_takes_calls_from_the_first_call_then_removed(stack, sipp, crowd,
+                                                                       new_user, ports):
+    """ast3 joins the farm list with `regmirror node add` while phones register: Kamailio routes
+    to it and both instances mirror it with no restart and no SIGHUP; calls to registered phones
+    through it are answered from the first one on, and it gets every live binding. Then
+    `regmirror node remove ast3`: it holds none of regmirror's contacts and Kamailio no longer
+    routes to it."""
+    compose("--profile", "ast3", "rm", "-sf", "ast3")  # a new node: empty, not in maintenance
     compose("--profile", "ast3", "up", "-d", "--no-deps", "ast3")
+    late = provision(stack, 20, "3")
     try:
         wait_healthy("ast3")
         assert node_users(stack, "ast3") == set()
-        for s in ADMINS:
-            write_config(s, BASE_CONFIG + AST3_NODE)
+        caller = new_user()
+        registering = threading.Thread(target=bulk_register, args=(stack, late, 5402),
+                                       kwargs={"rate": 10})
+        registering.start()
+        start = time.monotonic()
+        added = node_cli(stack, "add", "ast3", *AST3)
+        assert added.returncode == 0, added.stdout + added.stderr
+        assert "ast3: added to the farm list" in added.stdout, added.stdout
+        assert "sip:10.77.0.33:5060" in dispatcher_uris(stack)
+        ok, _ = poll(lambda: all(instance_nodes(s) == ["ast1", "ast2", "ast3"] for s in ADMINS),
+                     10, 0.2)
+        assert ok, {s: instance_nodes(s) for s in ADMINS}
+        seen = time.monotonic() - start
+        # Calls to registered phones: every one answered, the first through ast3 included.
+        via, first_on_ast3 = [], None
+        for i in range(9):
+            callee = crowd[i]
+            registered, called, answered = register_then_call(
+                stack, sipp, callee, caller, uas_port=next(ports), reg_port=next(ports),
+                call_port=next(ports))
+            assert registered.rc == 0, registered.stdout
+            assert called.rc == 0 and answered.rc == 0, f"call {i} failed\n{called.stdout}"
+            via.append(node_of(answered))
+            if via[-1] == "ast3" and first_on_ast3 is None:
+                first_on_ast3 = time.monotonic() - start
+            if via.count("ast3") >= 2:
+                break
+        assert via.count("ast3") >= 2, f"calls went through {via}"
+        registering.join(timeout=60)
         want = location_users(stack)
-        assert {u for u, _ in crowd} <= want
-        ok, took = poll(lambda: want <= node_users(stack, "ast3"), 20, 0.2)
+        assert {u for u, _ in crowd + late} <= want
+        ok, took = poll(lambda: want <= node_users(stack, "ast3"), 30, 0.2)
         assert ok, f"missing on ast3: {sorted(want - node_users(stack, 'ast3'))[:10]}"
-        print(f"\nast3 added: {len(want)} live bindings there after {took:.1f} s")
-        names = [n["name"] for n in status("regmirror")["nodes"]]
-        assert names == ["ast1", "ast2", "ast3"], names
+        again = node_cli(stack, "add", "ast3", *AST3)
+        assert again.returncode == 0 and "already in the farm list" in again.stdout, again.stdout
+        print(f"\nast3 added: both instances within {seen:.1f} s, first call through it answered "
+              f"{first_on_ast3:.1f} s after `node add` (calls via {via}), {len(want)} live "
+              f"bindings there after {took:.1f} s")
+
+        start = time.monotonic()
+        removed = node_cli(stack, "remove", "ast3", "--timeout", "60s")
+        assert removed.returncode == 0, removed.stdout + removed.stderr
+        assert "ast3: removed" in removed.stdout, removed.stdout
+        took = time.monotonic() - start
+        assert node_users(stack, "ast3") == set(), sorted(node_users(stack, "ast3"))[:10]
+        assert "sip:10.77.0.33:5060" not in dispatcher_uris(stack)
+        assert "10.77.0.33" not in farm_rows(stack)
+        assert all(instance_nodes(s) == ["ast1", "ast2"] for s in ADMINS)
+        # No regmirror contact comes back: nothing refreshes there any more.
+        time.sleep(3)
+        assert node_users(stack, "ast3") == set()
+        print(f"ast3 removed in {took:.1f} s: {removed.stdout.strip().splitlines()[-1]}")
     finally:
-        for s in ADMINS:
-            write_config(s, BASE_CONFIG)
+        if "10.77.0.33" in farm_rows(stack):
+            provisioner_sql(stack, "DELETE FROM dispatcher WHERE destination LIKE '%10.77.0.33%';")
+            stack.exec("kamailio", ["kamcmd", "dispatcher.reload"])
         compose("--profile", "ast3", "rm", "-sf", "ast3")
-    ok, _ = poll(lambda: [n["name"] for n in status("regmirror")["nodes"]] == ["ast1", "ast2"],
-                 5, 0.2)
+        bulk_register(stack, late, 5402, rate=100, expires=0)
+        for u, _ in late:
+            stack.remove_user(u)
+    ok, _ = poll(lambda: all(instance_nodes(s) == ["ast1", "ast2"] for s in ADMINS), 10, 0.2)
     assert ok
+
+
+def test_node_commands_refuse_clearly_and_change_nothing(stack):
+    """Unknown node, an account that may not write the farm list, the database unreachable,
+    the last node out of maintenance, a name or address taken, and a row regmirror cannot use:
+    each is a clear error, and the farm list, Kamailio and the nodes are as they were."""
+    rows, routes = farm_rows(stack), dispatcher_uris(stack)
+    unknown = node_cli(stack, "remove", "nope")
+    assert unknown.returncode == 1 and "unknown node `nope`" in unknown.stderr, unknown.stderr
+    # The service's own account reads the table only: refused before ast2 is drained.
+    read_only = node_cli(stack, "remove", "ast2", db=None)
+    assert read_only.returncode == 3 and "permission denied" in read_only.stderr, read_only.stderr
+    assert not maintenance_node_row("regmirror", "ast2")["maintenance"]
+    down = node_cli(stack, "add", "ast9", "--address", "10.77.0.39:5060",
+                    db="mysql://provisioner:provisioner-demo@10.77.0.10:3399/regmirror")
+    assert down.returncode == 3 and "database unreachable" in down.stderr, down.stderr
+    taken = node_cli(stack, "add", "ast9", "--address", "10.77.0.31:5060")
+    assert taken.returncode == 1 and "already node `ast1`" in taken.stderr, taken.stderr
+    renamed = node_cli(stack, "add", "ast1", "--address", "10.77.0.39:5060")
+    assert renamed.returncode == 1 and "already in the farm list" in renamed.stderr
+    stack.ast("ast2", "pjsip set maintenance on kamailio")
+    try:
+        last = node_cli(stack, "remove", "ast1")
+        assert last.returncode == 1 and "no node but `ast1`" in last.stderr, last.stderr
+    finally:
+        stack.ast("ast2", "pjsip set maintenance off kamailio")
+    assert farm_rows(stack) == rows and dispatcher_uris(stack) == routes
+    # A row written behind regmirror's back that it cannot use: said, and set aside.
+    provisioner_sql(stack, "INSERT INTO dispatcher (setid, destination, attrs, description)"
+                           " VALUES (1, 'sip:ast9.example.net:5060', 'name=ast9', 'bad');")
+    try:
+        check = stack.exec("regmirror", ["regmirror", "check-config"], timeout=30)
+        assert check.returncode == 1, check.stdout + check.stderr
+        assert re.search(r"dispatcher row \d+ \(sip:ast9.example.net:5060\): destination .*"
+                         r"must be an IP address", check.stderr), check.stderr
+        listed = node_cli(stack, "list")
+        assert "ast9.example.net" in listed.stdout and "not used" in listed.stdout, listed.stdout
+        time.sleep(3)  # two polls of the table
+        assert all(instance_nodes(s) == ["ast1", "ast2"] for s in ADMINS)
+        logs = subprocess.run([DOCKER, "logs", "--since", "30s", cid("regmirror")],
+                              capture_output=True, text=True).stderr
+        assert "farm list: row not used" in logs and "ast9.example.net" in logs, logs[-2000:]
+    finally:
+        provisioner_sql(stack, "DELETE FROM dispatcher WHERE description = 'bad';")
+    assert farm_rows(stack) == rows
 
 
 # ----- 5. every tier restarted under registration load -----
@@ -449,3 +552,145 @@ def test_registration_storm_is_held_then_every_binding_lands(stack):
         bulk_register(stack, users, 5409, rate=50, expires=0)
         for u, _ in users:
             stack.remove_user(u)
+
+
+# ----- Issue 20: Asterisk's maintenance mode is shown, whoever sets it -----
+# An operator switches maintenance on at a node's console (`pjsip set maintenance on kamailio`,
+# Asterisk 22.10's res_pjsip_maintenance); both instances follow the node's
+# PJSIPMaintenanceStatus events over AMI and show it in their status, the page, `regmirror
+# status` and `regmirror_node_maintenance`, while the node keeps every binding.
+
+def maintenance_node_row(service, node):
+    return next(n for n in status(service)["nodes"] if n["name"] == node)
+
+
+def user_rows(service, user):
+    url = f"{ADMINS[service]}/status/{user}.json"
+    return {b["node"]: b for b in json.loads(urllib.request.urlopen(url, timeout=3).read())["nodes"]}
+
+
+def page(service):
+    return urllib.request.urlopen(f"{ADMINS[service]}/status", timeout=3).read().decode()
+
+
+def shows(node, on):
+    """Both instances show `node` in maintenance (or not), in the JSON and the metric."""
+    def check():
+        return all(
+            maintenance_node_row(s, node)["maintenance"] == on
+            and metric(s, "regmirror_node_maintenance", f'node="{node}"') == (1 if on else 0)
+            for s in ADMINS)
+    return check
+
+
+def test_maintenance_set_at_a_nodes_console_is_shown_and_the_node_keeps_its_bindings(
+        stack, sipp, crowd, new_user, ports):
+    users = crowd
+    caller, port = new_user(), next(ports)
+    assert poll(lambda: converged(stack, users), 60)[0], "not converged before the test"
+    assert poll(shows("ast1", False), 20)[0], "ast1 shown in maintenance before the test"
+    stack.ast("ast1", "pjsip set maintenance on kamailio")
+    try:
+        ok, took = poll(shows("ast1", True), 15)
+        assert ok, [maintenance_node_row(s, "ast1") for s in ADMINS]
+        print(f"maintenance shown by both instances after {took:.1f} s")
+        assert not maintenance_node_row("regmirror", "ast2")["maintenance"]
+        assert "up, maintenance" in page("regmirror")
+        out = stack.regmirror_cli("status", "--admin", ADMINS["regmirror"]).stdout
+        line = next(l for l in out.splitlines() if l.startswith("ast1"))
+        assert "up, maintenance" in line, out
+        # REGISTERs for users still land: the node keeps (and refreshes) every binding.
+        assert converged(stack, users)
+        # New calls: none fails (ast1 answers Kamailio's INVITEs with 503, Kamailio fails over).
+        results = [call_echo(sipp, caller, port)[:2] for _ in range(4)]
+        assert results == [(True, "ast2")] * 4, results
+    finally:
+        stack.ast("ast1", "pjsip set maintenance off kamailio")
+    assert poll(shows("ast1", False), 15)[0], [maintenance_node_row(s, "ast1") for s in ADMINS]
+    assert "maintenance" not in stack.regmirror_cli("status", "--admin", ADMINS["regmirror"]).stdout
+    # Kamailio's probes put ast1 back in rotation (as the test found it).
+    ok, took = poll(lambda: dispatcher_flags(stack)["sip:10.77.0.31:5060"].startswith("A"), 60, 1)
+    assert ok, dispatcher_flags(stack)
+    print(f"ast1 back in Kamailio's rotation {took:.0f} s after maintenance off on its console")
+
+
+def test_a_users_endpoint_in_maintenance_shows_on_that_users_row(stack, new_user):
+    user, _ = new_user()  # provisioned, so the node's realtime endpoint exists
+    stack.ast("ast2", f"pjsip set maintenance on {user}")
+    try:
+        ok, _ = poll(lambda: user_rows("regmirror", user)["ast2"]["maintenance"], 15)
+        assert ok, user_rows("regmirror", user)
+        assert not user_rows("regmirror", user)["ast1"]["maintenance"]
+        # A user's endpoint is not the node's: the node is not in maintenance.
+        assert not maintenance_node_row("regmirror", "ast2")["maintenance"]
+    finally:
+        stack.ast("ast2", f"pjsip set maintenance off {user}")
+    assert poll(lambda: not user_rows("regmirror", user)["ast2"]["maintenance"], 15)[0]
+
+
+def node_cli(stack, *args, db=PROVISIONER_URL):
+    """`regmirror node ...` inside the regmirror container (the nodes' AMI and Kamailio's RPC
+    admit it), writing the farm list as the provisioner (`db=None`: the service's account)."""
+    env = {"REGMIRROR_DATABASE_URL": db} if db else None
+    return stack.exec("regmirror", ["regmirror", "node", *args], env=env, timeout=180)
+
+
+def channels(stack, node):
+    out = stack.ast(node, "core show channels count")
+    m = re.search(r"^(\d+) active channels?", out, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def test_drain_under_a_call_then_resume_with_the_cli(stack, sipp, crowd, new_user, ports):
+    caller = new_user()
+    port = next(ports)
+    # A call in progress on ast1 (the dispatcher alternates: retry until one lands there).
+    for _ in range(4):
+        result = []
+        t = threading.Thread(target=lambda: result.append(call_echo(sipp, caller, port)))
+        t.start()
+        on = poll(lambda: channels(stack, "ast1") > 0 or channels(stack, "ast2") > 0, 5, 0.1)[0]
+        if on and channels(stack, "ast1") > 0:
+            break
+        t.join(timeout=30)
+    else:
+        pytest.fail("no call landed on ast1 in 4 tries")
+    start = time.monotonic()
+    drained = node_cli(stack, "drain", "ast1", "--timeout", "60s")
+    took_drain = time.monotonic() - start
+    t.join(timeout=30)
+    try:
+        assert drained.returncode == 0, drained.stdout + drained.stderr
+        assert "ast1: maintenance on" in drained.stdout, drained.stdout
+        assert "channel(s) in progress, waiting" in drained.stdout, drained.stdout
+        assert "ast1: drained: no calls in progress" in drained.stdout, drained.stdout
+        # The call in progress finished normally, on ast1.
+        ok, node, _ = result[0]
+        assert ok and node == "ast1", result
+        print(f"\ndrain: the call in progress ended normally, drain done {took_drain:.1f} s after "
+              "it began")
+        assert poll(shows("ast1", True), 15)[0], [maintenance_node_row(s, "ast1") for s in ADMINS]
+        # Safe to re-run; the last node out of maintenance is refused.
+        again = node_cli(stack, "drain", "ast1", "--timeout", "10s")
+        assert again.returncode == 0 and "already on" in again.stdout, again.stdout + again.stderr
+        last = node_cli(stack, "drain", "ast2")
+        assert last.returncode == 1 and "no node but `ast2`" in last.stderr, last.stderr
+        assert not maintenance_node_row("regmirror", "ast2")["maintenance"]
+        # New calls: none fails, all on ast2 (ast1 answers Kamailio's INVITE with 503).
+        results = [call_echo(sipp, caller, port)[:2] for _ in range(4)]
+        assert results == [(True, "ast2")] * 4, results
+        # The drained node keeps every binding.
+        assert converged(stack, crowd)
+        listed = node_cli(stack, "list")
+        assert listed.returncode == 0, listed.stderr
+        # Kamailio was told to skip it at once (dispatcher state inactive).
+        assert re.search(r"^ast1\s+\S+\s+inactive \(I\w*\)\s+on\s", listed.stdout, re.M), \
+            listed.stdout
+    finally:
+        resumed = node_cli(stack, "resume", "ast1")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert poll(shows("ast1", False), 15)[0]
+    # Kamailio's dispatcher takes ast1 back after its OPTIONS are answered again.
+    ok, took = poll(lambda: call_echo(sipp, caller, port)[:2] == (True, "ast1"), 90, 1)
+    assert ok, "no call reached ast1 after resume"
+    print(f"ast1 answered calls again {took:.0f} s after resume")

@@ -1,5 +1,15 @@
 use super::*;
 
+/// Mufasa's answer to `ch` for `GET /dir/index.html`, as RFC 2617's example computes it.
+fn rfc2617_answer(ch: &Challenge, secret: &Secret) -> Result<String, DigestError> {
+    let req = RequestInfo {
+        method: "GET",
+        uri: "/dir/index.html",
+        body: b"",
+    };
+    authorization(ch, "Mufasa", secret, req, 1, "0a4f113b")
+}
+
 /// RFC 2617 section 3.5.
 #[test]
 fn rfc2617_example() {
@@ -7,19 +17,7 @@ fn rfc2617_example() {
         r#"Digest realm="testrealm@host.com", qop="auth,auth-int", nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093", opaque="5ccc069c403ebaf9f0171e9517f40e41""#,
     )
     .unwrap();
-    let h = authorization(
-        &ch,
-        "Mufasa",
-        &Secret::Password("Circle Of Life".into()),
-        RequestInfo {
-            method: "GET",
-            uri: "/dir/index.html",
-            body: b"",
-        },
-        1,
-        "0a4f113b",
-    )
-    .unwrap();
+    let h = rfc2617_answer(&ch, &Secret::Password("Circle Of Life".into())).unwrap();
     assert!(
         h.contains(r#"response="6629fae49393a05397450978507c4ef1""#),
         "{h}"
@@ -44,19 +42,7 @@ fn stored_ha1_answers_md5_for_its_realm_only() {
         ha1,
     };
     let ch = Challenge::parse(r#"Digest realm="testrealm@host.com", nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093", qop="auth""#).unwrap();
-    let h = authorization(
-        &ch,
-        "Mufasa",
-        &s,
-        RequestInfo {
-            method: "GET",
-            uri: "/dir/index.html",
-            body: b"",
-        },
-        1,
-        "0a4f113b",
-    )
-    .unwrap();
+    let h = rfc2617_answer(&ch, &s).unwrap();
     assert!(
         h.contains(r#"response="6629fae49393a05397450978507c4ef1""#),
         "{h}"
@@ -83,39 +69,19 @@ fn stored_ha1_answers_md5_for_its_realm_only() {
 #[test]
 fn nonce_count_is_eight_hex_digits() {
     let ch = Challenge::parse(r#"Digest realm="r", nonce="n", qop="auth""#).unwrap();
-    let h = authorization(
-        &ch,
-        "u",
-        &Secret::Password("p".into()),
-        RequestInfo {
+    let secret = Secret::Password("p".into());
+    for (nc, written) in [(10, "nc=0000000a"), (255, "nc=000000ff")] {
+        let req = RequestInfo {
             method: "REGISTER",
             uri: "sip:r",
             body: b"",
-        },
-        10,
-        "c",
-    )
-    .unwrap();
-    assert!(h.contains("nc=0000000a"), "{h}");
-    let h = authorization(
-        &ch,
-        "u",
-        &Secret::Password("p".into()),
-        RequestInfo {
-            method: "REGISTER",
-            uri: "sip:r",
-            body: b"",
-        },
-        255,
-        "c",
-    )
-    .unwrap();
-    assert!(h.contains("nc=000000ff"), "{h}");
-    assert!(Authorization::parse(&h).unwrap().verify(
-        &Secret::Password("p".into()),
-        "REGISTER",
-        b""
-    ));
+        };
+        let h = authorization(&ch, "u", &secret, req, nc, "c").unwrap();
+        assert!(h.contains(written), "{h}");
+        assert!(Authorization::parse(&h)
+            .unwrap()
+            .verify(&secret, "REGISTER", b""));
+    }
 }
 
 /// RFC 7616 section 3.9.1: the same request answered with SHA-256 and with MD5.
@@ -147,7 +113,7 @@ fn rfc7616_sha256_and_md5_examples() {
         );
         assert!(
             h.contains("qop=auth,")
-                && h.contains(r#"opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS""#)
+                & h.contains(r#"opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS""#)
         );
         let parsed = Authorization::parse(&h).unwrap();
         assert_eq!(parsed.algorithm, Algorithm::parse(alg).unwrap());

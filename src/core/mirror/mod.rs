@@ -12,9 +12,9 @@
 //! changed AOR first. `reconcile` takes the complete desired state from Kamailio's `location`;
 //! `audit` compares a node's actual contacts with it and repairs the drift.
 //!
-//! Where each part lives: `aor` (the AOR slab, timers, pending tracking), `transitions` (a
-//! binding's steps: send, digest, final response, backoff), `node` (per-node probes, health,
-//! replay and the send budget), `membership` (nodes added and removed, `reconcile`, `audit`),
+//! Where each part lives: `aor` (the AOR slab, timers, pending tracking), `transitions`
+//! (carrying out the steps of `core::binding`'s state machine: budget, send, digest, events),
+//! `node` (`NodeState` and per-node probes, health, replay, nonces and the send budget), `membership` (nodes added and removed, `reconcile`, `audit`),
 //! `views` (read-only state for status and metrics); this file holds the types and the entry
 //! points.
 
@@ -24,7 +24,7 @@ mod node;
 mod transitions;
 mod views;
 
-use node::{budget, holds, pending_at};
+use node::{holds, pending_at, NodeState};
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
@@ -36,8 +36,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::binding::{
-    backoff, first_refresh_delay, refresh_delay, AuthNext, AuthSent, Binding, NodeNonce, Op, Phase,
-    Txn, NODE_REALMS,
+    AuthNext, AuthSent, Binding, Final, NodeNonce, Op, Phase, Policy, Step, Txn, TxnTimer,
+    NODE_REALMS,
 };
 pub use super::binding::{BindingState, LastResult};
 use super::digest::{self, Challenge, RequestInfo, Secret};
@@ -45,7 +45,7 @@ pub use super::farm::FarmConfig;
 use super::farm::{Health, HealthAction, Pacer, Probe, StormGate};
 use super::response::ResponseInfo;
 use super::sip::valid_user_part;
-use super::transaction::{branch, parse_branch, Id, NonInviteClient, TimerAction, Timers};
+use super::transaction::{branch, parse_branch, Id, NonInviteClient, Timers};
 
 pub type NodeId = u16;
 
@@ -148,6 +148,8 @@ pub enum Event {
         node: NodeId,
         state: BindingState,
         reason: String,
+        /// Failed attempts in a row so far (0 after a success).
+        failures: u16,
     },
     /// The node rejected the credential: refetch it and call `set_credential`.
     CredentialRejected { aor: Arc<str>, node: NodeId },
@@ -167,6 +169,24 @@ pub enum Event {
         round_trip: Duration,
         code: u16,
     },
+}
+
+impl Event {
+    /// A failing binding starting again, or failing again, after its first failure was told: a
+    /// node's `Retry-After` (300 s for a user's endpoint in maintenance) or a backoff would
+    /// otherwise say the same thing twice per retry for as long as it lasts.
+    pub fn is_retry_of_a_failure(&self) -> bool {
+        match self {
+            Event::BindingChanged {
+                state, failures, ..
+            } => match state {
+                BindingState::Failed => *failures > 1,
+                BindingState::Registering | BindingState::Unregistering => *failures > 0,
+                BindingState::Registered => false,
+            },
+            _ => false,
+        }
+    }
 }
 
 /// Drift found (and repaired) by one `audit` of a node.
@@ -306,11 +326,6 @@ struct Counters {
     refreshes_deferred: u64,
 }
 
-/// Immediate re-sends (challenges, 423) allowed in one attempt before it counts as failed.
-const MAX_ROUNDS: u8 = 4;
-/// The longest `Retry-After` honoured (seconds): RFC 5626's longest backoff.
-const MAX_RETRY_AFTER_S: u32 = 1800;
-
 /// Refresh this long before the granted expiry, beyond Timer F.
 const REFRESH_SLACK: Duration = Duration::from_secs(4);
 /// Output queues drained to empty give back capacity beyond this.
@@ -345,74 +360,6 @@ struct Aor {
 impl Aor {
     fn is_live(&self, now: Instant) -> bool {
         !self.removed && self.live_until.is_some_and(|t| t > now)
-    }
-}
-
-#[derive(Debug)]
-struct NodeState {
-    node: Node,
-    /// Stable across `add_node`/`remove_node` (Call-IDs use it, not the index).
-    uid: u32,
-    inflight: usize,
-    /// Congestion window (`farm.latency_target`): operations allowed in flight.
-    window: f64,
-    /// No second cut of the window before this (one per target interval).
-    cut_until: Option<Instant>,
-    /// Fastest answer of the previous and of the current base period: the node's unloaded
-    /// round trip, so a distant node is not mistaken for a congested one.
-    base_prev: Option<Duration>,
-    base_cur: Option<Duration>,
-    base_period_end: Option<Instant>,
-    waiting: VecDeque<u32>,
-    /// Refreshes of bindings the node holds, started before anything in `waiting`: they have a
-    /// deadline (the node's expiry), so a storm of new registrations queued behind the send
-    /// budget or `max_register_rate` must not let existing contacts lapse.
-    refreshes: VecDeque<u32>,
-    /// Paced queue: replays after the node comes up or is added, reconciliation additions.
-    replay: VecDeque<u32>,
-    pacer: Pacer,
-    /// `farm.max_register_rate`: every operation start, replays included.
-    rate: Pacer,
-    health: Health,
-    /// Latest challenge per realm, answered by every binding on the node (`Binding::realm`).
-    nonces: Vec<NodeNonce>,
-    challenges: u64,
-    preemptive: u64,
-    preemptive_challenged: u64,
-    /// Bindings desired on the node, and how many of them are pending (`Coverage`).
-    desired: usize,
-    pending: usize,
-    /// `(pending since, AOR slot)` of the node's pending bindings, oldest on top. An entry whose
-    /// binding no longer has that `pending_since` is stale; none is left on top (`unpend`), so
-    /// the top is the lag. Slots, not binding indices: they survive `relayout`.
-    lag: BinaryHeap<Reverse<(Instant, u32)>>,
-}
-
-impl NodeState {
-    fn new(node: Node, uid: u32) -> Self {
-        NodeState {
-            node,
-            uid,
-            inflight: 0,
-            window: f64::MAX,
-            cut_until: None,
-            base_prev: None,
-            base_cur: None,
-            base_period_end: None,
-            waiting: VecDeque::new(),
-            refreshes: VecDeque::new(),
-            replay: VecDeque::new(),
-            pacer: Pacer::default(),
-            rate: Pacer::default(),
-            health: Health::new(),
-            nonces: Vec::new(),
-            challenges: 0,
-            preemptive: 0,
-            preemptive_challenged: 0,
-            desired: 0,
-            pending: 0,
-            lag: BinaryHeap::new(),
-        }
     }
 }
 
@@ -758,7 +705,7 @@ impl Mirror {
         for ns in &self.nodes {
             // With the send budget full the next slot waits for an answer, not the clock: a
             // past slot time here would wake the driver in a loop (found by the replay bench).
-            let can_send = ns.health.up && ns.inflight < budget(&self.cfg, ns);
+            let can_send = ns.health.up && ns.inflight < ns.budget(&self.cfg);
             let rate = ns.rate.next_at.filter(|_| limited);
             let replay = (can_send && !held && !ns.replay.is_empty())
                 .then(|| ns.pacer.next_at.max(rate))

@@ -2,7 +2,127 @@
 //! queue), the send budget and its congestion window.
 
 use super::*;
+use crate::core::congestion::Window;
 use crate::core::sip::OptionsRequest;
+
+#[derive(Debug)]
+pub(super) struct NodeState {
+    pub(super) node: Node,
+    /// Stable across `add_node`/`remove_node` (Call-IDs use it, not the index).
+    pub(super) uid: u32,
+    pub(super) inflight: usize,
+    /// Congestion window (`farm.latency_target`).
+    pub(super) window: Window,
+    pub(super) waiting: VecDeque<u32>,
+    /// Refreshes of bindings the node holds, started before anything in `waiting`: they have a
+    /// deadline (the node's expiry), so a storm of new registrations queued behind the send
+    /// budget or `max_register_rate` must not let existing contacts lapse.
+    pub(super) refreshes: VecDeque<u32>,
+    /// Paced queue: replays after the node comes up or is added, reconciliation additions.
+    pub(super) replay: VecDeque<u32>,
+    pub(super) pacer: Pacer,
+    /// `farm.max_register_rate`: every operation start, replays included.
+    pub(super) rate: Pacer,
+    pub(super) health: Health,
+    /// Latest challenge per realm, answered by every binding on the node (`Binding::realm`).
+    pub(super) nonces: Vec<NodeNonce>,
+    pub(super) challenges: u64,
+    pub(super) preemptive: u64,
+    pub(super) preemptive_challenged: u64,
+    /// Bindings desired on the node, and how many of them are pending (`Coverage`).
+    pub(super) desired: usize,
+    pub(super) pending: usize,
+    /// `(pending since, AOR slot)` of the node's pending bindings, oldest on top. An entry whose
+    /// binding no longer has that `pending_since` is stale; none is left on top (`unpend`), so
+    /// the top is the lag. Slots, not binding indices: they survive `relayout`.
+    pub(super) lag: BinaryHeap<Reverse<(Instant, u32)>>,
+}
+
+impl NodeState {
+    pub(super) fn new(node: Node, uid: u32) -> Self {
+        NodeState {
+            node,
+            uid,
+            inflight: 0,
+            window: Window::default(),
+            waiting: VecDeque::new(),
+            refreshes: VecDeque::new(),
+            replay: VecDeque::new(),
+            pacer: Pacer::default(),
+            rate: Pacer::default(),
+            health: Health::new(),
+            nonces: Vec::new(),
+            challenges: 0,
+            preemptive: 0,
+            preemptive_challenged: 0,
+            desired: 0,
+            pending: 0,
+            lag: BinaryHeap::new(),
+        }
+    }
+
+    /// Operations the node may have in flight now: the fixed budget, or the congestion window.
+    pub(super) fn budget(&self, cfg: &MirrorConfig) -> usize {
+        self.window
+            .budget(cfg.max_inflight_per_node, cfg.farm.latency_target)
+    }
+
+    /// Makes the challenges of `chosen`'s realm the node's latest nonce for that realm; returns
+    /// its `Binding::realm` number.
+    pub(super) fn remember_nonce(
+        &mut self,
+        now: Instant,
+        challenges: &[Challenge],
+        chosen: &Challenge,
+        proxy: bool,
+    ) -> u8 {
+        let entry = NodeNonce {
+            challenges: challenges
+                .iter()
+                .filter(|c| c.realm == chosen.realm)
+                .cloned()
+                .collect(),
+            proxy,
+            received: now,
+            nc: 0,
+        };
+        let nonces = &mut self.nonces;
+        let i = match nonces
+            .iter()
+            .position(|e| e.proxy == proxy && e.realm() == chosen.realm)
+        {
+            Some(i) => i,
+            None if nonces.len() < NODE_REALMS => {
+                nonces.push(entry);
+                return nonces.len() as u8;
+            }
+            // Full: replace the oldest (bindings pointing at it guess wrong once, then relearn).
+            None => (0..nonces.len())
+                .min_by_key(|&i| nonces[i].received)
+                .unwrap_or(0),
+        };
+        nonces[i] = entry;
+        i as u8 + 1
+    }
+
+    /// Which of a node's nonces a binding answers: the realm that challenged it last; else, for a
+    /// stored HA1, its realm; else the newest. A wrong guess costs one challenge, then it is learnt.
+    pub(super) fn pick_nonce(&self, known: u8, secret: &Secret) -> Option<usize> {
+        let nonces = &self.nonces;
+        let fits = |e: &NodeNonce| match secret {
+            Secret::Ha1Md5 { realm, .. } => e.realm() == realm,
+            Secret::Password(_) => true,
+        };
+        let known = usize::from(known)
+            .checked_sub(1)
+            .filter(|&i| nonces.get(i).is_some_and(fits));
+        known.or_else(|| {
+            (0..nonces.len())
+                .filter(|&i| fits(&nonces[i]))
+                .max_by_key(|&i| nonces[i].received)
+        })
+    }
+}
 
 impl Mirror {
     /// Schedules the first probes once a time is known.
@@ -160,11 +280,7 @@ impl Mirror {
         ns.refreshes.clear();
         ns.replay.clear();
         ns.pacer = Pacer::default();
-        ns.window = f64::MAX;
-        ns.cut_until = None;
-        ns.base_prev = None;
-        ns.base_cur = None;
-        ns.base_period_end = None;
+        ns.window = Window::default();
     }
 
     /// Queues every binding of `node` for a paced replay, newest changed AOR first: registers
@@ -220,7 +336,7 @@ impl Mirror {
         }
         loop {
             let ns = &mut self.nodes[node];
-            if !ns.health.up || ns.inflight >= budget(&self.cfg, ns) {
+            if !ns.health.up || ns.inflight >= ns.budget(&self.cfg) {
                 return;
             }
             let Some(&idx) = ns.replay.front() else {
@@ -248,9 +364,7 @@ impl Mirror {
         let node = idx % self.nodes.len();
         self.nodes[node].inflight += 1;
         let before = self.bindings[idx].state();
-        let b = &mut self.bindings[idx];
-        b.phase = Phase::InFlight;
-        b.rounds = 0;
+        self.bindings[idx].launch();
         self.send_request(now, idx);
         self.emit_change(idx, before, None);
         self.schedule(idx);
@@ -258,33 +372,8 @@ impl Mirror {
 
     /// Adjusts the node's window from one answer's round trip (`None` = no answer at all).
     pub(super) fn congestion_feedback(&mut self, now: Instant, node: usize, rtt: Option<Duration>) {
-        let target = self.cfg.farm.latency_target;
-        if target.is_zero() {
-            return;
-        }
-        let max = self.cfg.max_inflight_per_node.max(1) as f64;
-        let ns = &mut self.nodes[node];
-        ns.window = ns.window.min(max);
-        if ns.base_period_end.is_none_or(|t| now >= t) {
-            ns.base_prev = ns.base_cur.take();
-            ns.base_period_end = Some(now + BASE_PERIOD);
-        }
-        if let Some(r) = rtt {
-            ns.base_cur = Some(ns.base_cur.map_or(r, |b| b.min(r)));
-        }
-        let base = match (ns.base_prev, ns.base_cur) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b).unwrap_or_default(),
-        };
-        // Congested: answers slower than the unloaded round trip by more than the target.
-        if rtt.is_none_or(|r| r > base + target) {
-            if ns.cut_until.is_none_or(|t| now >= t) {
-                ns.window = (ns.window * 0.7).max(MIN_WINDOW);
-                ns.cut_until = Some(now + target);
-            }
-        } else {
-            ns.window = (ns.window + 1.0 / ns.window).min(max);
-        }
+        let (target, max) = (self.cfg.farm.latency_target, self.cfg.max_inflight_per_node);
+        self.nodes[node].window.feedback(now, rtt, target, max);
     }
 
     /// A REGISTER got no answer for Timer F: with probing on, a node silent that long is down.
@@ -304,13 +393,6 @@ impl Mirror {
         }
     }
 }
-
-/// The user part of an AOR (`user`, `user@domain`, `sip:user@domain`), if it is a valid one.
-/// The congestion window never closes below this many operations in flight per node.
-pub(super) const MIN_WINDOW: f64 = 4.0;
-
-/// How long a node's fastest answer counts as its unloaded round trip (two periods kept).
-pub(super) const BASE_PERIOD: Duration = Duration::from_secs(10);
 
 /// Whether the node holds the binding's registration, as far as the mirror knows: it confirmed
 /// it, is up, and no failure or unregister happened since (a refresh may be queued or in flight).
@@ -333,13 +415,4 @@ pub(super) fn pending_at(
     bindings
         .get(slot as usize * nodes + node)
         .is_some_and(|b| b.pending_since == Some(since))
-}
-
-/// Operations a node may have in flight now: the fixed budget, or the congestion window.
-pub(super) fn budget(cfg: &MirrorConfig, ns: &NodeState) -> usize {
-    if cfg.farm.latency_target.is_zero() {
-        cfg.max_inflight_per_node
-    } else {
-        (ns.window.min(cfg.max_inflight_per_node as f64) as usize).max(MIN_WINDOW as usize)
-    }
 }

@@ -1,5 +1,6 @@
-//! A binding's transitions: start, send (with digest and the node's nonce), final response,
-//! failure and backoff, timers, and the events they emit.
+//! Carries out what a binding's state machine (`core::binding`) decides: starts through the
+//! node's send budget and queues, the REGISTER with the digest answer from the node's nonce,
+//! the budget given back when a transaction ends, and the events operators see.
 
 use super::*;
 use crate::core::sip::RegisterRequest;
@@ -13,15 +14,7 @@ impl Mirror {
             return;
         }
         let node = idx % n;
-        let b = &mut self.bindings[idx];
-        if b.phase == Phase::InFlight || b.phase == Phase::Queued {
-            return;
-        }
-        b.op = op;
-        b.failures = 0;
-        b.action_at = None;
-        b.phase = Phase::Queued;
-        if self.nodes[node].health.up {
+        if self.bindings[idx].enqueue(op) && self.nodes[node].health.up {
             self.nodes[node].replay.push_back(idx as u32);
             self.pump_replay(now, node);
         }
@@ -31,44 +24,46 @@ impl Mirror {
     pub(super) fn drive(&mut self, now: Instant, idx: usize) {
         let want = self.wants_registration(now, idx);
         let before = self.bindings[idx].state();
-        let b = &mut self.bindings[idx];
-        match b.phase {
-            Phase::InFlight => {} // decided when the transaction ends
-            Phase::Queued => {
-                if want {
-                    if b.op != Op::Register {
-                        b.op = Op::Register;
-                        b.failures = 0;
-                    }
-                } else if b.server_bound {
-                    if b.op != Op::Unregister {
-                        b.op = Op::Unregister;
-                        b.failures = 0;
-                    }
-                } else {
-                    self.remove_binding(idx);
-                }
-            }
-            Phase::Absent => {
-                if want {
-                    self.begin(now, idx, Op::Register);
-                }
-            }
-            Phase::Registered => {
-                if !want {
-                    self.start_op(now, idx, Op::Unregister);
-                }
-            }
-            Phase::Backoff => match (want, b.op) {
-                (true, Op::Unregister) => self.start_op(now, idx, Op::Register),
-                (false, Op::Register) if b.server_bound => self.start_op(now, idx, Op::Unregister),
-                (false, Op::Register) => self.remove_binding(idx),
-                _ => {} // keep backing off
-            },
-        }
+        let step = self.bindings[idx].on_want(want);
+        self.apply(now, idx, step);
         self.emit_change(idx, before, None);
         self.schedule(idx);
         self.track(now, idx);
+    }
+
+    /// Carries out a binding's step.
+    pub(super) fn apply(&mut self, now: Instant, idx: usize, step: Step) {
+        match step {
+            Step::Wait => {}
+            Step::Begin => self.begin(now, idx, Op::Register),
+            Step::Start(op) => self.start_op(now, idx, op),
+            Step::Retry => self.retry_now(now, idx),
+            Step::Resend => self.send_request(now, idx),
+            Step::Deferred => self.counters.refreshes_deferred += 1,
+            Step::Remove => self.remove_binding(idx),
+        }
+    }
+
+    /// The binding's transaction is over: its send budget goes to the next waiting binding,
+    /// then the binding takes its step.
+    pub(super) fn conclude(&mut self, now: Instant, idx: usize, step: Step) {
+        self.finish_op(now, idx);
+        self.apply(now, idx, step);
+    }
+
+    /// The settings the bindings' transitions read.
+    pub(super) fn policy(&self) -> Policy {
+        Policy {
+            retry_base: self.cfg.retry_base,
+            retry_max: self.cfg.retry_max,
+            unregister_attempts: self.cfg.unregister_attempts,
+            refresh_margin: self.timers.timer_f + REFRESH_SLACK,
+            storm_hold: if self.storm_gated() {
+                self.cfg.farm.storm_hold
+            } else {
+                Duration::ZERO
+            },
+        }
     }
 
     /// A binding backing off tries its operation again (counted as a retry).
@@ -85,15 +80,7 @@ impl Mirror {
         let node = idx % self.nodes.len();
         let storm = self.storm_holding(now);
         let b = &mut self.bindings[idx];
-        if b.phase == Phase::InFlight {
-            return; // decided when the transaction ends
-        }
-        if b.op != op {
-            b.failures = 0;
-        }
-        b.op = op;
-        b.action_at = None;
-        if b.phase == Phase::Queued {
+        if !b.retarget(op) {
             return;
         }
         let ns = &mut self.nodes[node];
@@ -105,14 +92,13 @@ impl Mirror {
         let refresh = b.confirmed && op == Op::Register;
         let held = !refresh && storm;
         if !held
-            && ns.inflight < budget(&self.cfg, ns)
+            && ns.inflight < ns.budget(&self.cfg)
             && ns
                 .rate
                 .take(now, self.cfg.farm.max_register_rate, &mut self.rng)
         {
             ns.inflight += 1;
-            b.phase = Phase::InFlight;
-            b.rounds = 0;
+            b.launch();
             self.send_request(now, idx);
         } else {
             let queue = if refresh {
@@ -139,7 +125,7 @@ impl Mirror {
         let held = self.storm_holding(now);
         loop {
             let ns = &mut self.nodes[node];
-            if !ns.health.up || ns.inflight >= budget(&self.cfg, ns) {
+            if !ns.health.up || ns.inflight >= ns.budget(&self.cfg) {
                 return;
             }
             let queue = if ns.refreshes.is_empty() {
@@ -181,11 +167,7 @@ impl Mirror {
             return;
         };
         let b = &mut self.bindings[idx];
-        b.cseq = b.cseq.wrapping_add(1);
-        let expires = match b.op {
-            Op::Register => self.cfg.register_expires.max(b.min_expires),
-            Op::Unregister => 0,
-        };
+        let (cseq, expires) = b.next_request(self.cfg.register_expires);
         let id = self.next_txn;
         self.next_txn = self.next_txn.wrapping_add(1);
         let br = branch(self.prefix, idx as u32, id);
@@ -202,7 +184,7 @@ impl Mirror {
             branch: br.as_str(),
             call_id: call_id.as_str(),
             from_tag: tag.as_str(),
-            cseq: b.cseq,
+            cseq,
             expires,
             authorization: auth_value.as_deref().map(|v| (proxy, v)),
             user_agent: &self.cfg.user_agent,
@@ -215,7 +197,7 @@ impl Mirror {
         });
         b.txn = Some(Box::new(Txn {
             id,
-            cseq: b.cseq,
+            cseq,
             expires,
             auth,
             timers: NonInviteClient::new(now, &self.timers, tcp),
@@ -258,33 +240,18 @@ impl Mirror {
     }
 
     pub(super) fn on_final(&mut self, now: Instant, idx: usize, txn: Txn, info: &ResponseInfo<'_>) {
-        let code = info.code;
-        match code {
-            200..=299 => self.on_success(now, idx, &txn, info),
-            401 | 407 => self.on_challenge(now, idx, &txn, info, code == 407),
-            423 if txn.expires > 0 => {
-                let b = &mut self.bindings[idx];
-                match info.min_expires {
-                    Some(m) if m > txn.expires && b.rounds < MAX_ROUNDS => {
-                        b.min_expires = m;
-                        b.rounds += 1;
-                        self.send_request(now, idx);
-                    }
-                    _ => self.on_failure(now, idx, LastResult::Status(code), None),
-                }
-            }
-            // Nothing bound there: an unregister has nothing left to remove.
-            404 if txn.expires == 0 => self.on_success(now, idx, &txn, info),
-            503 => {
-                let wait = info.retry_after.map(|s| {
-                    // Capped: a node (or a forged answer) must not park a binding for years.
-                    let d = Duration::from_secs(u64::from(s.min(MAX_RETRY_AFTER_S)));
-                    // A little jitter so a node's shared Retry-After does not synchronise everyone.
-                    d + d.mul_f64(self.rng.gen_range(0.0..0.1))
-                });
-                self.on_failure(now, idx, LastResult::Status(code), wait)
-            }
-            _ => self.on_failure(now, idx, LastResult::Status(code), None),
+        let outcome = self.bindings[idx].on_final(
+            &txn,
+            info.code,
+            info.min_expires,
+            info.retry_after,
+            &mut self.rng,
+        );
+        match outcome {
+            Final::Success => self.on_success(now, idx, &txn, info),
+            Final::Challenge { proxy } => self.on_challenge(now, idx, &txn, info, proxy),
+            Final::Resend => self.send_request(now, idx),
+            Final::Failed(why, wait) => self.on_failure(now, idx, why, wait),
         }
     }
 
@@ -301,57 +268,12 @@ impl Mirror {
             Some(user) => info.granted_expires(user, &self.cfg.contact_host),
             None => None,
         };
-        let margin = self.timers.timer_f + REFRESH_SLACK;
-        // With a storm hold, refresh that much earlier so a refresh due in a hold can wait.
-        let hold = if self.storm_gated() {
-            self.cfg.farm.storm_hold
-        } else {
-            Duration::ZERO
-        };
-        let b = &mut self.bindings[idx];
-        b.last = LastResult::Status(info.code);
-        b.failures = 0;
-        if txn.expires > 0 {
-            // Never longer than asked: a longer grant would push the refresh past what the
-            // node will keep if it (or a forged answer) overstates it.
-            let g = granted
-                .filter(|&g| g > 0)
-                .unwrap_or(txn.expires)
-                .min(txn.expires);
-            // The node has it: no longer pending (`Coverage`).
-            self.unpend(idx);
-            let b = &mut self.bindings[idx];
-            let landed = !b.confirmed;
-            b.granted = g;
-            b.confirmed = true;
-            b.server_bound = true;
-            b.phase = Phase::Registered;
-            let delay = if landed {
-                first_refresh_delay(&mut self.rng, g, margin + hold)
-            } else {
-                refresh_delay(&mut self.rng, g, margin + hold)
-            };
-            let left = Duration::from_secs(u64::from(g)).saturating_sub(delay);
-            let slack = left.saturating_sub(margin).min(hold).as_secs();
-            b.refresh_slack = u16::try_from(slack).unwrap_or(u16::MAX);
-            b.action_at = Some(now + delay);
-            self.finish_op(now, idx);
-            if !want {
-                // The AOR died while this REGISTER was in flight.
-                self.start_op(now, idx, Op::Unregister);
-            }
-        } else {
-            b.server_bound = false;
-            b.confirmed = false;
-            b.granted = 0;
-            b.phase = Phase::Backoff; // transient: not InFlight, so start_op/remove apply
-            self.finish_op(now, idx);
-            if want {
-                self.start_op(now, idx, Op::Register);
-            } else {
-                self.remove_binding(idx);
-            }
+        let policy = self.policy();
+        let step = self.bindings[idx].on_success(now, txn, granted, want, &policy, &mut self.rng);
+        if self.bindings[idx].phase == Phase::Registered {
+            self.unpend(idx); // the node has it: no longer pending (`Coverage`)
         }
+        self.conclude(now, idx, step);
     }
 
     pub(super) fn on_challenge(
@@ -388,69 +310,25 @@ impl Mirror {
             return;
         };
         let stale = chosen.stale;
-        let realm = self.remember_nonce(now, idx % n, &challenges, chosen, proxy);
-        let b = &mut self.bindings[idx];
-        b.realm = realm;
-        b.auth_next = AuthNext::Fresh;
+        let realm = self.nodes[idx % n].remember_nonce(now, &challenges, chosen, proxy);
         // Signed with a credential replaced since (a refetch answered meanwhile): not a
         // rejection of the current one.
         let outdated = (self.aors[slot].cred_from_txn.wrapping_sub(txn.id) as i32) > 0;
-        if !stale && txn.auth == AuthSent::Fresh && !outdated {
-            self.counters.credential_rejected += 1;
-            if let Some(name) = self.aors[slot].name.clone() {
-                self.events.push_back(Event::CredentialRejected {
-                    aor: name,
-                    node: (idx % n) as NodeId,
-                });
+        match self.bindings[idx].on_challenge(txn, stale, outdated, realm) {
+            Ok(step) => self.apply(now, idx, step),
+            Err(why) => {
+                if why == LastResult::CredentialRejected {
+                    self.counters.credential_rejected += 1;
+                    if let Some(name) = self.aors[slot].name.clone() {
+                        self.events.push_back(Event::CredentialRejected {
+                            aor: name,
+                            node: (idx % n) as NodeId,
+                        });
+                    }
+                }
+                self.on_failure(now, idx, why, None);
             }
-            self.on_failure(now, idx, LastResult::CredentialRejected, None);
-            return;
         }
-        if b.rounds >= MAX_ROUNDS {
-            self.on_failure(now, idx, LastResult::TooManyRoundTrips, None);
-            return;
-        }
-        b.rounds += 1;
-        self.send_request(now, idx);
-    }
-
-    /// Makes the challenges of `chosen`'s realm the node's latest nonce for that realm; returns
-    /// its `Binding::realm` number.
-    pub(super) fn remember_nonce(
-        &mut self,
-        now: Instant,
-        node: usize,
-        challenges: &[Challenge],
-        chosen: &Challenge,
-        proxy: bool,
-    ) -> u8 {
-        let entry = NodeNonce {
-            challenges: challenges
-                .iter()
-                .filter(|c| c.realm == chosen.realm)
-                .cloned()
-                .collect(),
-            proxy,
-            received: now,
-            nc: 0,
-        };
-        let nonces = &mut self.nodes[node].nonces;
-        let i = match nonces
-            .iter()
-            .position(|e| e.proxy == proxy && e.realm() == chosen.realm)
-        {
-            Some(i) => i,
-            None if nonces.len() < NODE_REALMS => {
-                nonces.push(entry);
-                return nonces.len() as u8;
-            }
-            // Full: replace the oldest (bindings pointing at it guess wrong once, then relearn).
-            None => (0..nonces.len())
-                .min_by_key(|&i| nonces[i].received)
-                .unwrap_or(0),
-        };
-        nonces[i] = entry;
-        i as u8 + 1
     }
 
     /// The digest answer for the binding's next request, from its node's latest nonce of its
@@ -474,7 +352,7 @@ impl Mirror {
             return none;
         };
         let ns = &mut self.nodes[idx % n];
-        let Some(i) = pick_nonce(&ns.nonces, b.realm, &cred.secret) else {
+        let Some(i) = ns.pick_nonce(b.realm, &cred.secret) else {
             return none;
         };
         let entry = &mut ns.nonces[i];
@@ -511,7 +389,7 @@ impl Mirror {
         (kind, Some(v), entry.proxy)
     }
 
-    /// The attempt failed: back off (or give up an unregister after enough tries).
+    /// The attempt failed: back off (or give an unregister up after enough tries).
     pub(super) fn on_failure(
         &mut self,
         now: Instant,
@@ -520,39 +398,9 @@ impl Mirror {
         wait: Option<Duration>,
     ) {
         let want = self.wants_registration(now, idx);
-        let b = &mut self.bindings[idx];
-        b.last = why;
-        b.confirmed = false;
-        b.failures = b.failures.saturating_add(1);
-        if b.op == Op::Register && why == LastResult::Timeout {
-            b.server_bound = true; // it may have arrived
-        }
-        b.phase = Phase::Backoff;
-        let op = b.op;
-        let failures = b.failures;
-        self.finish_op(now, idx);
-        match op {
-            Op::Unregister if want => self.start_op(now, idx, Op::Register),
-            Op::Unregister if failures >= self.cfg.unregister_attempts => self.remove_binding(idx),
-            Op::Register if !want => {
-                if self.bindings[idx].server_bound {
-                    self.start_op(now, idx, Op::Unregister)
-                } else {
-                    self.remove_binding(idx)
-                }
-            }
-            _ => {
-                let d = wait.unwrap_or_else(|| {
-                    backoff(
-                        &mut self.rng,
-                        self.cfg.retry_base,
-                        self.cfg.retry_max,
-                        failures,
-                    )
-                });
-                self.bindings[idx].action_at = Some(now + d);
-            }
-        }
+        let policy = self.policy();
+        let step = self.bindings[idx].on_failure(now, why, wait, want, &policy, &mut self.rng);
+        self.conclude(now, idx, step);
     }
 
     pub(super) fn remove_binding(&mut self, idx: usize) {
@@ -572,64 +420,41 @@ impl Mirror {
 
     /// A binding timer fired.
     pub(super) fn fire(&mut self, now: Instant, idx: usize) {
+        let node = idx % self.nodes.len();
         let before = self.bindings[idx].state();
-        if let Some(t) = self.bindings[idx].txn.as_mut() {
-            if now >= t.timers.deadline() {
-                match t.timers.on_timer(now, &self.timers) {
-                    TimerAction::Retransmit => {
-                        let node = &self.nodes[idx % self.nodes.len()].node;
-                        self.transmits.push_back(Transmit {
-                            dest: node.addr,
-                            transport: node.transport,
-                            payload: t.payload.clone(),
-                        });
-                        self.counters.retransmits += 1;
-                    }
-                    TimerAction::Timeout => {
-                        if let Some(t) = self.bindings[idx].txn.take() {
-                            self.forget_relocated(t.id);
-                        }
-                        self.counters.timeouts += 1;
-                        self.congestion_feedback(now, idx % self.nodes.len(), None);
-                        self.on_failure(now, idx, LastResult::Timeout, None);
-                        self.register_timed_out(now, idx % self.nodes.len());
-                    }
-                    TimerAction::None => {}
+        match self.bindings[idx].on_txn_timer(now, &self.timers) {
+            TxnTimer::Quiet => {}
+            TxnTimer::Retransmit => {
+                if let Some(t) = &self.bindings[idx].txn {
+                    let node = &self.nodes[node].node;
+                    self.transmits.push_back(Transmit {
+                        dest: node.addr,
+                        transport: node.transport,
+                        payload: t.payload.clone(),
+                    });
+                    self.counters.retransmits += 1;
                 }
             }
-        }
-        let deferred = self.refresh_deferral(now, idx);
-        let b = &mut self.bindings[idx];
-        if b.txn.is_none() && b.action_at.is_some_and(|t| t <= now) {
-            b.action_at = None;
-            match b.phase {
-                Phase::Registered if deferred.is_some() => {
-                    b.action_at = deferred;
-                    b.refresh_slack = 0;
-                    self.counters.refreshes_deferred += 1;
-                }
-                Phase::Registered => self.start_op(now, idx, Op::Register),
-                Phase::Backoff => self.retry_now(now, idx),
-                _ => {}
+            TxnTimer::TimedOut(t) => {
+                self.forget_relocated(t.id);
+                self.counters.timeouts += 1;
+                self.congestion_feedback(now, node, None);
+                self.on_failure(now, idx, LastResult::Timeout, None);
+                self.register_timed_out(now, node);
             }
         }
+        let hold_end = if self.storm_holding(now) {
+            self.storm.hold_end(self.cfg.farm.storm_hold)
+        } else {
+            None
+        };
+        let deferred = self.bindings[idx].refresh_deferral(now, hold_end);
+        let step = self.bindings[idx].on_due(now, deferred);
+        self.apply(now, idx, step);
         self.emit_change(idx, before, None);
         self.track(now, idx);
         let slot = (idx / self.nodes.len()) as u32;
         self.maybe_free_aor(now, slot);
-    }
-
-    /// Where a refresh falling due in a storm hold waits: the hold's latest end, or as long as
-    /// the binding's slack allows (None: refresh now).
-    pub(super) fn refresh_deferral(&self, now: Instant, idx: usize) -> Option<Instant> {
-        let b = &self.bindings[idx];
-        if b.refresh_slack == 0 || b.phase != Phase::Registered || !self.storm_holding(now) {
-            return None;
-        }
-        let due = b.action_at?;
-        let latest = due + Duration::from_secs(u64::from(b.refresh_slack));
-        let until = self.storm.hold_end(self.cfg.farm.storm_hold)?.min(latest);
-        (until > now).then_some(until)
     }
 
     /// Pushes a timer-queue entry when the binding's deadline moved.
@@ -688,6 +513,7 @@ impl Mirror {
             node: (idx % n) as NodeId,
             state,
             reason,
+            failures: b.failures,
         });
     }
 }
@@ -715,21 +541,4 @@ fn from_tag(prefix: u32, slot: usize, node_uid: u32, gen: u32) -> Id {
         .push("g")
         .hex(gen.into(), 0);
     id
-}
-
-/// Which of a node's nonces a binding answers: the realm that challenged it last; else, for a
-/// stored HA1, its realm; else the newest. A wrong guess costs one challenge, then it is learnt.
-fn pick_nonce(nonces: &[NodeNonce], known: u8, secret: &Secret) -> Option<usize> {
-    let fits = |e: &NodeNonce| match secret {
-        Secret::Ha1Md5 { realm, .. } => e.realm() == realm,
-        Secret::Password(_) => true,
-    };
-    let known = usize::from(known)
-        .checked_sub(1)
-        .filter(|&i| nonces.get(i).is_some_and(fits));
-    known.or_else(|| {
-        (0..nonces.len())
-            .filter(|&i| fits(&nonces[i]))
-            .max_by_key(|&i| nonces[i].received)
-    })
 }

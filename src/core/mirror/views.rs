@@ -110,7 +110,7 @@ impl Mirror {
             since: ns.health.since,
             replay_pending: ns.replay.len(),
             inflight: ns.inflight,
-            window: budget(&self.cfg, ns),
+            window: ns.budget(&self.cfg),
             challenges: ns.challenges,
             preemptive: ns.preemptive,
             preemptive_challenged: ns.preemptive_challenged,

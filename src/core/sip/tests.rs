@@ -291,3 +291,50 @@ fn tag_detection() {
     assert!(!has_tag("\"tag=x\" <sip:a@b>"));
     assert!(!has_tag("<sip:a@b>;tagx=1"));
 }
+
+#[test]
+fn register_bytes_match_the_formatted_reference() {
+    for (tcp, expires, cseq, auth) in [
+        (false, 600, 1, None),
+        (
+            true,
+            0,
+            4_294_967_295,
+            Some((false, "Digest username=\"u\"")),
+        ),
+        (false, 3600, 10, Some((true, "Digest x=1"))),
+    ] {
+        let r = RegisterRequest {
+            domain: "regmirror.test",
+            user: "1001",
+            contact_host: "10.77.0.20:5060",
+            local_addr: "[::1]:5070".parse().unwrap(),
+            tcp,
+            branch: "z9hG4bKdeadbeef0000000100000002",
+            call_id: "deadbeef-1-0-0",
+            from_tag: "deadbeef1n0g0",
+            cseq,
+            expires,
+            authorization: auth,
+            user_agent: "regmirror/0.1.0",
+        };
+        let mut want = format!(
+            "REGISTER sip:regmirror.test SIP/2.0\r\nVia: SIP/2.0/{} [::1]:5070;branch=z9hG4bKdeadbeef0000000100000002;rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:1001@regmirror.test>;tag=deadbeef1n0g0\r\n\
+             To: <sip:1001@regmirror.test>\r\nCall-ID: deadbeef-1-0-0\r\nCSeq: {cseq} REGISTER\r\n\
+             Contact: <sip:1001@10.77.0.20:5060>{}\r\nExpires: {expires}\r\n",
+            if tcp { "TCP" } else { "UDP" },
+            if expires == 0 { ";expires=0" } else { "" },
+        );
+        if let Some((proxy, v)) = auth {
+            let name = if proxy {
+                "Proxy-Authorization"
+            } else {
+                "Authorization"
+            };
+            want.push_str(&format!("{name}: {v}\r\n"));
+        }
+        want.push_str("User-Agent: regmirror/0.1.0\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(String::from_utf8(r.to_bytes()).unwrap(), want);
+    }
+}

@@ -9,11 +9,55 @@ use crate::core::mirror::{drop_refused, Mirror};
 use crate::core::notify::aor_user;
 use crate::runtime::background::{self, AuditSnapshot, Lookup, Reconciliation};
 use crate::runtime::credentials::CredentialSource;
+use crate::runtime::maintenance;
 use crate::runtime::metrics::Metrics;
 
 use super::{node_of, Driver};
 
 impl<S: CredentialSource> Driver<S> {
+    /// A node's manager said which endpoints are in maintenance (`None`: it cannot say now).
+    /// The node is in maintenance while its Kamailio endpoint is: Asterisk then answers the
+    /// proxy's calls and OPTIONS with 503 and the dispatcher takes it out of rotation, while
+    /// regmirror's REGISTERs for users still land, so it comes back complete.
+    pub(super) fn on_maintenance(&mut self, u: maintenance::Update) {
+        let was = self.in_maintenance(&u.node);
+        match u.endpoints {
+            Some(e) => self.maintenance.insert(u.node.clone(), e),
+            None => self.maintenance.remove(&u.node),
+        };
+        let is = self.in_maintenance(&u.node);
+        if was != is {
+            let endpoint = self.kamailio_endpoint(&u.node).unwrap_or_default();
+            if is {
+                tracing::warn!(node = %u.node, endpoint, "node in maintenance: the proxy's requests get 503; bindings are kept");
+            } else {
+                tracing::info!(node = %u.node, endpoint, "node out of maintenance");
+            }
+        }
+    }
+
+    fn kamailio_endpoint(&self, node: &str) -> Option<&str> {
+        let n = self.config.nodes.iter().find(|n| n.name == node)?;
+        Some(n.kamailio_endpoint.as_str())
+    }
+
+    /// The node's Kamailio endpoint is in maintenance, as far as its manager said last.
+    pub(super) fn in_maintenance(&self, node: &str) -> bool {
+        let (Some(set), Some(endpoint)) =
+            (self.maintenance.get(node), self.kamailio_endpoint(node))
+        else {
+            return false;
+        };
+        set.contains(endpoint)
+    }
+
+    /// Whether `user`'s own endpoint is in maintenance on `node` (its REGISTERs get 503).
+    pub(super) fn user_in_maintenance(&self, node: &str, user: &str) -> bool {
+        self.maintenance
+            .get(node)
+            .is_some_and(|set| set.contains(user))
+    }
+
     pub(super) fn on_reconcile(&mut self, r: Reconciliation) {
         let Reconciliation { at, snapshot: r } = r;
         if !self.ha.is_active() {
@@ -145,7 +189,7 @@ impl<S: CredentialSource> Driver<S> {
             tracing::warn!(node = %n.name, address = %n.address, "node added to the farm: replaying live bindings");
             self.nodes.push(node);
             self.config.nodes.push(n.clone());
-            self.spawn_auditor(n);
+            self.spawn_node_tasks(n);
             added += 1;
         }
         if added + removed > 0 {
@@ -196,7 +240,7 @@ impl<S: CredentialSource> Driver<S> {
     fn reload_standby(&mut self, new: Config) {
         for n in &new.nodes {
             if !self.config.nodes.iter().any(|m| m.name == n.name) {
-                self.spawn_auditor(n);
+                self.spawn_node_tasks(n);
             }
         }
         self.config.nodes = new.nodes.clone();
@@ -220,8 +264,9 @@ impl<S: CredentialSource> Driver<S> {
         );
     }
 
-    /// The audit loop of a node added by a reload.
-    fn spawn_auditor(&self, n: &crate::config::NodeConfig) {
+    /// The audit loop and the maintenance watcher of a node added by a reload.
+    fn spawn_node_tasks(&self, n: &crate::config::NodeConfig) {
+        maintenance::spawn_watchers(std::slice::from_ref(n), &self.maintenance_tx, &self.metrics);
         let interval = self.config.farm.audit_interval;
         background::spawn_auditor(
             n,

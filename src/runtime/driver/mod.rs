@@ -7,7 +7,7 @@
 mod farm;
 mod inbound;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +30,7 @@ use crate::runtime::background::{
 };
 use crate::runtime::credentials::{CredentialSource, MySqlCredentials};
 use crate::runtime::ha::Ha;
+use crate::runtime::maintenance;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::mmsg;
 use crate::runtime::tcp::{Frame, TcpLinks};
@@ -74,6 +75,10 @@ pub struct Driver<S: CredentialSource = MySqlCredentials> {
     location_read: bool,
     audit_tx: mpsc::Sender<AuditSnapshot>,
     audit_rx: mpsc::Receiver<AuditSnapshot>,
+    maintenance_tx: mpsc::Sender<maintenance::Update>,
+    maintenance_rx: mpsc::Receiver<maintenance::Update>,
+    /// Per node whose manager is followed: the endpoints in maintenance (absent: not known).
+    maintenance: HashMap<String, BTreeSet<String>>,
     /// The last reconciliation's credentials and users, while its events are drained.
     reconcile_creds: HashMap<String, Credential>,
     reconcile_users: HashSet<String>,
@@ -135,6 +140,7 @@ impl<S: CredentialSource> Driver<S> {
         let (lookup_queue, lookup_queue_rx) = mpsc::unbounded_channel();
         let (reconcile_tx, reconcile_rx) = mpsc::channel(1);
         let (audit_tx, audit_rx) = mpsc::channel(16);
+        let (maintenance_tx, maintenance_rx) = mpsc::channel(16);
         let (tcp, tcp_rx) = TcpLinks::new(config.sip.listen.ip());
         tracing::info!(
             listen = %socket.local_addr().unwrap_or(config.sip.listen),
@@ -169,6 +175,9 @@ impl<S: CredentialSource> Driver<S> {
             location_read: false,
             audit_tx,
             audit_rx,
+            maintenance_tx,
+            maintenance_rx,
+            maintenance: HashMap::new(),
             reconcile_creds: HashMap::new(),
             reconcile_users: HashSet::new(),
             tcp,
@@ -269,6 +278,7 @@ impl<S: CredentialSource> Driver<S> {
                 Some(q) = self.admin_rx.recv() => { self.tick(); self.on_admin(q) }
                 Some(r) = self.reconcile_rx.recv() => { self.tick(); self.on_reconcile(r) }
                 Some(a) = self.audit_rx.recv() => { self.tick(); self.on_audit(a) }
+                Some(m) = self.maintenance_rx.recv() => { self.tick(); self.on_maintenance(m) }
                 Some(c) = reload.recv() => { self.tick(); self.on_reload(c) }
                 _ = &mut shutdown => {
                     self.drain(&mut buf).await;
@@ -306,6 +316,7 @@ impl<S: CredentialSource> Driver<S> {
             &self.metrics,
             &self.gates(),
         );
+        maintenance::spawn_watchers(&self.config.nodes, &self.maintenance_tx, &self.metrics);
     }
 
     /// Tells the background readers, the metrics and the log when a storm hold begins or ends.
@@ -346,12 +357,19 @@ impl<S: CredentialSource> Driver<S> {
         replays.store(self.mirror.stats().replayed, Ordering::Relaxed);
         match q {
             AdminQuery::Farm { bindings, reply } => {
-                let mut s = status::farm_status(&self.mirror, self.now, health, bindings);
+                let mut s = status::farm_status(&self.mirror, self.now, health, &bindings);
                 s.ha = self.ha.view();
+                for n in &mut s.nodes {
+                    n.maintenance = self.in_maintenance(&n.name);
+                }
                 let _ = reply.send(s);
             }
             AdminQuery::User { user, reply } => {
-                let _ = reply.send(status::user_status(&self.mirror, self.now, &user, health));
+                let mut u = status::user_status(&self.mirror, self.now, &user, health);
+                for b in &mut u.nodes {
+                    b.maintenance = self.user_in_maintenance(&b.node, &user);
+                }
+                let _ = reply.send(u);
             }
         }
     }
@@ -440,15 +458,21 @@ impl<S: CredentialSource> Driver<S> {
 
     fn on_event(&mut self, ev: Event) {
         match ev {
-            Event::BindingChanged {
-                aor,
+            ref e @ Event::BindingChanged {
+                ref aor,
                 node,
                 state,
-                reason,
+                ref reason,
+                failures,
             } => {
                 let name = self.node_name(node);
                 self.metrics.count_transition(name, state.as_str());
-                tracing::info!(user = %aor, node = %name, state = state.as_str(), reason = %reason, "binding");
+                if e.is_retry_of_a_failure() {
+                    tracing::debug!(user = %aor, node = %name, state = state.as_str(), reason = %reason, failures, "binding");
+                } else {
+                    tracing::info!(user = %aor, node = %name, state = state.as_str(), reason = %reason, "binding");
+                }
+                let aor = aor.clone();
                 if state == BindingState::Registered {
                     self.note_confirmed(node, &aor);
                 }

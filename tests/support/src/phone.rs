@@ -1,7 +1,6 @@
 //! A minimal SIP phone for tests: REGISTER over UDP with digest authentication (RFC 2617/7616
 //! via the crate's own `core::digest`), retransmitting like a UAC. Used to register real users
 //! through Kamailio in the compose suite.
-#![allow(dead_code)]
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};

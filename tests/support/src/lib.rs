@@ -1,8 +1,11 @@
-//! Helpers shared by the integration tests: free ports, the `regmirror` binary, the admin
-//! listener, polling, provisioning and notifications against a real MariaDB
-//! (`tests/with-mariadb.sh`), and a `regmirror run` service in a temporary directory.
-// Each test binary compiles this module and uses a different part of it.
-#![allow(dead_code)]
+//! What regmirror's integration tests share: free ports, the built `regmirror` binary, the
+//! admin listener, polling, provisioning and notifications against a real MariaDB
+//! (`tests/with-mariadb.sh`), a `regmirror run` service in a temporary directory, a fake node on
+//! UDP (`registrar`) and a SIP phone (`phone`). A crate of its own, so each test binary uses
+//! what it needs and nothing is compiled in unused.
+
+pub mod phone;
+pub mod registrar;
 
 use std::io::Write;
 use std::net::{TcpListener, UdpSocket};
@@ -27,15 +30,44 @@ pub fn free_port_tcp() -> u16 {
         .port()
 }
 
-/// The built `regmirror` binary, with the developer's environment kept out of it.
+/// The built `regmirror` binary, with the developer's environment kept out of it. Cargo builds
+/// it beside the test binaries' `deps/` for every integration test of the package.
 pub fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_regmirror"));
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let mut c = Command::new(dir.join(format!("regmirror{}", std::env::consts::EXE_SUFFIX)));
     for (k, _) in std::env::vars() {
         if k.starts_with("REGMIRROR__") || k == "REGMIRROR_CONFIG" || k == "RUST_LOG" {
             c.env_remove(k);
         }
     }
     c
+}
+
+/// Runs `regmirror <args>` against the database at `url` (REGMIRROR_DATABASE_URL, no realm or
+/// password from the environment), `stdin` written to it; its output.
+pub fn run_with_db(url: &str, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = bin()
+        .args(args)
+        .env("REGMIRROR_DATABASE_URL", url)
+        .env_remove("REGMIRROR_USER_PASSWORD")
+        .env_remove("REGMIRROR_REALM")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run regmirror");
+    let mut input = child.stdin.take().expect("piped stdin");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).expect("write stdin");
+    }
+    drop(input);
+    child.wait_with_output().expect("regmirror's output")
 }
 
 /// GET on the admin listener: (status, body), (0, "") when unreachable.
