@@ -64,6 +64,9 @@ pub struct BindingRow {
     /// Seconds until the next refresh, retransmission or retry.
     #[serde(default)]
     pub next_action_seconds: Option<f64>,
+    /// How long the binding has differed from what is wanted, in seconds (none: it does not).
+    #[serde(default)]
+    pub waiting_seconds: Option<f64>,
 }
 
 /// The order of a binding list.
@@ -76,14 +79,18 @@ pub enum BindingSort {
     Node,
     /// The soonest refresh, retransmission or retry first.
     Next,
+    /// The longest waiting first (a binding not yet on its node, or left over), then the rest
+    /// by user.
+    Age,
 }
 
 impl BindingSort {
-    pub const ALL: [BindingSort; 4] = [
+    pub const ALL: [BindingSort; 5] = [
         BindingSort::Problems,
         BindingSort::User,
         BindingSort::Node,
         BindingSort::Next,
+        BindingSort::Age,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -92,6 +99,7 @@ impl BindingSort {
             BindingSort::User => "user",
             BindingSort::Node => "node",
             BindingSort::Next => "next",
+            BindingSort::Age => "age",
         }
     }
 
@@ -293,6 +301,13 @@ pub fn farm_status(
         BindingSort::Next => listed.sort_unstable_by(|a, b| {
             (a.next_action.unwrap_or(far), a.aor).cmp(&(b.next_action.unwrap_or(far), b.aor))
         }),
+        BindingSort::Age => listed.sort_unstable_by(|a, b| {
+            (a.waiting_since.unwrap_or(far), a.aor, a.node).cmp(&(
+                b.waiting_since.unwrap_or(far),
+                b.aor,
+                b.node,
+            ))
+        }),
     }
     let rows: Vec<BindingRow> = listed
         .iter()
@@ -307,6 +322,9 @@ pub fn farm_status(
             next_action_seconds: b
                 .next_action
                 .map(|t| t.saturating_duration_since(now).as_secs_f64().round()),
+            waiting_seconds: b
+                .waiting_since
+                .map(|t| now.saturating_duration_since(t).as_secs_f64().round()),
         })
         .collect();
     let matched = listed.len() as u64;

@@ -51,6 +51,8 @@ if first:
         fail.append(f"search for {first}: rows {users[:5]}")
     if f'value="{first}"' not in found or '<a class="sort on" href="/status?user=' not in found:
         fail.append("search page does not keep the search and the sort")
+if 'sort=age">waiting</a>' not in dom:
+    fail.append("bindings cannot be sorted by age")
 if "<h1>regmirror</h1>" not in dom:
     fail.append("no regmirror heading")
 if 'http-equiv="refresh"' not in dom:

@@ -266,20 +266,23 @@ fn bindings(o: &mut String, s: &FarmStatus, list: &BindingList) {
     };
     let _ = write!(
         o,
-        "<table id=\"bindings\"><tr>{}{}{}<th>last result</th>{}</tr>",
+        "<table id=\"bindings\"><tr>{}{}{}{}<th>last result</th>{}</tr>",
         head(BindingSort::User, "user"),
         head(BindingSort::Node, "node"),
         head(BindingSort::Problems, "state"),
+        head(BindingSort::Age, "waiting"),
         head(BindingSort::Next, "next action")
     );
     for b in &s.bindings {
         let _ = write!(
             o,
-            "<tr class=\"binding\"><td>{}</td><td>{}</td><td class=\"{2}\">{2}</td><td>{3}</td>\
-             <td class=\"n\">{4}</td></tr>",
+            "<tr class=\"binding\"><td>{}</td><td>{}</td><td class=\"{2}\">{2}</td>\
+             <td class=\"n waiting\">{3}</td><td>{4}</td><td class=\"n\">{5}</td></tr>",
             esc(&b.user),
             esc(&b.node),
             esc(&b.state),
+            b.waiting_seconds
+                .map_or_else(|| "-".into(), |t| format!("{t:.0} s")),
             esc(&b.last_result),
             b.next_action_seconds
                 .map_or_else(|| "-".into(), |t| format!("in {t:.0} s"))
@@ -288,7 +291,7 @@ fn bindings(o: &mut String, s: &FarmStatus, list: &BindingList) {
     let shown = s.bindings.len() as u64;
     let _ = write!(
         o,
-        "<tr><td colspan=\"5\" id=\"bindings-count\">{shown} of {} matching binding(s) shown \
+        "<tr><td colspan=\"6\" id=\"bindings-count\">{shown} of {} matching binding(s) shown \
          ({} in all){}</td></tr></table>",
         s.bindings_matched,
         s.bindings_total,
@@ -326,6 +329,7 @@ mod tests {
                 state: "registered".into(),
                 last_result: "200 OK".into(),
                 next_action_seconds: Some(570.0),
+                waiting_seconds: None,
             }],
             ..Default::default()
         };
@@ -384,6 +388,56 @@ mod tests {
         let h = render_html(&f, &History::default(), &BindingList::default());
         assert!(h.contains("<td class=\"n coverage full\">100%</td>"), "{h}");
         assert!(h.contains("<td class=\"n lag zero\">0 s</td>"), "{h}");
+    }
+
+    /// Sorted by age, the binding that has waited longest comes first with its wait; a
+    /// registered one has none and comes after.
+    #[test]
+    fn bindings_sorted_by_age_show_the_longest_wait_first() {
+        use crate::core::digest::Secret;
+        use crate::core::mirror::{Credential, MirrorConfig, Transport};
+        use crate::core::testing::Sim;
+        let cfg = MirrorConfig {
+            domain: "regmirror.test".into(),
+            ..MirrorConfig::default()
+        };
+        let mut s = Sim::new(cfg, 1, Transport::Udp, 1);
+        s.add_user("1001", Secret::Password("pw".into()));
+        let now = s.now;
+        // 1001 is registered at once; 1002's stored password is not the node's, so it waits.
+        let credential = |user: &str, pw: &str| {
+            Some(Credential {
+                username: user.into(),
+                secret: Secret::Password(pw.into()),
+            })
+        };
+        s.add_user("1002", Secret::Password("pw".into()));
+        let expires = Duration::from_secs(600);
+        s.mirror
+            .aor_update(now, "1002", expires, None, credential("1002", "wrong"));
+        s.mirror
+            .aor_update(now, "1001", expires, None, credential("1001", "pw"));
+        s.run_for(Duration::from_secs(3));
+        let list = |sort| BindingList {
+            max: 10,
+            user_prefix: String::new(),
+            sort,
+        };
+        let by_age = farm_status(&s.mirror, s.now, |_| "up", &list(BindingSort::Age));
+        let order: Vec<_> = by_age.bindings.iter().map(|b| b.user.as_str()).collect();
+        assert_eq!(order, ["1002", "1001"], "{by_age:?}");
+        assert_eq!(by_age.bindings[0].waiting_seconds, Some(3.0));
+        assert_eq!(by_age.bindings[1].waiting_seconds, None);
+        assert_eq!(by_age.bindings[1].state, "registered");
+        let h = render_html(&by_age, &History::default(), &list(BindingSort::Age));
+        assert!(h.contains("<td class=\"n waiting\">3 s</td>"), "{h}");
+        assert!(
+            h.contains("<a class=\"sort on\" href=\"/status?user=&amp;sort=age\">waiting</a>"),
+            "{h}"
+        );
+        let by_user = farm_status(&s.mirror, s.now, |_| "up", &list(BindingSort::User));
+        let order: Vec<_> = by_user.bindings.iter().map(|b| b.user.as_str()).collect();
+        assert_eq!(order, ["1001", "1002"]);
     }
 
     #[test]

@@ -275,6 +275,9 @@ pub struct BindingView<'a> {
     pub failures: u16,
     /// Expiry granted by the node on the last 200 (seconds).
     pub granted_expires: u32,
+    /// Since when the binding has differed from what is wanted (a desired binding the node does
+    /// not hold yet, or one left over): its age as a problem.
+    pub waiting_since: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -19,6 +19,7 @@ impl Mirror {
                     next_action: b.deadline(),
                     failures: b.failures,
                     granted_expires: b.granted,
+                    waiting_since: b.pending_since,
                 })
             })
     }
@@ -39,6 +40,7 @@ impl Mirror {
             next_action: b.deadline(),
             failures: b.failures,
             granted_expires: b.granted,
+            waiting_since: b.pending_since,
         })
     }
 
