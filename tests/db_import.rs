@@ -261,3 +261,126 @@ async fn the_tutorials_sipusers_table_is_imported() {
         .await
         .unwrap();
 }
+
+/// An existing Asterisk realtime database, in place: the schema applied beside it, then
+/// `import --from-realtime` gives realm-less auth rows the realm and changes nothing else; an
+/// HA1 without its realm is refused with nothing written; a re-run changes nothing.
+#[tokio::test]
+async fn an_existing_realtime_database_gets_what_kamailio_needs_and_nothing_else() {
+    let (Some(admin_url), Some(admin)) = (
+        url("REGMIRROR_TEST_DATABASE_URL"),
+        pool("REGMIRROR_TEST_DATABASE_URL").await,
+    ) else {
+        return;
+    };
+    let db = "regmirror_realtime";
+    for stmt in [
+        format!("DROP DATABASE IF EXISTS {db}"),
+        format!("CREATE DATABASE {db}"),
+    ] {
+        sqlx::query(&stmt).execute(&admin).await.unwrap();
+    }
+    let apply = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/apply.sh"))
+        .arg("--no-users")
+        .env("MYSQL_DATABASE", db)
+        .output()
+        .expect("run sql/apply.sh");
+    assert!(apply.status.success(), "{}", text(&apply));
+    let db_url = format!("{}/{db}", admin_url.rsplit_once('/').unwrap().0);
+    let rt = regmirror::store::connect(&db_url).await.unwrap();
+    // rt-1: plaintext, no realm (Asterisk's default_realm); rt-2: ready; rt-3: an HA1 whose
+    // realm the row does not say; a trunk endpoint without auth is not a user.
+    let md5 = md5_hex("rt-3", "somewhere.else", "pw3");
+    for stmt in [
+        "INSERT INTO ps_aors (id, max_contacts, remove_existing) VALUES \
+         ('rt-1', 1, 'yes'), ('rt-2', 2, 'no'), ('rt-3', 1, 'yes')",
+        "INSERT INTO ps_auths (id, auth_type, username, realm, password, md5_cred) VALUES \
+         ('rt-1', 'userpass', 'rt-1', NULL, 'pw1', NULL), \
+         ('rt-2', 'userpass', 'rt-2', 'regmirror.test', 'pw2', NULL), \
+         ('rt-3', 'md5', 'rt-3', NULL, NULL, ?)",
+        "INSERT INTO ps_endpoints (id, aors, auth, context, allow, rewrite_contact) VALUES \
+         ('rt-1', 'rt-1', 'rt-1', 'office', 'ulaw', 'yes'), \
+         ('rt-2', 'rt-2', 'rt-2', 'phones', 'alaw', 'no'), \
+         ('rt-3', 'rt-3', 'rt-3', 'phones', 'ulaw', 'no'), \
+         ('trunk', NULL, NULL, 'from-trunk', 'ulaw', 'no')",
+    ] {
+        sqlx::query(stmt).bind(&md5).execute(&rt).await.unwrap();
+    }
+    let everything = || async {
+        let mut rows = Vec::new();
+        for id in ["rt-1", "rt-2", "rt-3", "trunk"] {
+            rows.extend(common::rows_of(&rt, id).await);
+        }
+        rows
+    };
+    let before = everything().await;
+    let run = |extra: &[&str]| {
+        let mut args = vec!["user", "import", "--from-realtime", "--realm", REALM];
+        args.extend_from_slice(extra);
+        regmirror(&db_url, &args, "")
+    };
+
+    let o = run(&[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("endpoint \"rt-3\"") && text(&o).contains("nothing was written"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(everything().await, before);
+
+    sqlx::query("UPDATE ps_auths SET realm = 'somewhere.else' WHERE id = 'rt-3'")
+        .execute(&rt)
+        .await
+        .unwrap();
+    let before = everything().await;
+    let o = run(&["--dry-run"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("set realm rt-1\n"), "{}", text(&o));
+    assert!(
+        text(&o).contains("warning: endpoint \"rt-3\"") && text(&o).contains("\"somewhere.else\""),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        text(&o).contains("warning: endpoint \"rt-1\" (auth \"rt-1\"): rewrite_contact"),
+        "{}",
+        text(&o)
+    );
+    assert!(text(&o).contains("dry run: 1 auth row(s)"), "{}", text(&o));
+    assert_eq!(everything().await, before);
+
+    let o = run(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("imported: 1 auth row(s)"), "{}", text(&o));
+    // Only rt-1's realm changed.
+    let after = everything().await;
+    let expected: Vec<String> = before
+        .iter()
+        .map(|r| {
+            r.replace(
+                "ps_auths:rt-1|userpass|rt-1|pw1",
+                "ps_auths:rt-1|userpass|rt-1|regmirror.test|pw1",
+            )
+        })
+        .collect();
+    assert_ne!(after, before);
+    assert_eq!(after, expected);
+    // What Kamailio's auth_db reads now has rt-1.
+    let ha1: (String,) =
+        sqlx::query_as("SELECT ha1 FROM subscriber WHERE username = 'rt-1' AND domain = ?")
+            .bind(REALM)
+            .fetch_one(&rt)
+            .await
+            .unwrap();
+    assert_eq!(ha1.0, md5_hex("rt-1", REALM, "pw1"));
+
+    let o = run(&[]);
+    assert!(text(&o).contains("imported: 0 auth row(s)"), "{}", text(&o));
+    assert_eq!(everything().await, after);
+    rt.close().await;
+    sqlx::query(&format!("DROP DATABASE {db}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+}

@@ -1,5 +1,6 @@
-//! `regmirror user import | export`: many users at once, from CSV or from the chan_sip
-//! `sipusers` table of Kamailio's Asterisk realtime tutorial, back out as CSV. Every row is
+//! `regmirror user import | export`: many users at once, from CSV, from the chan_sip
+//! `sipusers` table of Kamailio's Asterisk realtime tutorial or from an existing Asterisk
+//! realtime database in place, back out as CSV. Every row is
 //! checked before anything is written (each bad one named with its line), then the whole
 //! import is one transaction of batched statements; a re-run of the same input writes nothing.
 use std::collections::HashSet;
@@ -10,7 +11,10 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::mysql::MySqlPool;
 
-use crate::store::import::{apply_import, export_users, plan_import, sipusers, ImportUser};
+use crate::store::import::{
+    apply_import, apply_realtime, export_users, plan_import, plan_realtime, realtime_users,
+    sipusers, ImportUser,
+};
 use crate::store::StoreError;
 
 /// Most bad rows printed before the count of the rest.
@@ -20,12 +24,21 @@ const SHOWN_ERRORS: usize = 20;
 pub struct ImportArgs {
     /// CSV with a header line: `user`, `password` or `ha1`, and optionally `realm` (else
     /// --realm), `context`, `codecs`; `-` reads standard input.
-    #[arg(long, value_name = "PATH", required_unless_present = "from_sipusers")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present_any = ["from_sipusers", "from_realtime"]
+    )]
     pub csv: Option<std::path::PathBuf>,
     /// The chan_sip realtime table `sipusers` in this database (name, secret or sippasswd or
     /// md5secret, context, allow).
-    #[arg(long, conflicts_with = "csv")]
+    #[arg(long, conflicts_with_all = ["csv", "from_realtime"])]
     pub from_sipusers: bool,
+    /// This database's own PJSIP realtime users, in place: gives auth rows without a realm
+    /// --realm (what Kamailio's `subscriber` view needs) and changes nothing else; reports
+    /// users Kamailio or the nodes cannot use.
+    #[arg(long, conflicts_with_all = ["csv", "hashed_only"])]
+    pub from_realtime: bool,
     /// The realm of rows that name none: the one Kamailio and Asterisk both challenge with.
     #[arg(long, env = "REGMIRROR_REALM")]
     pub realm: Option<String>,
@@ -113,8 +126,69 @@ fn row_errors(users: &[ImportUser]) -> Vec<String> {
     errors
 }
 
+/// Prints each error (at most `SHOWN_ERRORS`, then a count) and refuses the import.
+fn refuse(errors: &[String], rows: usize) -> Result<(), StoreError> {
+    if errors.is_empty() {
+        return Ok(());
+    }
+    for e in errors.iter().take(SHOWN_ERRORS) {
+        eprintln!("regmirror user import: {e}");
+    }
+    if errors.len() > SHOWN_ERRORS {
+        eprintln!(
+            "regmirror user import: ... and {} more",
+            errors.len() - SHOWN_ERRORS
+        );
+    }
+    Err(invalid(
+        "input",
+        format!("{} bad row(s) of {rows}; nothing was written", errors.len()),
+    ))
+}
+
+fn progress_bar(writes: usize, what: &str) -> ProgressBar {
+    ProgressBar::new(writes as u64).with_style(
+        ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {what} ({{elapsed}})"))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    )
+}
+
+/// `--from-realtime`: the database's own users, in place.
+async fn import_realtime(pool: &MySqlPool, realm: &str, dry_run: bool) -> Result<(), StoreError> {
+    crate::store::provision::validate_realm(realm)?;
+    let users = realtime_users(pool).await?;
+    let plan = plan_realtime(&users, realm);
+    for w in &plan.warnings {
+        eprintln!("regmirror user import: warning: {w}");
+    }
+    refuse(&plan.errors, users.len())?;
+    let summary = format!(
+        "{} auth row(s) to give realm {realm:?}, {} ready (of {} endpoint(s) with an auth)",
+        plan.set_realm.len(),
+        plan.ready,
+        users.len()
+    );
+    if dry_run {
+        for id in &plan.set_realm {
+            println!("set realm {id}");
+        }
+        println!("dry run: {summary}; nothing was written");
+        return Ok(());
+    }
+    let bar = progress_bar(plan.set_realm.len(), "auth rows written");
+    apply_realtime(pool, &plan, realm, |done| bar.set_position(done as u64)).await?;
+    bar.finish_and_clear();
+    println!("imported: {summary}");
+    Ok(())
+}
+
 pub async fn import(pool: &MySqlPool, args: ImportArgs) -> Result<(), StoreError> {
     let realm = args.realm.as_deref().filter(|r| !r.is_empty());
+    if args.from_realtime {
+        let realm = realm
+            .ok_or_else(|| invalid("realm", "pass --realm or set REGMIRROR_REALM for realtime"))?;
+        return import_realtime(pool, realm, args.dry_run).await;
+    }
     let mut users = match &args.csv {
         Some(path) => users_of_csv(&read_input(path)?, realm)?,
         None => {
@@ -139,26 +213,7 @@ pub async fn import(pool: &MySqlPool, args: ImportArgs) -> Result<(), StoreError
             u.user.storage = crate::store::provision::Storage::HashedOnly;
         }
     }
-    let errors = row_errors(&users);
-    if !errors.is_empty() {
-        for e in errors.iter().take(SHOWN_ERRORS) {
-            eprintln!("regmirror user import: {e}");
-        }
-        if errors.len() > SHOWN_ERRORS {
-            eprintln!(
-                "regmirror user import: ... and {} more",
-                errors.len() - SHOWN_ERRORS
-            );
-        }
-        return Err(invalid(
-            "input",
-            format!(
-                "{} bad row(s) of {}; nothing was written",
-                errors.len(),
-                users.len()
-            ),
-        ));
-    }
+    refuse(&row_errors(&users), users.len())?;
     let total = users.len();
     let plan = plan_import(pool, users).await?;
     let summary = format!(
@@ -178,10 +233,7 @@ pub async fn import(pool: &MySqlPool, args: ImportArgs) -> Result<(), StoreError
         return Ok(());
     }
     let writes = plan.add.len() + plan.update.len();
-    let bar = ProgressBar::new(writes as u64).with_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} users written ({elapsed})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = progress_bar(writes, "users written");
     apply_import(pool, &plan, |done| bar.set_position(done as u64)).await?;
     bar.finish_and_clear();
     println!("imported: {summary}");

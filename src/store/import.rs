@@ -261,3 +261,180 @@ impl ImportUser {
         ImportUser { line, user, ha1 }
     }
 }
+
+/// One user of an existing Asterisk realtime database: an endpoint, the auth row it names and
+/// the AOR named like the auth's username (the one regmirror registers).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RealtimeUser {
+    pub endpoint: String,
+    pub auth: String,
+    pub username: Option<String>,
+    pub realm: Option<String>,
+    pub auth_type: Option<String>,
+    /// A plaintext password is stored.
+    pub plaintext: i64,
+    /// An MD5 HA1 is stored (`md5_cred` or an `MD5:` `password_digest`).
+    pub hashed: i64,
+    /// The AOR's `max_contacts`; none: no AOR of that name.
+    pub max_contacts: Option<i64>,
+    pub rewrite_contact: Option<String>,
+}
+
+/// What `import --from-realtime` does to a realtime database: the auth rows to give the realm
+/// Kamailio challenges with; the rows it cannot use (errors: nothing is written) and what it
+/// leaves alone but an operator should know (warnings).
+#[derive(Debug, Default, PartialEq)]
+pub struct RealtimePlan {
+    pub set_realm: Vec<String>,
+    pub ready: usize,
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Every endpoint that names an auth row, by endpoint id.
+pub async fn realtime_users(pool: &MySqlPool) -> Result<Vec<RealtimeUser>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT e.id AS endpoint, a.id AS auth, a.username, a.realm, a.auth_type, \
+         CAST(COALESCE(a.password, '') <> '' AS SIGNED) AS plaintext, \
+         CAST(COALESCE(a.md5_cred, '') <> '' OR UPPER(COALESCE(a.password_digest, '')) \
+         LIKE 'MD5:%' AS SIGNED) AS hashed, \
+         o.max_contacts, CAST(e.rewrite_contact AS CHAR) AS rewrite_contact \
+         FROM ps_endpoints e JOIN ps_auths a ON a.id = e.auth \
+         LEFT JOIN ps_aors o ON o.id = a.username ORDER BY e.id",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Plans the import of an existing realtime database in `realm`: only a missing realm is
+/// written (what Kamailio's `subscriber` view needs), and only where a plaintext password lets
+/// the HA1 follow it; an HA1 without its realm cannot be placed.
+pub fn plan_realtime(users: &[RealtimeUser], realm: &str) -> RealtimePlan {
+    let mut plan = RealtimePlan::default();
+    for u in users {
+        let name = format!("endpoint {:?} (auth {:?})", u.endpoint, u.auth);
+        let Some(username) = u.username.as_deref().filter(|n| !n.is_empty()) else {
+            plan.errors.push(format!(
+                "{name}: the auth row has no username, so Kamailio cannot authenticate it"
+            ));
+            continue;
+        };
+        let md5_only = u.auth_type.as_deref() == Some("md5") || u.plaintext == 0;
+        match u.realm.as_deref().filter(|r| !r.is_empty()) {
+            _ if u.plaintext == 0 && u.hashed == 0 => {
+                plan.errors.push(format!("{name}: no password and no HA1"));
+                continue;
+            }
+            None if md5_only => {
+                plan.errors.push(format!(
+                    "{name}: its HA1 is bound to a realm the row does not name: set \
+                     ps_auths.realm to the realm it was computed for, or store the password"
+                ));
+                continue;
+            }
+            None => plan.set_realm.push(u.auth.clone()),
+            Some(r) if r != realm => {
+                plan.warnings.push(format!(
+                    "{name}: realm {r:?}, not {realm:?}: Kamailio authenticates it only in {r:?}"
+                ));
+                plan.ready += 1;
+            }
+            Some(_) => plan.ready += 1,
+        }
+        match u.max_contacts {
+            None => plan.warnings.push(format!(
+                "{name}: no AOR named {username:?}, so the nodes cannot hold its contact"
+            )),
+            Some(n) if n < 1 => plan.warnings.push(format!(
+                "{name}: AOR {username:?} has max_contacts {n}, so the nodes cannot hold its contact"
+            )),
+            Some(_) => {}
+        }
+        if matches!(
+            u.rewrite_contact.as_deref(),
+            Some("yes" | "true" | "on" | "1")
+        ) {
+            plan.warnings.push(format!(
+                "{name}: rewrite_contact = yes points calls at regmirror's address instead of \
+                 Kamailio's: set it to no"
+            ));
+        }
+    }
+    plan
+}
+
+/// Gives the planned auth rows `realm`, in one transaction of batched statements; a row that
+/// got a realm meanwhile is left as it is.
+pub async fn apply_realtime(
+    pool: &MySqlPool,
+    plan: &RealtimePlan,
+    realm: &str,
+    mut progress: impl FnMut(usize),
+) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    let mut done = 0;
+    for chunk in plan.set_realm.chunks(BATCH) {
+        let mut q: QueryBuilder<MySql> = QueryBuilder::new("UPDATE ps_auths SET realm = ");
+        q.push_bind(realm)
+            .push(" WHERE (realm IS NULL OR realm = '') AND id IN (");
+        let mut ids = q.separated(", ");
+        for id in chunk {
+            ids.push_bind(id);
+        }
+        q.push(")");
+        q.build().execute(&mut *tx).await?;
+        done += chunk.len();
+        progress(done);
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(id: &str, realm: Option<&str>, plaintext: bool, hashed: bool) -> RealtimeUser {
+        RealtimeUser {
+            endpoint: id.into(),
+            auth: format!("{id}-auth"),
+            username: Some(id.into()),
+            realm: realm.map(Into::into),
+            auth_type: Some(if plaintext { "userpass" } else { "md5" }.into()),
+            plaintext: plaintext.into(),
+            hashed: hashed.into(),
+            max_contacts: Some(1),
+            rewrite_contact: Some("no".into()),
+        }
+    }
+
+    #[test]
+    fn a_realtime_database_gets_only_the_realms_it_lacks() {
+        let mut no_aor = user("u5", Some("example.com"), true, false);
+        no_aor.max_contacts = None;
+        no_aor.rewrite_contact = Some("yes".into());
+        let mut nameless = user("u6", None, true, false);
+        nameless.username = None;
+        let users = [
+            user("u1", None, true, false),
+            user("u2", Some("example.com"), true, false),
+            user("u3", None, false, true),
+            user("u4", Some("other.com"), false, true),
+            no_aor,
+            nameless,
+            user("u7", Some(""), true, true),
+            user("u8", None, false, false),
+        ];
+        let plan = plan_realtime(&users, "example.com");
+        assert_eq!(plan.set_realm, ["u1-auth", "u7-auth"]);
+        assert_eq!(plan.ready, 3);
+        assert_eq!(plan.errors.len(), 3, "{:?}", plan.errors);
+        assert!(plan.errors[0].contains("\"u3\"") && plan.errors[0].contains("HA1"));
+        assert!(plan.errors[1].contains("\"u6\"") && plan.errors[1].contains("no username"));
+        assert!(plan.errors[2].contains("\"u8\"") && plan.errors[2].contains("no password"));
+        assert_eq!(plan.warnings.len(), 3, "{:?}", plan.warnings);
+        assert!(plan.warnings[0].contains("\"other.com\""));
+        assert!(plan.warnings[1].contains("no AOR"));
+        assert!(plan.warnings[2].contains("rewrite_contact"));
+    }
+}
