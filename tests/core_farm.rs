@@ -371,6 +371,57 @@ fn audit_repairs_missing_and_stale_contacts() {
     assert_eq!((r.missing, r.stale), (0, 0));
 }
 
+/// The node's contact events repair one user at a time, without a listing: a confirmed
+/// contact removed behind our back is registered again, one of a user that is not live is
+/// unregistered, and the events of our own registrations change nothing.
+#[test]
+fn contact_events_repair_one_user_without_a_listing() {
+    let mut s = Sim::new(config(), 2, Transport::Udp, 5);
+    for u in ["a", "b", "z"] {
+        s.add_user(u, Secret::Password(format!("pw-{u}")));
+    }
+    let now = s.now;
+    for u in ["a", "b"] {
+        s.mirror.aor_update(now, u, secs(3600), None, Some(cred(u)));
+    }
+    s.run_for(secs(2));
+    let now = s.now;
+    s.mirror
+        .reconcile(now, &[("a".into(), secs(3000)), ("b".into(), secs(3000))])
+        .unwrap();
+    // Our own registrations' events: nothing to repair.
+    for node in 0..2 {
+        for u in ["a", "b"] {
+            let r = s.mirror.contact_changed(now, node, u, true);
+            assert_eq!((r.missing, r.stale), (0, 0));
+        }
+    }
+    // Node 1 (index 1) loses b: only that binding is registered again.
+    s.registrars[1].contacts.remove("b");
+    let r = s.mirror.contact_changed(now, 1, "b", false);
+    assert_eq!((r.missing, r.stale), (1, 0));
+    // A removal of a user we do not mirror, or reported twice, changes nothing more.
+    assert_eq!(s.mirror.contact_changed(now, 1, "nobody", false).missing, 0);
+    assert_eq!(s.mirror.contact_changed(now, 1, "b", false).missing, 0);
+    s.run_for(secs(2));
+    assert!(s.registrars[1].contact("b", s.now).is_some());
+    // A contact of ours for z, who is not live, appears on node 0: unregistered.
+    let now = s.now;
+    let mut z = s.registrars[0].contact("a", now).unwrap().clone();
+    z.uri = format!("sip:z@{CONTACT}");
+    s.registrars[0].contacts.insert("z".into(), z);
+    let r = s.mirror.contact_changed(now, 0, "z", true);
+    assert_eq!((r.missing, r.stale), (0, 1));
+    let now = s.now;
+    s.mirror.set_credential(now, "z", Some(cred("z")));
+    s.run_for(secs(2));
+    for r in &s.registrars {
+        let users = r.contact_users(s.now, CONTACT);
+        assert_eq!(users, ["a", "b"].iter().map(|u| u.to_string()).collect());
+    }
+    assert_eq!(s.mirror.stats().drift_repaired, 2);
+}
+
 #[test]
 fn converges_with_5_percent_loss_and_50_ms_delay_through_a_node_restart() {
     let n = 200;

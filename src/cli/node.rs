@@ -25,7 +25,7 @@ use crate::config::{
 use crate::runtime::ami::{
     channel_count, fetch_contact_users, remove_contacts, set_maintenance, AmiError, AmiTarget,
 };
-use crate::runtime::maintenance::endpoints_in_maintenance;
+use crate::runtime::node_events::endpoints_in_maintenance;
 use crate::status::{lag_text, percent_text, FarmStatus};
 use crate::store::{self, farm, StoreError};
 

@@ -255,7 +255,8 @@ pub struct FarmSettings {
     /// mismatch makes every user look gone at once (ordinary churn drops far fewer). Bindings
     /// still end at their own expiry.
     pub reconcile_max_drop: f64,
-    /// Period of the AMI drift audit of each node that has `ami` configured.
+    /// Period of the AMI drift audit's full listing of each node that has `ami` configured
+    /// (changes in between arrive as the node's `ContactStatus` events).
     #[serde(with = "humantime_serde")]
     pub audit_interval: Duration,
 }
@@ -277,7 +278,7 @@ impl Default for FarmSettings {
             storm_hold: Duration::from_secs(30),
             reconcile_interval: Duration::from_secs(60),
             reconcile_max_drop: MirrorConfig::default().reconcile_max_drop,
-            audit_interval: Duration::from_secs(300),
+            audit_interval: Duration::from_secs(1800),
         }
     }
 }
@@ -618,7 +619,7 @@ url = "mysql://regmirror:hunter2@db/regmirror"
         assert_eq!(c.farm.replay_rate, 200);
         assert_eq!(c.farm.nonce_reuse, Duration::from_secs(20));
         assert_eq!(c.farm.reconcile_interval, Duration::from_secs(60));
-        assert_eq!(c.farm.audit_interval, Duration::from_secs(300));
+        assert_eq!(c.farm.audit_interval, Duration::from_secs(1800));
         assert_eq!(c.farm.storm_hold, Duration::from_secs(30));
         let farm = |kv: &str| format!("{GOOD}\n[farm]\n{kv}\n");
         assert!(err_of(&farm("probe_timeout = \"40s\"")).contains("farm.probe_timeout"));

@@ -55,6 +55,10 @@ pub struct Metrics {
     pub replays: Counter,
     /// Bindings found missing or stale by the audit and repaired.
     pub drift_repaired: Counter,
+    /// The nodes' `ContactStatus` events about our contacts: there (created, updated) and
+    /// removed.
+    pub contact_events_present: Counter,
+    pub contact_events_removed: Counter,
     pub reconcile_runs: Counter,
     pub reconcile_errors: Counter,
     pub reconcile_refused: Counter,
@@ -110,6 +114,17 @@ impl Default for Metrics {
         let rejected = |reason: &str| {
             datagrams
                 .get_or_create(&[("reason", reason.to_string())])
+                .clone()
+        };
+        let contact_events = Family::<[Label; 1], Counter>::default();
+        r.register(
+            "regmirror_contact_events",
+            "the nodes' ContactStatus events about regmirror's contacts, by change",
+            contact_events.clone(),
+        );
+        let contact_event = |change: &str| {
+            contact_events
+                .get_or_create(&[("change", change.to_string())])
                 .clone()
         };
         let mut counter = |name: &str, help: &str| {
@@ -207,6 +222,8 @@ impl Default for Metrics {
             registry: r,
             farm,
             render: Mutex::new(()),
+            contact_events_present: contact_event("present"),
+            contact_events_removed: contact_event("removed"),
             notifications_accepted: outcome("accepted"),
             notifications_malformed: outcome("malformed"),
             notifications_untrusted: outcome("untrusted"),

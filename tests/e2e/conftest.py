@@ -10,6 +10,7 @@ in the nodes, `regmirror user ...` in the regmirror container. Reusable fixtures
   ports              allocator of distinct SIP/media/ctrl ports in the tester
 """
 
+import contextlib
 import itertools
 import json
 import os
@@ -201,6 +202,24 @@ def provisioner_sql(stack, sql):
     res = stack.exec("mariadb", ["mariadb", "-h", "127.0.0.1", "-u", "provisioner", "regmirror"],
                      env={"MYSQL_PWD": "provisioner-demo"}, input=sql, timeout=60)
     assert res.returncode == 0, res.stderr
+
+
+@contextlib.contextmanager
+def sidecar(stack, key, network):
+    """The tester's image (SIPp, python3, tests/ mounted) idling with `network` (docker run
+    --network arguments), reachable as stack service `key` while the context lasts."""
+    name = f"regmirror-{key}-{os.getpid()}"
+    subprocess.run([DOCKER, "run", "-d", "--rm", "--name", name, *network,
+                    "-v", f"{ROOT / 'tests'}:/work/tests:ro",
+                    "--entrypoint", "sleep", "regmirror/tester:dev", "infinity"],
+                   check=True, capture_output=True, timeout=60)
+    stack._ids[key] = name
+    try:
+        stack.sh(key, "mkdir -p /tmp/e2e", check=True)
+        yield name
+    finally:
+        stack._ids.pop(key, None)
+        subprocess.run([DOCKER, "rm", "-f", name], capture_output=True, timeout=60)
 
 
 def converged(stack, users, nodes=("ast1", "ast2")):
@@ -620,6 +639,16 @@ def stack():
 @pytest.fixture(scope="session")
 def sipp(stack):
     return Sipp(stack)
+
+
+@pytest.fixture(scope="module")
+def beside_regmirror(stack):
+    """SIPp with regmirror's own address (in its network namespace), as service
+    "beside-regmirror": what a compromised regmirror host could send, or a host registering
+    straight to a node behind regmirror's back."""
+    with sidecar(stack, "beside-regmirror",
+                 ["--network", f"container:{stack.container('regmirror')}"]):
+        yield REGMIRROR
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ flood at regmirror, the nodes' and AMI's own ACLs) come from an intruder contain
 10.77.0.60, an address none of the farm's ACLs admit."""
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
@@ -22,7 +21,7 @@ import pytest
 
 from conftest import (ADMINS, DOCKER, KAMAILIO, KAMAILIO_FARM, MARIADB, NODES, REGMIRROR, ROOT,
                       FarmCapture, bulk_provision, bulk_register, bulk_remove, converged, metric,
-                      poll)
+                      poll, sidecar)
 
 HOSTILE = "10.78.0.51"
 INTRUDER = "10.77.0.60"
@@ -45,39 +44,12 @@ except socket.timeout:
 """
 
 
-@contextlib.contextmanager
-def sidecar(stack, key, network):
-    """The tester's image (SIPp, python3, tests/ mounted) idling with `network` (docker run
-    --network arguments), reachable as stack service `key` while the context lasts."""
-    name = f"regmirror-{key}-{os.getpid()}"
-    subprocess.run([DOCKER, "run", "-d", "--rm", "--name", name, *network,
-                    "-v", f"{ROOT / 'tests'}:/work/tests:ro",
-                    "--entrypoint", "sleep", "regmirror/tester:dev", "infinity"],
-                   check=True, capture_output=True, timeout=60)
-    stack._ids[key] = name
-    try:
-        stack.sh(key, "mkdir -p /tmp/e2e", check=True)
-        yield name
-    finally:
-        stack._ids.pop(key, None)
-        subprocess.run([DOCKER, "rm", "-f", name], capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def intruder(stack):
     """A host on the farm network that is not Kamailio, a node or regmirror (a compromised
     neighbour), as stack service "intruder"."""
     with sidecar(stack, "intruder", ["--network", "regmirror", "--ip", INTRUDER]):
         yield INTRUDER
-
-
-@pytest.fixture(scope="module")
-def beside_regmirror(stack):
-    """SIPp with regmirror's own address (in its network namespace), as service
-    "beside-regmirror": what a compromised regmirror host could send."""
-    with sidecar(stack, "beside-regmirror",
-                 ["--network", f"container:{stack.container('regmirror')}"]):
-        yield REGMIRROR
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 
-from conftest import (ADMINS, DOCKER, PROVISIONER_URL, active, bulk_register, cid, compose,
+from conftest import (ADMINS, DOCKER, NODES, PROVISIONER_URL, active, bulk_register, cid, compose,
                       converged, metric, node_users, poll, provisioner_sql, status, wait_healthy)
 from test_callable import node_of, register_then_call
 
@@ -94,6 +94,35 @@ def test_audit_repairs_contact_deleted_behind_regmirrors_back(stack, crowd):
     assert after > before
     for s in ADMINS:
         assert metric(s, "regmirror_ami_errors_total") == errors[s], f"{s}: AMI errors"
+
+
+def test_contact_removed_on_a_node_is_registered_again_from_the_nodes_event(
+        stack, sipp, crowd, ports, beside_regmirror):
+    """A REGISTER straight to ast1 with another Contact (from regmirror's own address, which
+    the node's ACL admits) makes the node drop regmirror's contact of that user (max_contacts
+    1, remove_existing). The node's ContactStatus event says so, and regmirror registers the
+    user again at once: the repair comes from the event, not from the full listing."""
+    user, password = crowd[2]
+    instances = active()
+    assert len(instances) == 1, instances
+    inst = instances[0]
+    removed = metric(inst, "regmirror_contact_events_total", 'change="removed"') or 0
+    repaired = metric(inst, "regmirror_drift_repaired_total")
+    since = int(time.time()) - 1
+    res = sipp.run("register.xml", [(user, password, 60)], port=next(ports),
+                   source=beside_regmirror, target=f"{NODES['ast1']}:5060",
+                   host="beside-regmirror", timeout=8)
+    assert res.rc == 0, res.stdout
+    ok, took = poll(lambda: user in node_users(stack, "ast1"), 14, 0.1)
+    assert ok, f"{user} on ast1: {stack.contacts('ast1').get(user)}"
+    print(f"\nregmirror's contact back on ast1 {took:.1f} s after the intruding REGISTER")
+    assert metric(inst, "regmirror_contact_events_total", 'change="removed"') > removed
+    assert metric(inst, "regmirror_drift_repaired_total") > repaired
+    logs = subprocess.run([DOCKER, "logs", "--since", str(since), cid(inst)],
+                          capture_output=True, text=True, timeout=30)
+    lines = [l for l in (logs.stdout + logs.stderr).splitlines()
+             if "behind regmirror's back" in l and f"user={user}" in l]
+    assert lines, "no repair from the node's contact event in the log"
 
 
 # ----- 2. a node dies while calls are placed -----

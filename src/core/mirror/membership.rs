@@ -143,60 +143,106 @@ impl Mirror {
             return r;
         }
         for slot in 0..self.aors.len() {
-            let Some(name) = self.aors[slot].name.as_deref() else {
-                continue;
+            let listed = match self.aors[slot].name.as_deref() {
+                Some(name) => actual_users.contains(name),
+                None => continue,
             };
-            let idx = slot * n + node;
-            if self.bindings[idx].phase == Phase::Registered
-                && !actual_users.contains(name)
-                && self.wants_registration(now, idx)
-            {
-                let before = self.bindings[idx].state();
-                self.bindings[idx].confirmed = false;
-                self.start_op(now, idx, Op::Register);
-                self.emit_change(idx, before, Some("missing on node".into()));
-                self.schedule(idx);
-                self.track(now, idx);
+            if !listed && self.repair_missing(now, slot * n + node) {
                 r.missing += 1;
             }
         }
         if self.reconciled {
             for user in actual_users {
-                if !valid_user_part(user) {
-                    continue;
+                if self.repair_stale(now, node, user) {
+                    r.stale += 1;
                 }
-                let slot = match self.by_name.get(user.as_str()) {
-                    Some(&s) if self.aors[s as usize].is_live(now) => continue,
-                    Some(&s) => s,
-                    None => {
-                        let s = self.alloc_aor(user);
-                        let a = &mut self.aors[s as usize];
-                        // Unregistering needs the user's credential.
-                        a.missing_reported = true;
-                        if let Some(name) = a.name.clone() {
-                            self.events
-                                .push_back(Event::CredentialMissing { aor: name });
-                        }
-                        s
-                    }
-                };
-                let idx = slot as usize * n + node;
-                if self.bindings[idx].phase != Phase::Absent {
-                    continue; // already on its way out
-                }
-                let b = &mut self.bindings[idx];
-                b.server_bound = true;
-                b.op = Op::Unregister;
-                b.phase = Phase::Backoff; // not Absent, so the unregister starts
-                self.start_op(now, idx, Op::Unregister);
-                self.emit_change(idx, None, Some("stale on node".into()));
-                self.schedule(idx);
-                self.track(now, idx);
-                r.stale += 1;
             }
         }
         self.counters.drift_repaired += (r.missing + r.stale) as u64;
         r
+    }
+
+    /// One change of `user`'s contact on `node` as the node reported it (Asterisk's
+    /// `ContactStatus` events): a contact of a confirmed binding removed behind our back is
+    /// registered again at once; one of a user that is not live is unregistered. The same
+    /// repairs as [`Mirror::audit`], for one user, without listing the node.
+    pub fn contact_changed(
+        &mut self,
+        now: Instant,
+        node: NodeId,
+        user: &str,
+        present: bool,
+    ) -> AuditResult {
+        self.ensure_started(now);
+        let node = usize::from(node);
+        let n = self.nodes.len();
+        let mut r = AuditResult::default();
+        if node >= n || !self.nodes[node].health.up {
+            return r;
+        }
+        if present {
+            if self.reconciled && self.repair_stale(now, node, user) {
+                r.stale += 1;
+            }
+        } else if let Some(&slot) = self.by_name.get(user) {
+            if self.repair_missing(now, slot as usize * n + node) {
+                r.missing += 1;
+            }
+        }
+        self.counters.drift_repaired += (r.missing + r.stale) as u64;
+        r
+    }
+
+    /// Binding `idx`'s contact is not on its node: a confirmed binding that is still wanted is
+    /// registered again at once. Whether it was.
+    fn repair_missing(&mut self, now: Instant, idx: usize) -> bool {
+        if self.bindings[idx].phase != Phase::Registered || !self.wants_registration(now, idx) {
+            return false;
+        }
+        let before = self.bindings[idx].state();
+        self.bindings[idx].confirmed = false;
+        self.start_op(now, idx, Op::Register);
+        self.emit_change(idx, before, Some("missing on node".into()));
+        self.schedule(idx);
+        self.track(now, idx);
+        true
+    }
+
+    /// `user` has a contact of ours on `node`: unregistered unless the user is live or the
+    /// binding is already on its way out. Whether it was.
+    fn repair_stale(&mut self, now: Instant, node: usize, user: &str) -> bool {
+        if !valid_user_part(user) {
+            return false;
+        }
+        let n = self.nodes.len();
+        let slot = match self.by_name.get(user) {
+            Some(&s) if self.aors[s as usize].is_live(now) => return false,
+            Some(&s) => s,
+            None => {
+                let s = self.alloc_aor(user);
+                let a = &mut self.aors[s as usize];
+                // Unregistering needs the user's credential.
+                a.missing_reported = true;
+                if let Some(name) = a.name.clone() {
+                    self.events
+                        .push_back(Event::CredentialMissing { aor: name });
+                }
+                s
+            }
+        };
+        let idx = slot as usize * n + node;
+        if self.bindings[idx].phase != Phase::Absent {
+            return false; // already on its way out
+        }
+        let b = &mut self.bindings[idx];
+        b.server_bound = true;
+        b.op = Op::Unregister;
+        b.phase = Phase::Backoff; // not Absent, so the unregister starts
+        self.start_op(now, idx, Op::Unregister);
+        self.emit_change(idx, None, Some("stale on node".into()));
+        self.schedule(idx);
+        self.track(now, idx);
+        true
     }
 
     /// Changes the number of nodes: `map` gives each old node's new index (`None` = dropped).

@@ -9,8 +9,8 @@ use crate::core::mirror::{drop_refused, Mirror};
 use crate::core::notify::aor_user;
 use crate::runtime::background::{self, AuditSnapshot, Lookup, Reconciliation};
 use crate::runtime::credentials::CredentialSource;
-use crate::runtime::maintenance;
 use crate::runtime::metrics::Metrics;
+use crate::runtime::node_events;
 
 use super::{node_of, Driver};
 
@@ -19,7 +19,40 @@ impl<S: CredentialSource> Driver<S> {
     /// The node is in maintenance while its Kamailio endpoint is: Asterisk then answers the
     /// proxy's calls and OPTIONS with 503 and the dispatcher takes it out of rotation, while
     /// regmirror's REGISTERs for users still land, so it comes back complete.
-    pub(super) fn on_maintenance(&mut self, u: maintenance::Update) {
+    pub(super) fn on_node_event(&mut self, r: node_events::Report) {
+        match r {
+            node_events::Report::Maintenance(u) => self.on_maintenance(u),
+            node_events::Report::Contact(c) => self.on_contact_change(c),
+        }
+    }
+
+    /// A node reported a change of one of our contacts: repaired at once if it makes the node
+    /// differ from what is wanted (the same repairs as an audit's listing, for one user).
+    fn on_contact_change(&mut self, c: node_events::ContactChange) {
+        if !self.ha.is_active() {
+            return;
+        }
+        let Some(node) = self.nodes.iter().position(|n| n.name == c.node) else {
+            return;
+        };
+        let (change, counter) = if c.present {
+            ("present", &self.metrics.contact_events_present)
+        } else {
+            ("removed", &self.metrics.contact_events_removed)
+        };
+        Metrics::inc(counter);
+        let r = self
+            .mirror
+            .contact_changed(self.now, node as u16, &c.user, c.present);
+        let repaired = (r.missing + r.stale) as u64;
+        if repaired > 0 {
+            self.metrics.drift_repaired.inc_by(repaired);
+            tracing::warn!(node = %c.node, user = %c.user, change,
+                "contact changed on the node behind regmirror's back: drift repaired");
+        }
+    }
+
+    fn on_maintenance(&mut self, u: node_events::Update) {
         let was = self.in_maintenance(&u.node);
         match u.endpoints {
             Some(e) => self.maintenance.insert(u.node.clone(), e),
@@ -264,9 +297,15 @@ impl<S: CredentialSource> Driver<S> {
         );
     }
 
-    /// The audit loop and the maintenance watcher of a node added by a reload.
+    /// The audit loop and the manager session (maintenance, contact changes) of a node added by
+    /// a reload.
     fn spawn_node_tasks(&self, n: &crate::config::NodeConfig) {
-        maintenance::spawn_watchers(std::slice::from_ref(n), &self.maintenance_tx, &self.metrics);
+        node_events::spawn_watchers(
+            std::slice::from_ref(n),
+            &self.config.kamailio.contact_host,
+            &self.node_events_tx,
+            &self.metrics,
+        );
         let interval = self.config.farm.audit_interval;
         background::spawn_auditor(
             n,

@@ -30,9 +30,9 @@ use crate::runtime::background::{
 };
 use crate::runtime::credentials::{CredentialSource, MySqlCredentials};
 use crate::runtime::ha::Ha;
-use crate::runtime::maintenance;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::mmsg;
+use crate::runtime::node_events;
 use crate::runtime::tcp::{Frame, TcpLinks};
 use crate::status;
 use crate::store;
@@ -75,8 +75,8 @@ pub struct Driver<S: CredentialSource = MySqlCredentials> {
     location_read: bool,
     audit_tx: mpsc::Sender<AuditSnapshot>,
     audit_rx: mpsc::Receiver<AuditSnapshot>,
-    maintenance_tx: mpsc::Sender<maintenance::Update>,
-    maintenance_rx: mpsc::Receiver<maintenance::Update>,
+    node_events_tx: mpsc::Sender<node_events::Report>,
+    node_events_rx: mpsc::Receiver<node_events::Report>,
     /// Per node whose manager is followed: the endpoints in maintenance (absent: not known).
     maintenance: HashMap<String, BTreeSet<String>>,
     /// The last reconciliation's credentials and users, while its events are drained.
@@ -140,7 +140,8 @@ impl<S: CredentialSource> Driver<S> {
         let (lookup_queue, lookup_queue_rx) = mpsc::unbounded_channel();
         let (reconcile_tx, reconcile_rx) = mpsc::channel(1);
         let (audit_tx, audit_rx) = mpsc::channel(16);
-        let (maintenance_tx, maintenance_rx) = mpsc::channel(16);
+        // Contact changes arrive one per REGISTER of ours in a wave: room for a burst.
+        let (node_events_tx, node_events_rx) = mpsc::channel(1024);
         let (tcp, tcp_rx) = TcpLinks::new(config.sip.listen.ip());
         tracing::info!(
             listen = %socket.local_addr().unwrap_or(config.sip.listen),
@@ -175,8 +176,8 @@ impl<S: CredentialSource> Driver<S> {
             location_read: false,
             audit_tx,
             audit_rx,
-            maintenance_tx,
-            maintenance_rx,
+            node_events_tx,
+            node_events_rx,
             maintenance: HashMap::new(),
             reconcile_creds: HashMap::new(),
             reconcile_users: HashSet::new(),
@@ -278,7 +279,7 @@ impl<S: CredentialSource> Driver<S> {
                 Some(q) = self.admin_rx.recv() => { self.tick(); self.on_admin(q) }
                 Some(r) = self.reconcile_rx.recv() => { self.tick(); self.on_reconcile(r) }
                 Some(a) = self.audit_rx.recv() => { self.tick(); self.on_audit(a) }
-                Some(m) = self.maintenance_rx.recv() => { self.tick(); self.on_maintenance(m) }
+                Some(r) = self.node_events_rx.recv() => { self.tick(); self.on_node_event(r) }
                 Some(c) = reload.recv() => { self.tick(); self.on_reload(c) }
                 _ = &mut shutdown => {
                     self.drain(&mut buf).await;
@@ -316,7 +317,12 @@ impl<S: CredentialSource> Driver<S> {
             &self.metrics,
             &self.gates(),
         );
-        maintenance::spawn_watchers(&self.config.nodes, &self.maintenance_tx, &self.metrics);
+        node_events::spawn_watchers(
+            &self.config.nodes,
+            &self.config.kamailio.contact_host,
+            &self.node_events_tx,
+            &self.metrics,
+        );
     }
 
     /// Tells the background readers, the metrics and the log when a storm hold begins or ends.

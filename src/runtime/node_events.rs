@@ -1,9 +1,15 @@
-//! Asterisk's maintenance mode (`res_pjsip_maintenance`, Asterisk 20.20, 22.10, 23.4), followed
-//! on every node that has `ami` configured, whoever sets it: an operator on the node's console
-//! (`pjsip set maintenance on kamailio`), another AMI client, a drain. One manager session per
-//! node: `PJSIPShowMaintenance` gives the endpoints in maintenance at login, then the
-//! `PJSIPMaintenanceStatus` events (class `system`) follow every change. The reading of the
-//! messages is `Tracker`, pure and tested on a transcript; `spawn_watchers` does the I/O.
+//! What each node's manager reports as it happens, on one AMI session per node that has `ami`
+//! configured (class `system` events):
+//! - Asterisk's maintenance mode (`res_pjsip_maintenance`, Asterisk 20.20, 22.10, 23.4), whoever
+//!   sets it: an operator on the node's console (`pjsip set maintenance on kamailio`), another
+//!   AMI client, a drain. `PJSIPShowMaintenance` gives the endpoints in maintenance at login,
+//!   then `PJSIPMaintenanceStatus` events follow every change.
+//! - Changes of regmirror's contacts (`ContactStatus`: created, updated, removed), so drift is
+//!   repaired when it happens and the full listing of the AMI audit can be rare: the audit's
+//!   cost grows with changes, not with contacts x nodes x periods.
+//!
+//! The reading of the messages is `Tracker` and `contact_change`, pure and tested on
+//! transcripts; `spawn_watchers` does the I/O.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -11,7 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::ami::{action, login, one_request, AmiError, AmiTarget, Message};
+use super::ami::{action, login, one_request, our_contact_user, AmiError, AmiTarget, Message};
 use super::metrics::Metrics;
 use crate::config::NodeConfig;
 
@@ -26,6 +32,32 @@ const RECONNECT_AFTER: Duration = Duration::from_secs(10);
 pub struct Update {
     pub node: String,
     pub endpoints: Option<BTreeSet<String>>,
+}
+
+/// A change of one of regmirror's contacts on a node: `present` false when the node removed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactChange {
+    pub node: String,
+    pub user: String,
+    pub present: bool,
+}
+
+/// What a node's manager session reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    Maintenance(Update),
+    Contact(ContactChange),
+}
+
+/// The user and presence of one `ContactStatus` event about a contact of ours (pointing at
+/// `contact_host`); `None` for any other message. Every status but `Removed` says the contact
+/// is there (`Created`, `Updated`, and the qualify states).
+pub fn contact_change(m: &Message, contact_host: &str) -> Option<(String, bool)> {
+    if !m.is("Event", "ContactStatus") {
+        return None;
+    }
+    let user = our_contact_user(m.get("URI")?, contact_host)?;
+    Some((user, !m.is("ContactStatus", "Removed")))
 }
 
 /// The endpoints in maintenance on one node, from the listing at login and the events after it.
@@ -95,18 +127,25 @@ pub async fn endpoints_in_maintenance(
         .collect())
 }
 
-/// One watcher per node that has `ami` configured; each sends an `Update` on every change, and
-/// `endpoints: None` while its session is down.
-pub fn spawn_watchers(nodes: &[NodeConfig], tx: &mpsc::Sender<Update>, metrics: &Arc<Metrics>) {
+/// One watcher per node that has `ami` configured; each reports every change of maintenance
+/// (`endpoints: None` while its session is down) and of our contacts (pointing at
+/// `contact_host`).
+pub fn spawn_watchers(
+    nodes: &[NodeConfig],
+    contact_host: &str,
+    tx: &mpsc::Sender<Report>,
+    metrics: &Arc<Metrics>,
+) {
     for n in nodes {
         let Some(target) = AmiTarget::of(n) else {
             continue;
         };
         let (name, tx, metrics) = (n.name.clone(), tx.clone(), metrics.clone());
+        let contact_host = contact_host.to_string();
         tokio::spawn(async move {
             let mut last_error = String::new();
             loop {
-                let e = watch(&target, &name, &tx).await;
+                let e = watch(&target, &name, &contact_host, &tx).await;
                 if tx.is_closed() {
                     return;
                 }
@@ -115,13 +154,13 @@ pub fn spawn_watchers(nodes: &[NodeConfig], tx: &mpsc::Sender<Update>, metrics: 
                 let text = e.to_string();
                 if text != last_error {
                     tracing::warn!(node = %name, ami = %target.addr, error = %text,
-                        "maintenance mode of the node not followed; retrying");
+                        "maintenance mode and contact changes of the node not followed; retrying");
                     last_error = text;
                 }
-                let gone = Update {
+                let gone = Report::Maintenance(Update {
                     node: name.clone(),
                     endpoints: None,
-                };
+                });
                 if tx.send(gone).await.is_err() {
                     return;
                 }
@@ -132,7 +171,12 @@ pub fn spawn_watchers(nodes: &[NodeConfig], tx: &mpsc::Sender<Update>, metrics: 
 }
 
 /// One session: log in for `system` events, list, then follow until the session ends.
-async fn watch(target: &AmiTarget, node: &str, tx: &mpsc::Sender<Update>) -> AmiError {
+async fn watch(
+    target: &AmiTarget,
+    node: &str,
+    contact_host: &str,
+    tx: &mpsc::Sender<Report>,
+) -> AmiError {
     let mut c = match login(target, "system").await {
         Ok(c) => c,
         Err(e) => return e,
@@ -154,18 +198,24 @@ async fn watch(target: &AmiTarget, node: &str, tx: &mpsc::Sender<Update>) -> Ami
                 continue;
             }
         };
-        match tracker.feed(&m) {
-            Ok(false) => {}
-            Ok(true) => {
-                let u = Update {
+        let report = if let Some((user, present)) = contact_change(&m, contact_host) {
+            Report::Contact(ContactChange {
+                node: node.to_string(),
+                user,
+                present,
+            })
+        } else {
+            match tracker.feed(&m) {
+                Ok(false) => continue,
+                Ok(true) => Report::Maintenance(Update {
                     node: node.to_string(),
                     endpoints: tracker.endpoints().cloned(),
-                };
-                if tx.send(u).await.is_err() {
-                    return AmiError::Io("regmirror is shutting down".into());
-                }
+                }),
+                Err(e) => return e,
             }
-            Err(e) => return e,
+        };
+        if tx.send(report).await.is_err() {
+            return AmiError::Io("regmirror is shutting down".into());
         }
     }
 }
@@ -217,6 +267,35 @@ Event: PJSIPMaintenanceStatusComplete\r\nActionID: rm-maintenance\r\n\r\n";
         assert_eq!(
             replay(&mut t, text),
             vec![Some(vec!["kamailio".to_string()])]
+        );
+    }
+
+    /// `ContactStatus` as Asterisk 22's manager writes it (`manager show event ContactStatus`):
+    /// ours by the contact's host, removed or there.
+    #[test]
+    fn contact_status_events_of_our_contacts_only() {
+        let text = "Event: ContactStatus\r\nPrivilege: system,all\r\n\
+URI: sip:1001@10.77.0.20:5060\r\nContactStatus: Removed\r\nAOR: 1001\r\nEndpointName: 1001\r\n\r\n\
+Event: ContactStatus\r\nPrivilege: system,all\r\n\
+URI: sip:1002@10.77.0.20:5060;transport=udp\r\nContactStatus: Created\r\nAOR: 1002\r\nEndpointName: 1002\r\n\r\n\
+Event: ContactStatus\r\nURI: sip:1003@10.77.0.20:5060\r\nContactStatus: Unqualified\r\n\r\n\
+Event: ContactStatus\r\nURI: sip:1004@192.0.2.9:5060\r\nContactStatus: Removed\r\n\r\n\
+Event: PJSIPMaintenanceStatus\r\nEndpoint: kamailio\r\nStatus: enabled\r\n\r\n";
+        let mut buf = text.as_bytes().to_vec();
+        let mut seen = Vec::new();
+        while let Some(m) = take_message(&mut buf).unwrap() {
+            seen.push(contact_change(&m, "10.77.0.20:5060"));
+        }
+        let ours = |u: &str, present| Some((u.to_string(), present));
+        assert_eq!(
+            seen,
+            [
+                ours("1001", false),
+                ours("1002", true),
+                ours("1003", true),
+                None,
+                None
+            ]
         );
     }
 
