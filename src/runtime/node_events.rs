@@ -4,9 +4,10 @@
 //!   sets it: an operator on the node's console (`pjsip set maintenance on kamailio`), another
 //!   AMI client, a drain. `PJSIPShowMaintenance` gives the endpoints in maintenance at login,
 //!   then `PJSIPMaintenanceStatus` events follow every change.
-//! - Changes of regmirror's contacts (`ContactStatus`: created, updated, removed), so drift is
-//!   repaired when it happens and the full listing of the AMI audit can be rare: the audit's
-//!   cost grows with changes, not with contacts x nodes x periods.
+//! - Contacts that go away (`PeerStatus` `Unreachable`: an endpoint has no contact left; and
+//!   `ContactStatus` where AORs qualify), so a lost contact is registered again when it
+//!   happens and the full listing of the AMI audit can be rare: the audit's cost grows with
+//!   changes, not with contacts x nodes x periods.
 //!
 //! The reading of the messages is `Tracker` and `contact_change`, pure and tested on
 //! transcripts; `spawn_watchers` does the I/O.
@@ -49,10 +50,24 @@ pub enum Report {
     Contact(ContactChange),
 }
 
-/// The user and presence of one `ContactStatus` event about a contact of ours (pointing at
-/// `contact_host`); `None` for any other message. Every status but `Removed` says the contact
-/// is there (`Created`, `Updated`, and the qualify states).
+/// The user and presence of a contact change a node reports; `None` for any other message.
+/// - `PeerStatus` `Unreachable` of a PJSIP endpoint: the endpoint has no contact left (each
+///   user's endpoint and AOR are named after it, and only regmirror registers on the nodes): if
+///   regmirror holds a binding there, its contact is gone. `Reachable` says nothing about whose
+///   contact appeared, so it is left to the listing.
+/// - `ContactStatus` (Asterisk raises it for AORs that qualify): about a contact of ours
+///   (pointing at `contact_host`), removed or there.
 pub fn contact_change(m: &Message, contact_host: &str) -> Option<(String, bool)> {
+    if m.is("Event", "PeerStatus") {
+        if !m.is("PeerStatus", "Unreachable") {
+            return None;
+        }
+        let peer = m.get("Peer")?;
+        let endpoint = peer
+            .strip_prefix("PJSIP/")
+            .or_else(|| peer.strip_prefix("pjsip/"))?;
+        return (!endpoint.is_empty()).then(|| (endpoint.to_string(), false));
+    }
     if !m.is("Event", "ContactStatus") {
         return None;
     }
@@ -270,11 +285,16 @@ Event: PJSIPMaintenanceStatusComplete\r\nActionID: rm-maintenance\r\n\r\n";
         );
     }
 
-    /// `ContactStatus` as Asterisk 22's manager writes it (`manager show event ContactStatus`):
-    /// ours by the contact's host, removed or there.
+    /// What Asterisk 22.10's manager writes (`PeerStatus` seen on the compose nodes as contacts
+    /// come and go; `ContactStatus` as `manager show event ContactStatus` gives it): an
+    /// endpoint without contacts, and ours by the contact's host.
     #[test]
-    fn contact_status_events_of_our_contacts_only() {
-        let text = "Event: ContactStatus\r\nPrivilege: system,all\r\n\
+    fn contact_events_of_our_contacts_only() {
+        let text = "Event: PeerStatus\r\nPrivilege: system,all\r\nChannelType: PJSIP\r\n\
+Peer: PJSIP/891750003\r\nPeerStatus: Unreachable\r\n\r\n\
+Event: PeerStatus\r\nPrivilege: system,all\r\nChannelType: PJSIP\r\n\
+Peer: PJSIP/891750004\r\nPeerStatus: Reachable\r\n\r\n\
+Event: ContactStatus\r\nPrivilege: system,all\r\n\
 URI: sip:1001@10.77.0.20:5060\r\nContactStatus: Removed\r\nAOR: 1001\r\nEndpointName: 1001\r\n\r\n\
 Event: ContactStatus\r\nPrivilege: system,all\r\n\
 URI: sip:1002@10.77.0.20:5060;transport=udp\r\nContactStatus: Created\r\nAOR: 1002\r\nEndpointName: 1002\r\n\r\n\
@@ -290,6 +310,8 @@ Event: PJSIPMaintenanceStatus\r\nEndpoint: kamailio\r\nStatus: enabled\r\n\r\n";
         assert_eq!(
             seen,
             [
+                ours("891750003", false),
+                None,
                 ours("1001", false),
                 ours("1002", true),
                 ours("1003", true),

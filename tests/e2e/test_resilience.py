@@ -98,24 +98,26 @@ def test_audit_repairs_contact_deleted_behind_regmirrors_back(stack, crowd):
 
 def test_contact_removed_on_a_node_is_registered_again_from_the_nodes_event(
         stack, sipp, crowd, ports, beside_regmirror):
-    """A REGISTER straight to ast1 with another Contact (from regmirror's own address, which
-    the node's ACL admits) makes the node drop regmirror's contact of that user (max_contacts
-    1, remove_existing). The node's ContactStatus event says so, and regmirror registers the
-    user again at once: the repair comes from the event, not from the full listing."""
+    """A REGISTER straight to ast1 that removes every contact of a user (Contact: *, Expires:
+    0, from regmirror's own address, which the node's ACL admits) takes regmirror's contact away
+    behind its back. The node's PeerStatus event (the endpoint has no contact left) says so, and
+    regmirror registers the user again at once: the repair comes from the event, not from the
+    full listing."""
     user, password = crowd[2]
+    assert user in node_users(stack, "ast1")
     instances = active()
     assert len(instances) == 1, instances
     inst = instances[0]
     removed = metric(inst, "regmirror_contact_events_total", 'change="removed"') or 0
     repaired = metric(inst, "regmirror_drift_repaired_total")
     since = int(time.time()) - 1
-    res = sipp.run("register.xml", [(user, password, 60)], port=next(ports),
+    res = sipp.run("unregister-all.xml", [(user, password, 0)], port=next(ports),
                    source=beside_regmirror, target=f"{NODES['ast1']}:5060",
                    host="beside-regmirror", timeout=8)
     assert res.rc == 0, res.stdout
     ok, took = poll(lambda: user in node_users(stack, "ast1"), 14, 0.1)
     assert ok, f"{user} on ast1: {stack.contacts('ast1').get(user)}"
-    print(f"\nregmirror's contact back on ast1 {took:.1f} s after the intruding REGISTER")
+    print(f"\nregmirror's contact back on ast1 {took:.1f} s after it was removed")
     assert metric(inst, "regmirror_contact_events_total", 'change="removed"') > removed
     assert metric(inst, "regmirror_drift_repaired_total") > repaired
     logs = subprocess.run([DOCKER, "logs", "--since", str(since), cid(inst)],
