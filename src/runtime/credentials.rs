@@ -50,8 +50,11 @@ impl CredentialSource for MySqlCredentials {
     }
 
     async fn live(&self) -> Result<LiveSnapshot, StoreError> {
-        let live = store::credentials::live_aors_db_now(&self.pool).await?;
-        let creds = store::credentials::live_credentials(&self.pool, &self.realm).await?;
+        // Two statements on two connections at once: at 1,000,000 users 4 s and 12 s.
+        let (live, creds) = tokio::try_join!(
+            store::credentials::live_aors_db_now(&self.pool),
+            store::credentials::live_credentials(&self.pool, &self.realm),
+        )?;
         Ok(LiveSnapshot {
             live: live
                 .into_iter()
