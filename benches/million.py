@@ -228,7 +228,7 @@ def main():
             wait_until("reconciliation after the restart", proc, live, every=0.5)
             out(f"round{rnd}_restart_reconcile_s", f"{reconciled_after(log.name, offset, t0):.1f}")
             _, cpu3 = proc_stat(proc.pid)
-            out(f"round{rnd}_restart_cpu_s_to_reconciled", f"{cpu3:.1f}")
+            out(f"round{rnd}_restart_cpu_s_until_admin_answered", f"{cpu3:.1f}")
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
     finally:

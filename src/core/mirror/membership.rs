@@ -135,13 +135,11 @@ impl Mirror {
         node: NodeId,
         actual_users: &HashSet<String>,
     ) -> AuditResult {
-        self.ensure_started(now);
-        let node = usize::from(node);
-        let n = self.nodes.len();
         let mut r = AuditResult::default();
-        if node >= n || !self.nodes[node].health.up {
+        let Some(node) = self.audited_node(now, node) else {
             return r;
-        }
+        };
+        let n = self.nodes.len();
         for slot in 0..self.aors.len() {
             let listed = match self.aors[slot].name.as_deref() {
                 Some(name) => actual_users.contains(name),
@@ -173,13 +171,11 @@ impl Mirror {
         user: &str,
         present: bool,
     ) -> AuditResult {
-        self.ensure_started(now);
-        let node = usize::from(node);
-        let n = self.nodes.len();
         let mut r = AuditResult::default();
-        if node >= n || !self.nodes[node].health.up {
+        let Some(node) = self.audited_node(now, node) else {
             return r;
-        }
+        };
+        let n = self.nodes.len();
         if present {
             if self.reconciled && self.repair_stale(now, node, user) {
                 r.stale += 1;
@@ -191,6 +187,13 @@ impl Mirror {
         }
         self.counters.drift_repaired += (r.missing + r.stale) as u64;
         r
+    }
+
+    /// `node`'s index when what it says of its contacts can be acted on (it exists and is up).
+    fn audited_node(&mut self, now: Instant, node: NodeId) -> Option<usize> {
+        self.ensure_started(now);
+        let node = usize::from(node);
+        (node < self.nodes.len() && self.nodes[node].health.up).then_some(node)
     }
 
     /// Binding `idx`'s contact is not on its node: a confirmed binding that is still wanted is
