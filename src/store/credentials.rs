@@ -116,6 +116,14 @@ fn is_md5_hex(s: &str) -> bool {
     s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// The AOR of a `location` row: `username`, or `username@domain` when Kamailio stores a domain.
+fn aor_of(user: String, domain: Option<String>) -> String {
+    match domain {
+        Some(d) if !d.is_empty() => format!("{user}@{d}"),
+        _ => user,
+    }
+}
+
 /// AORs with at least one contact in Kamailio's `location` that expires after
 /// `now`, with the seconds until the last of them expires. `now` is in the
 /// clock Kamailio writes `expires` with (its local time). An AOR is `username`,
@@ -134,10 +142,7 @@ pub async fn live_aors(
     Ok(rows
         .into_iter()
         .map(|(user, domain, expires)| {
-            let aor = match domain {
-                Some(d) if !d.is_empty() => format!("{user}@{d}"),
-                _ => user,
-            };
+            let aor = aor_of(user, domain);
             let secs = (expires - now).num_seconds().clamp(0, i64::from(u32::MAX));
             (aor, u32::try_from(secs).unwrap_or(u32::MAX))
         })
@@ -159,10 +164,7 @@ pub async fn live_aors_db_now(pool: &MySqlPool) -> Result<Vec<(String, u32)>, St
     Ok(rows
         .into_iter()
         .map(|(user, domain, secs)| {
-            let aor = match domain {
-                Some(d) if !d.is_empty() => format!("{user}@{d}"),
-                _ => user,
-            };
+            let aor = aor_of(user, domain);
             (aor, u32::try_from(secs.max(1)).unwrap_or(u32::MAX))
         })
         .collect())
