@@ -156,7 +156,8 @@ def reconciled_after(log_path, offset, t0):
 def main():
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "regmirror",
                     "--example", "loadgen", "--features", "testing"], cwd=ROOT, check=True)
-    binary = os.path.join(ROOT, "target/release/regmirror")
+    # MILLION_BIN: another build of regmirror, for an A/B in one sitting.
+    binary = os.environ.get("MILLION_BIN") or os.path.join(ROOT, "target/release/regmirror")
     loadgen = os.path.join(ROOT, "target/release/examples/loadgen")
     db_url = os.environ["REGMIRROR_TEST_REGMIRROR_URL"]
     out("config", f"aors={AORS} nodes={NODES} bindings={AORS * NODES} rounds={ROUNDS} "

@@ -260,16 +260,20 @@ pub fn farm_status(
             }
         })
         .collect();
-    let stats = mirror.stats();
+    // One pass over the bindings: the counters need none, and liveness comes with each view
+    // (a lookup by name per binding was most of a summary's cost at 8,000,000).
+    let stats = mirror.counter_stats();
     let live = stats.live_aors as u64;
     let mut total = 0u64;
+    let mut queued = 0u64;
     let mut listed = Vec::new();
     for b in mirror.bindings() {
         total += 1;
+        queued += u64::from(b.queued);
         let Some(row) = nodes.get_mut(usize::from(b.node)) else {
             continue;
         };
-        let is_live = mirror.is_live(now, b.aor);
+        let is_live = b.aor_live_until.is_some_and(|t| t > now);
         match b.state {
             BindingState::Registered => {
                 row.confirmed += 1;
@@ -340,7 +344,7 @@ pub fn farm_status(
             challenges: stats.challenges,
             credential_rejected: stats.credential_rejected,
             stray_responses: stats.stray_responses,
-            queued: stats.queued as u64,
+            queued,
             refreshes_deferred: stats.refreshes_deferred,
         },
         bindings_total: total,

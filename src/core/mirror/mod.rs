@@ -278,6 +278,10 @@ pub struct BindingView<'a> {
     /// Since when the binding has differed from what is wanted (a desired binding the node does
     /// not hold yet, or one left over): its age as a problem.
     pub waiting_since: Option<Instant>,
+    /// Until when its AOR is live (none: not live), so a summary needs no lookup by name.
+    pub aor_live_until: Option<Instant>,
+    /// Waiting for its node's send budget.
+    pub queued: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -4,24 +4,27 @@ use super::*;
 
 impl Mirror {
     pub fn bindings(&self) -> impl Iterator<Item = BindingView<'_>> {
-        let n = self.nodes.len();
         self.bindings
             .iter()
             .enumerate()
-            .filter_map(move |(idx, b)| {
-                let state = b.state()?;
-                let aor = self.aors[idx / n].name.as_ref()?;
-                Some(BindingView {
-                    aor,
-                    node: (idx % n) as NodeId,
-                    state,
-                    last_result: b.last,
-                    next_action: b.deadline(),
-                    failures: b.failures,
-                    granted_expires: b.granted,
-                    waiting_since: b.pending_since,
-                })
-            })
+            .filter_map(move |(idx, b)| self.view(idx, b))
+    }
+
+    fn view<'a>(&'a self, idx: usize, b: &Binding) -> Option<BindingView<'a>> {
+        let n = self.nodes.len();
+        let a = &self.aors[idx / n];
+        Some(BindingView {
+            aor: a.name.as_ref()?,
+            node: (idx % n) as NodeId,
+            state: b.state()?,
+            last_result: b.last,
+            next_action: b.deadline(),
+            failures: b.failures,
+            granted_expires: b.granted,
+            waiting_since: b.pending_since,
+            aor_live_until: a.live_until.filter(|_| !a.removed),
+            queued: b.phase == Phase::Queued,
+        })
     }
 
     /// The binding of `aor` on `node`, if any.
@@ -31,17 +34,8 @@ impl Mirror {
         if usize::from(node) >= n {
             return None;
         }
-        let b = &self.bindings[slot * n + usize::from(node)];
-        Some(BindingView {
-            aor: self.aors[slot].name.as_ref()?,
-            node,
-            state: b.state()?,
-            last_result: b.last,
-            next_action: b.deadline(),
-            failures: b.failures,
-            granted_expires: b.granted,
-            waiting_since: b.pending_since,
-        })
+        let idx = slot * n + usize::from(node);
+        self.view(idx, &self.bindings[idx])
     }
 
     /// Whether the mirror considers `aor` live at `now`.
@@ -51,7 +45,28 @@ impl Mirror {
             .is_some_and(|&s| self.aors[s as usize].is_live(now))
     }
 
+    /// Every figure, the bindings counted by state included (a pass over every binding).
     pub fn stats(&self) -> MirrorStats {
+        let mut s = self.counter_stats();
+        for b in &self.bindings {
+            if b.phase == Phase::Queued {
+                s.queued += 1;
+            }
+            match b.state() {
+                Some(BindingState::Registering) => s.registering += 1,
+                Some(BindingState::Registered) => s.registered += 1,
+                Some(BindingState::Unregistering) => s.unregistering += 1,
+                Some(BindingState::Failed) => s.failed += 1,
+                None => {}
+            }
+        }
+        s
+    }
+
+    /// The counters, the per-node sums and the live AORs, without counting the bindings by
+    /// state (`registering`, `registered`, `unregistering`, `failed` and `queued` are 0): what a
+    /// summary that walks the bindings itself reads.
+    pub fn counter_stats(&self) -> MirrorStats {
         let c = &self.counters;
         let mut s = MirrorStats {
             aors: self.by_name.len(),
@@ -81,18 +96,6 @@ impl Mirror {
             .iter()
             .filter(|a| a.name.is_some() && !a.removed && a.live_until.is_some())
             .count();
-        for b in &self.bindings {
-            if b.phase == Phase::Queued {
-                s.queued += 1;
-            }
-            match b.state() {
-                Some(BindingState::Registering) => s.registering += 1,
-                Some(BindingState::Registered) => s.registered += 1,
-                Some(BindingState::Unregistering) => s.unregistering += 1,
-                Some(BindingState::Failed) => s.failed += 1,
-                None => {}
-            }
-        }
         s
     }
 

@@ -360,7 +360,7 @@ impl<S: CredentialSource> Driver<S> {
         };
         // The core counts replays; the counter follows it.
         let replays = self.metrics.replays.inner();
-        replays.store(self.mirror.stats().replayed, Ordering::Relaxed);
+        replays.store(self.mirror.counter_stats().replayed, Ordering::Relaxed);
         match q {
             AdminQuery::Farm { bindings, reply } => {
                 let mut s = status::farm_status(&self.mirror, self.now, health, &bindings);
