@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::mirror::{coverage_ratio, BindingState, Mirror, NodeId};
+use crate::core::mirror::{coverage_ratio, BindingState, BindingView, Mirror, NodeId};
 
 /// One node as `status` shows it. `desired` is the number of live AORs (each is wanted on every
 /// node); `drift` counts bindings that differ from that: not (yet) confirmed, or left over.
@@ -266,7 +266,25 @@ pub fn farm_status(
     let live = stats.live_aors as u64;
     let mut total = 0u64;
     let mut queued = 0u64;
+    let mut matched = 0u64;
     let mut listed = Vec::new();
+    let far = now + std::time::Duration::from_secs(86_400 * 365);
+    let order = |a: &BindingView, b: &BindingView| match list.sort {
+        BindingSort::Problems => {
+            let ok = |v: &BindingView| v.state == BindingState::Registered;
+            (ok(a), a.aor, a.node).cmp(&(ok(b), b.aor, b.node))
+        }
+        BindingSort::User => (a.aor, a.node).cmp(&(b.aor, b.node)),
+        BindingSort::Node => (a.node, a.aor).cmp(&(b.node, b.aor)),
+        BindingSort::Next => {
+            (a.next_action.unwrap_or(far), a.aor).cmp(&(b.next_action.unwrap_or(far), b.aor))
+        }
+        BindingSort::Age => (a.waiting_since.unwrap_or(far), a.aor, a.node).cmp(&(
+            b.waiting_since.unwrap_or(far),
+            b.aor,
+            b.node,
+        )),
+    };
     for b in mirror.bindings() {
         total += 1;
         queued += u64::from(b.queued);
@@ -286,33 +304,21 @@ pub fn farm_status(
             BindingState::Failed => row.failing += 1,
         }
         if list.max > 0 && b.aor.starts_with(list.user_prefix.as_str()) {
+            matched += 1;
             listed.push(b);
+            // Only the first `max` in order are shown: keep at most twice that many, so the
+            // page costs O(bindings) time and O(max) memory, not a sort of every binding.
+            if listed.len() >= 2 * list.max {
+                listed.select_nth_unstable_by(list.max - 1, order);
+                listed.truncate(list.max);
+            }
         }
     }
     for row in &mut nodes {
         let confirmed_live = row.confirmed - row.drift;
         row.drift += live.saturating_sub(confirmed_live);
     }
-    // Sorting views (no allocation per binding) keeps a list of 100,000 cheap.
-    let far = now + std::time::Duration::from_secs(86_400 * 365);
-    match list.sort {
-        BindingSort::Problems => listed.sort_unstable_by(|a, b| {
-            let key = |v: &crate::core::mirror::BindingView| v.state == BindingState::Registered;
-            (key(a), a.aor, a.node).cmp(&(key(b), b.aor, b.node))
-        }),
-        BindingSort::User => listed.sort_unstable_by(|a, b| (a.aor, a.node).cmp(&(b.aor, b.node))),
-        BindingSort::Node => listed.sort_unstable_by(|a, b| (a.node, a.aor).cmp(&(b.node, b.aor))),
-        BindingSort::Next => listed.sort_unstable_by(|a, b| {
-            (a.next_action.unwrap_or(far), a.aor).cmp(&(b.next_action.unwrap_or(far), b.aor))
-        }),
-        BindingSort::Age => listed.sort_unstable_by(|a, b| {
-            (a.waiting_since.unwrap_or(far), a.aor, a.node).cmp(&(
-                b.waiting_since.unwrap_or(far),
-                b.aor,
-                b.node,
-            ))
-        }),
-    }
+    listed.sort_unstable_by(order);
     let rows: Vec<BindingRow> = listed
         .iter()
         .take(list.max)
@@ -331,7 +337,6 @@ pub fn farm_status(
                 .map(|t| now.saturating_duration_since(t).as_secs_f64().round()),
         })
         .collect();
-    let matched = listed.len() as u64;
     FarmStatus {
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_seconds: 0,

@@ -440,6 +440,59 @@ mod tests {
         assert_eq!(order, ["1001", "1002"]);
     }
 
+    /// A list shorter than what matches shows the first in order, and counts every match.
+    #[test]
+    fn a_short_list_shows_the_first_in_order_of_many() {
+        use crate::core::digest::Secret;
+        use crate::core::mirror::{Credential, MirrorConfig, Transport};
+        use crate::core::testing::Sim;
+        let cfg = MirrorConfig {
+            domain: "regmirror.test".into(),
+            ..MirrorConfig::default()
+        };
+        let mut s = Sim::new(cfg, 2, Transport::Udp, 1);
+        let users: Vec<String> = (0..37).map(|i| format!("u{:02}", (i * 17) % 37)).collect();
+        for u in &users {
+            s.add_user(u, Secret::Password("pw".into()));
+            let c = Credential {
+                username: u.clone(),
+                secret: Secret::Password("pw".into()),
+            };
+            let now = s.now;
+            s.mirror
+                .aor_update(now, u, Duration::from_secs(600), None, Some(c));
+        }
+        s.run_for(Duration::from_secs(3));
+        let list = |max, sort| BindingList {
+            max,
+            user_prefix: "u".into(),
+            sort,
+        };
+        let f = farm_status(&s.mirror, s.now, |_| "up", &list(3, BindingSort::User));
+        let got: Vec<_> = f
+            .bindings
+            .iter()
+            .map(|b| (b.user.as_str(), b.node.as_str()))
+            .collect();
+        assert_eq!(got, [("u00", "ast1"), ("u00", "ast2"), ("u01", "ast1")]);
+        assert_eq!((f.bindings_matched, f.bindings_total), (74, 74));
+        let f = farm_status(&s.mirror, s.now, |_| "up", &list(4, BindingSort::Node));
+        let got: Vec<_> = f
+            .bindings
+            .iter()
+            .map(|b| (b.node.as_str(), b.user.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("ast1", "u00"),
+                ("ast1", "u01"),
+                ("ast1", "u02"),
+                ("ast1", "u03")
+            ]
+        );
+    }
+
     #[test]
     fn history_draws_the_last_hour_and_forgets_what_is_older() {
         let mut h = History::default();
