@@ -306,6 +306,18 @@ fn bindings(o: &mut String, s: &FarmStatus, list: &BindingList) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::digest::Secret;
+    use crate::core::mirror::{Credential, MirrorConfig, Transport};
+    use crate::core::testing::Sim;
+
+    /// A simulated farm of `nodes` fake registrars, the mirror in realm regmirror.test.
+    fn sim(nodes: usize) -> Sim {
+        let cfg = MirrorConfig {
+            domain: "regmirror.test".into(),
+            ..MirrorConfig::default()
+        };
+        Sim::new(cfg, nodes, Transport::Udp, 1)
+    }
     use crate::status::{farm_status, BindingRow, NodeRow};
     use std::time::Duration;
 
@@ -343,14 +355,7 @@ mod tests {
     /// still being looked up is desired and not covered, its wait is the lag.
     #[test]
     fn nodes_show_the_mirrors_coverage_and_lag() {
-        use crate::core::digest::Secret;
-        use crate::core::mirror::{Credential, MirrorConfig, Transport};
-        use crate::core::testing::Sim;
-        let cfg = MirrorConfig {
-            domain: "regmirror.test".into(),
-            ..MirrorConfig::default()
-        };
-        let mut s = Sim::new(cfg, 2, Transport::Udp, 1);
+        let mut s = sim(2);
         s.add_user("1001", Secret::Password("pw".into()));
         let now = s.now;
         s.mirror
@@ -394,14 +399,7 @@ mod tests {
     /// registered one has none and comes after.
     #[test]
     fn bindings_sorted_by_age_show_the_longest_wait_first() {
-        use crate::core::digest::Secret;
-        use crate::core::mirror::{Credential, MirrorConfig, Transport};
-        use crate::core::testing::Sim;
-        let cfg = MirrorConfig {
-            domain: "regmirror.test".into(),
-            ..MirrorConfig::default()
-        };
-        let mut s = Sim::new(cfg, 1, Transport::Udp, 1);
+        let mut s = sim(1);
         s.add_user("1001", Secret::Password("pw".into()));
         let now = s.now;
         // 1001 is registered at once; 1002's stored password is not the node's, so it waits.
@@ -443,14 +441,7 @@ mod tests {
     /// A list shorter than what matches shows the first in order, and counts every match.
     #[test]
     fn a_short_list_shows_the_first_in_order_of_many() {
-        use crate::core::digest::Secret;
-        use crate::core::mirror::{Credential, MirrorConfig, Transport};
-        use crate::core::testing::Sim;
-        let cfg = MirrorConfig {
-            domain: "regmirror.test".into(),
-            ..MirrorConfig::default()
-        };
-        let mut s = Sim::new(cfg, 2, Transport::Udp, 1);
+        let mut s = sim(2);
         let users: Vec<String> = (0..37).map(|i| format!("u{:02}", (i * 17) % 37)).collect();
         for u in &users {
             s.add_user(u, Secret::Password("pw".into()));
