@@ -85,6 +85,14 @@ def http_get(path, timeout=120):
     return body.decode("utf-8", "replace"), time.monotonic() - t
 
 
+def scrape():
+    """regmirror's `/metrics` text ("" while it does not answer)."""
+    try:
+        return http_get("/metrics")[0]
+    except OSError:
+        return ""
+
+
 def metric(text, name):
     """Every sample of `name` (any labels)."""
     pattern = re.compile(rf"^{name}(?:\{{[^}}]*\}})?\s+(\S+)$", re.M)
@@ -116,14 +124,13 @@ def config(nodes, db_url):
 
 
 def wait_until(what, proc, check, every=2.0):
-    """Polls `check()` (returns a truthy value when done); the seconds it took."""
+    """Polls `check()` until it is true (the timings come from regmirror's log and `/proc`)."""
     t = time.monotonic()
     while True:
         if proc.poll() is not None:
             raise SystemExit(f"million: regmirror exited ({proc.returncode}) waiting for {what}")
-        done = check()
-        if done:
-            return time.monotonic() - t, done
+        if check():
+            return
         if time.monotonic() - t > TIMEOUT:
             raise SystemExit(f"million: no {what} after {TIMEOUT:.0f} s")
         time.sleep(every)
@@ -184,20 +191,12 @@ def main():
             proc, t0, offset = start(binary, cfg_path, log)
 
             def live():
-                try:
-                    text, _ = http_get("/metrics")
-                except OSError:
-                    return None
-                aors = metric(text, "regmirror_live_aors")
+                aors = metric(scrape(), "regmirror_live_aors")
                 return aors and aors[0] >= AORS
 
             def covered():
-                try:
-                    text, took = http_get("/metrics")
-                except OSError:
-                    return None
-                ratios = metric(text, "regmirror_node_coverage_ratio")
-                return len(ratios) == NODES and min(ratios) >= 1.0 and took
+                ratios = metric(scrape(), "regmirror_node_coverage_ratio")
+                return len(ratios) == NODES and min(ratios) >= 1.0
 
             wait_until("first reconciliation", proc, live, every=0.5)
             wait_until("every binding on every node", proc, covered)
