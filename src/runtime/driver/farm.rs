@@ -15,10 +15,7 @@ use crate::runtime::node_events;
 use super::{node_of, Driver};
 
 impl<S: CredentialSource> Driver<S> {
-    /// A node's manager said which endpoints are in maintenance (`None`: it cannot say now).
-    /// The node is in maintenance while its Kamailio endpoint is: Asterisk then answers the
-    /// proxy's calls and OPTIONS with 503 and the dispatcher takes it out of rotation, while
-    /// regmirror's REGISTERs for users still land, so it comes back complete.
+    /// What a node's manager session reported.
     pub(super) fn on_node_event(&mut self, r: node_events::Report) {
         match r {
             node_events::Report::Maintenance(u) => self.on_maintenance(u),
@@ -52,6 +49,10 @@ impl<S: CredentialSource> Driver<S> {
         }
     }
 
+    /// A node's manager said which endpoints are in maintenance (`None`: it cannot say now).
+    /// The node is in maintenance while its Kamailio endpoint is: Asterisk then answers the
+    /// proxy's calls and OPTIONS with 503 and the dispatcher takes it out of rotation, while
+    /// regmirror's REGISTERs for users still land, so it comes back complete.
     fn on_maintenance(&mut self, u: node_events::Update) {
         let was = self.in_maintenance(&u.node);
         match u.endpoints {
