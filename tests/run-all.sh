@@ -23,3 +23,5 @@ if [ "${REGMIRROR_SKIP_E2E:-0}" = 1 ]; then
 fi
 echo "== compose suite"
 bash tests/e2e/run.sh
+echo "== compose suite, two Kamailio proxies"
+PROXIES=2 bash tests/e2e/run.sh

@@ -2,7 +2,10 @@
 # Render the environment-dependent bits of the Asterisk config, then run Asterisk in the
 # foreground.
 #   AST_NODE_NAME   node name (User-Agent, dialplan ${NODE_NAME}); default: hostname
-#   KAMAILIO_ADDR   Kamailio's SIP ip:port; INVITEs from exactly there are trusted
+#   KAMAILIO_ADDR   Kamailio's SIP ip:port, where calls to users go (a proxy pair's floating
+#                   address)
+#   KAMAILIO_SOURCES  the ip:port requests from Kamailio come from, comma-separated (each proxy
+#                   of a pair); INVITEs from exactly there are trusted. Default: KAMAILIO_ADDR
 #   DB_HOST DB_PORT DB_NAME DB_USER DB_PASSWORD   shared realtime database
 #   REGMIRROR_ADDRS   regmirror instances' IPs, comma-separated: with Kamailio's, the only
 #                     sources this node takes SIP from (pjsip_acl.conf), and AMI's default permit
@@ -28,7 +31,8 @@ secret() {
     esac
 }
 : "${AST_NODE_NAME:=$(hostname)}"
-: "${KAMAILIO_ADDR:=10.77.0.20:5060}"
+: "${KAMAILIO_ADDR:=10.77.0.20:5060}" "${KAMAILIO_SOURCES:=$KAMAILIO_ADDR}"
+IFS=, read -r -a kamailio_sources <<< "$KAMAILIO_SOURCES"
 : "${DB_HOST:=mariadb}" "${DB_PORT:=3306}" "${DB_NAME:=regmirror}" "${DB_USER:=asterisk}"
 : "${AMI_USER:=regmirror}"
 [ -n "${REGMIRROR_ADDRS:-}" ] || die "REGMIRROR_ADDRS (the regmirror instances' IPs) is required"
@@ -51,7 +55,7 @@ contact = sip:$KAMAILIO_ADDR
 [kamailio]
 type = identify
 endpoint = kamailio
-match = $KAMAILIO_ADDR
+$(printf 'match = %s\n' "${kamailio_sources[@]}")
 CONF
 # `deny` everything, then one `permit` per address or network (a bare address is one host).
 deny_all_but() {
@@ -67,7 +71,7 @@ deny_all_but() {
 {
     echo "[farm-only]"
     echo "type = acl"
-    deny_all_but "${KAMAILIO_ADDR%:*}" "${regmirror_ips[@]}"
+    deny_all_but "${kamailio_sources[@]%:*}" "${regmirror_ips[@]}"
 } > "$etc/pjsip_acl.conf"
 # The named ACL users' endpoints reference (ps_endpoints.acl, default 'regmirror'): their
 # requests come from regmirror only.

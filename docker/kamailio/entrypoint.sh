@@ -18,6 +18,15 @@
 #                          `regmirror node` calls (kamailio.rpc); unset = no HTTP RPC
 #   METRICS_ALLOW_NET      optional, with RPC_ALLOW_NET: Kamailio's statistics (xhttp_prom) at
 #                          /metrics on the same port, answered only to this CIDR (Prometheus)
+#   PROXY_PEER             optional: the other proxy of a pair (its farm-side IP). Then also
+#     PEER_PHONE           its phones'-side IP
+#     FARM_VIP PHONE_VIP   the floating addresses keepalived moves between the two (VRRP over
+#                          the farm side, unicast between SIP_ADDR and PROXY_PEER)
+#     VRRP_ROUTER_ID       1..255, the same on both (default 77)
+#     DMQ_PORT             usrloc replication (dmq_usrloc) on SIP_ADDR (default 5090)
+#     NONCE_SECRET (or NONCE_SECRET_FILE)  the digest nonces' secret, the same on both
+#     SERVER_ID            unique per proxy (default: SIP_ADDR's last two octets as a number)
+#                          The container needs NET_ADMIN and net.ipv4.ip_nonlocal_bind=1.
 set -euo pipefail
 # usrloc writes location.expires in the process's local time and regmirror reads it in UTC.
 export TZ=UTC
@@ -30,6 +39,13 @@ export TZ=UTC
 
 if [ -n "${NOTIFY_KEY_FILE:-}" ]; then
     NOTIFY_KEY=$(tr -d '[:space:]' < "$NOTIFY_KEY_FILE")
+fi
+if [ -n "${NONCE_SECRET_FILE:-}" ]; then
+    NONCE_SECRET=$(tr -d '[:space:]' < "$NONCE_SECRET_FILE")
+fi
+if [ -n "${PROXY_PEER:-}" ] && ! [[ ${NONCE_SECRET:-} =~ ^[A-Za-z0-9._~+/=-]{16,}$ ]]; then
+    echo "kamailio entrypoint: a proxy pair needs NONCE_SECRET, at least 16 characters of A-Z a-z 0-9 ._~+/=-" >&2
+    exit 1
 fi
 if [ -n "${NOTIFY_KEY:-}" ] && ! [[ $NOTIFY_KEY =~ ^[A-Za-z0-9._~+/=-]{16,}$ ]]; then
     echo "kamailio entrypoint: NOTIFY_KEY must be at least 16 characters of A-Z a-z 0-9 ._~+/=-" >&2
@@ -57,6 +73,16 @@ env_cfg=/etc/kamailio/kamailio-env.cfg
             echo "#!substdef \"!METRICS_ALLOW_NET!$METRICS_ALLOW_NET!g\""
         fi
     fi
+    if [ -n "${PROXY_PEER:-}" ]; then
+        for v in PROXY_PEER PEER_PHONE FARM_VIP PHONE_VIP; do
+            [ -n "${!v:-}" ] || { echo "kamailio entrypoint: PROXY_PEER needs $v" >&2; exit 1; }
+            echo "#!substdef \"!$v!${!v}!g\""
+        done
+        echo "#!substdef \"!DMQ_PORT!${DMQ_PORT:-5090}!g\""
+        echo "#!define NONCE_SECRET \"$NONCE_SECRET\""
+        IFS=. read -r _ _ o3 o4 <<< "$SIP_ADDR"
+        echo "#!define SERVER_ID ${SERVER_ID:-$((o3 * 256 + o4))}"
+    fi
     echo "#!define DBURL \"mysql://$DB_USER:$DB_PASSWORD@$DB_HOST:$DB_PORT/$DB_NAME\""
     for v in REG_MIN_EXPIRES REG_MAX_EXPIRES UL_TIMER_INTERVAL FARM_FR_TIMEOUT FR_TIMER AUTH_FAIL_LIMIT AUTH_FAIL_IP_LIMIT \
              DS_FARM_ALG; do
@@ -68,6 +94,49 @@ chmod 640 "$env_cfg"
 
 mkdir -p /run/kamailio
 chown kamailio:kamailio /run/kamailio
+
+if [ -n "${PROXY_PEER:-}" ]; then
+    # The floating addresses follow the proxy whose Kamailio answers (vrrp_script): one VRRP
+    # instance on the farm side carries both, so nothing of it is exposed on the phones' side.
+    # nopreempt: a proxy that comes back does not take them back (no second failover).
+    iface_of() { ip -o -4 addr show | awk -v a="$1" '{split($4, p, "/"); if (p[1] == a) print $2}'; }
+    farm_if=$(iface_of "$SIP_ADDR"); phone_if=$(iface_of "${PHONE_ADDR:-}")
+    [ -n "$farm_if" ] || { echo "kamailio entrypoint: no interface holds $SIP_ADDR" >&2; exit 1; }
+    mkdir -p /etc/keepalived
+    cat > /etc/keepalived/keepalived.conf <<CONF
+global_defs {
+    enable_script_security
+    script_user root
+    vrrp_garp_master_repeat 3
+}
+vrrp_script kamailio_answers {
+    script "/usr/local/bin/kamailio-answers.sh"
+    interval 1
+    fall 2
+    rise 2
+}
+vrrp_instance proxies {
+    state BACKUP
+    nopreempt
+    interface $farm_if
+    virtual_router_id ${VRRP_ROUTER_ID:-77}
+    priority 100
+    advert_int 1
+    unicast_src_ip $SIP_ADDR
+    unicast_peer {
+        $PROXY_PEER
+    }
+    virtual_ipaddress {
+        $FARM_VIP dev $farm_if
+$( [ -n "$phone_if" ] && echo "        $PHONE_VIP dev $phone_if" )
+    }
+    track_script {
+        kamailio_answers
+    }
+}
+CONF
+    keepalived --vrrp --dont-fork --log-console -f /etc/keepalived/keepalived.conf &
+fi
 
 kamailio -c -f /etc/kamailio/kamailio.cfg >/dev/null 2>/tmp/kamailio-check.log || {
     cat /tmp/kamailio-check.log >&2; exit 1; }

@@ -42,8 +42,14 @@ TESTER = "10.78.0.50"
 # The farm network, reached from here (the docker host) but not from the tester.
 MARIADB = "10.77.0.10"
 KAMAILIO_FARM = "10.77.0.20"
-# Where regmirror's contacts on the nodes point: Kamailio's farm-side socket.
-MIRROR_CONTACT_HOST = f"{KAMAILIO_FARM}:5060"
+# The topology `scripts/stack up` chose: PROXIES=2 writes the pair's settings there.
+STACK_ENV = dict(line.split("=", 1) for line in (
+    (ROOT / "target/stack.env").read_text().splitlines()
+    if (ROOT / "target/stack.env").is_file() else []) if "=" in line)
+PROXY_PAIR = "KAMAILIO_FARM_VIP" in STACK_ENV
+# Where regmirror's contacts on the nodes point: Kamailio's farm-side socket (a pair's floating
+# address).
+MIRROR_CONTACT_HOST = STACK_ENV.get("KAMAILIO_CONTACT", f"{KAMAILIO_FARM}:5060")
 NODES = {"ast1": "10.77.0.31", "ast2": "10.77.0.32"}
 REGMIRROR = "10.77.0.40"
 ADMIN_URL = f"http://{REGMIRROR}:9070"
@@ -153,7 +159,8 @@ def node_users(stack, node):
     return found
 
 
-def bulk_register(stack, users, port, *, rate=50, expires=600, background=False, calls=None):
+def bulk_register(stack, users, port, *, rate=50, expires=600, background=False, calls=None,
+                  target=KAMAILIO_SIP):
     """Register `users` through Kamailio with one SIPp run from one tester port (rows cycle
     when calls > len(users): refreshes). Returns SIPp's exit code, or the handle if background."""
     calls = calls or len(users)
@@ -164,7 +171,7 @@ def bulk_register(stack, users, port, *, rate=50, expires=600, background=False,
            f"sipp -sf /work/tests/sipp/register.xml -inf {base}.csv -i {TESTER} -p {port} "
            f"-mp {20000 + port % 1000 * 4} -s {REALM} -m {calls} -r {rate} "
            f"-nostdin -timeout {timeout} -recv_timeout 4000 "
-           f"{KAMAILIO_SIP} > {base}.out 2>&1; echo $? > {base}.rc")
+           f"{target} > {base}.out 2>&1; echo $? > {base}.rc")
     if background:
         return subprocess.Popen([DOCKER, "exec", stack.container("tester"), "bash", "-c", cmd],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -451,12 +458,6 @@ class Sipp:
         rc = int(rc_text.strip()) if rc_text.strip().lstrip("-").isdigit() else -1
         return SippResult(rc, messages, stdout)
 
-    def register(self, user, password, *, port, expires=120):
-        return self.run("register.xml", [(user, password, expires)], port=port)
-
-    def unregister(self, user, password, *, port):
-        return self.run("register.xml", [(user, password, 0)], port=port)
-
 
     def wait_listening(self, port, timeout=5):
         """A background SIPp has bound its UDP port (so an INVITE to it will not be lost)."""
@@ -701,13 +702,15 @@ def baresip(stack, ports):
 class Phone:
     """A SIPp phone registered through Kamailio from one tester port."""
 
-    def __init__(self, sipp, user, password, port):
+    def __init__(self, sipp, user, password, port, target=KAMAILIO_SIP):
         self.sipp, self.user, self.password, self.port = sipp, user, password, port
+        self.target = target  # the proxy it registers at
         self.registered = False
         self.pending = []
 
     def register(self, expires=120):
-        res = self.sipp.register(self.user, self.password, port=self.port, expires=expires)
+        res = self.sipp.run("register.xml", [(self.user, self.password, expires)],
+                            port=self.port, target=self.target)
         assert res.rc == 0, f"REGISTER {self.user} from :{self.port} failed\n{res.stdout}"
         assert [c for c, _ in res.responses("REGISTER")] == [401, 200]
         self.registered = expires > 0
@@ -717,7 +720,8 @@ class Phone:
         for bg in self.pending:  # the port must be free again
             bg.wait()
         self.pending = []
-        res = self.sipp.unregister(self.user, self.password, port=self.port)
+        res = self.sipp.run("register.xml", [(self.user, self.password, 0)], port=self.port,
+                            target=self.target)
         assert res.rc == 0, f"unREGISTER {self.user} from :{self.port} failed\n{res.stdout}"
         self.registered = False
         return res
@@ -735,8 +739,8 @@ def phone(sipp, ports):
     """Factory: phone(user, password) -> Phone on a fresh port; unregistered after the test."""
     made = []
 
-    def make(user, password):
-        p = Phone(sipp, user, password, next(ports))
+    def make(user, password, target=KAMAILIO_SIP):
+        p = Phone(sipp, user, password, next(ports), target)
         made.append(p)
         return p
 

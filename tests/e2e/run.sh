@@ -4,6 +4,8 @@
 # failure, and always tear the stack down. Exit code: pytest's (or the stack's, if it did not
 # come up). Extra arguments go to pytest, e.g. `tests/e2e/run.sh -k calls`.
 #   E2E_KEEP_STACK=1   leave the stack running afterwards (debugging)
+#   PROXIES=2          the proxy-pair topology instead, and only the tests that need it
+#                      (tests/e2e/test_proxies.py)
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
@@ -55,14 +57,21 @@ t0=$SECONDS
 echo "e2e: stack up in $((SECONDS - t0)) s" >&2
 
 mkdir -p "$(dirname "$ART")"
-# Issue 6 against the live stack: /metrics after real traffic, `regmirror status <user>`, and
-# the status page rendered in headless Chromium (screenshot in target/artifacts/).
-REGMIRROR_TEST_STACK_ADMIN=http://10.77.0.40:9070 REGMIRROR_REQUIRE_STACK=1 \
-    cargo test --release --test stack_ops -- --nocapture
-ops_rc=$?
-echo "e2e: stack_ops exit $ops_rc" >&2
+ops_rc=0
+tests=("$ROOT/tests/e2e")
+if [ "${PROXIES:-1}" = 2 ]; then
+    tests=("$ROOT/tests/e2e/test_proxies.py")
+    export REGMIRROR_REQUIRE_PROXIES=1
+else
+    # Issue 6 against the live stack: /metrics after real traffic, `regmirror status <user>`,
+    # and the status page rendered in headless Chromium (screenshot in target/artifacts/).
+    REGMIRROR_TEST_STACK_ADMIN=http://10.77.0.40:9070 REGMIRROR_REQUIRE_STACK=1 \
+        cargo test --release --test stack_ops -- --nocapture
+    ops_rc=$?
+    echo "e2e: stack_ops exit $ops_rc" >&2
+fi
 t1=$SECONDS
-"$PY" -m pytest "$ROOT/tests/e2e" -v -p no:cacheprovider -rfE "$@" 2>&1 | tee "$ART.pytest.log"
+"$PY" -m pytest "${tests[@]}" -v -p no:cacheprovider -rfE "$@" 2>&1 | tee "$ART.pytest.log"
 rc=${PIPESTATUS[0]}
 [ "$rc" -eq 0 ] && [ "$ops_rc" -ne 0 ] && rc=$ops_rc
 echo "e2e: pytest exit $rc in $((SECONDS - t1)) s" >&2
