@@ -135,6 +135,8 @@ $( [ -n "$phone_if" ] && echo "        $PHONE_VIP dev $phone_if" )
     }
 }
 CONF
+    # A restarted container keeps /run: a stale pid file would stop keepalived from starting.
+    rm -f /run/keepalived.pid /run/vrrp.pid /run/keepalived/*.pid
     keepalived --vrrp --dont-fork --log-console -f /etc/keepalived/keepalived.conf &
 fi
 

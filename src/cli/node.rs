@@ -18,6 +18,7 @@ use serde_json::json;
 use sqlx::mysql::MySqlPool;
 
 use super::kamailio_rpc::{self, RpcError};
+use super::status::HttpError;
 use crate::config::{
     attrs_of, destination_of, nodes_of_rows, Config, DispatcherRow, NodeConfig, NodeSource,
     TransportKind, UnusableRow,
@@ -238,12 +239,26 @@ impl Farm {
         Err(NodeError::LastActive(name.into()))
     }
 
-    /// `dispatcher.reload` on every proxy; how many.
+    /// `dispatcher.reload` on every proxy; how many reloaded. A proxy that cannot be reached
+    /// (one of a pair is down) is skipped: it reads the table when it starts. One that answers
+    /// with an error, or none reached at all, fails the change.
     async fn reload_kamailio(&self) -> Result<usize, RpcError> {
+        let mut reloaded = 0;
+        let mut unreachable = None;
         for url in &self.config.kamailio.rpc {
-            kamailio_rpc::call(url, "dispatcher.reload", json!([])).await?;
+            match kamailio_rpc::call(url, "dispatcher.reload", json!([])).await {
+                Ok(_) => reloaded += 1,
+                Err(e @ RpcError::Http(_, HttpError::Unreachable(..))) => {
+                    eprintln!("regmirror: {e}: skipped (it reads the farm list when it starts)");
+                    unreachable = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
         }
-        Ok(self.config.kamailio.rpc.len())
+        match unreachable {
+            Some(e) if reloaded == 0 => Err(e),
+            _ => Ok(reloaded),
+        }
     }
 
     /// `dispatcher.set_state` of `node` on every proxy (best effort: the dispatcher's own

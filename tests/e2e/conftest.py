@@ -211,6 +211,13 @@ def provisioner_sql(stack, sql):
     assert res.returncode == 0, res.stderr
 
 
+def node_cli(stack, *args, db=PROVISIONER_URL):
+    """`regmirror node ...` inside the regmirror container (the nodes' AMI and Kamailio's RPC
+    admit it), writing the farm list as the provisioner (`db=None`: the service's account)."""
+    env = {"REGMIRROR_DATABASE_URL": db} if db else None
+    return stack.exec("regmirror", ["regmirror", "node", *args], env=env, timeout=180)
+
+
 @contextlib.contextmanager
 def sidecar(stack, key, network):
     """The tester's image (SIPp, python3, tests/ mounted) idling with `network` (docker run

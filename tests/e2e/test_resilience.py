@@ -17,8 +17,9 @@ import urllib.request
 
 import pytest
 
-from conftest import (ADMINS, DOCKER, NODES, PROVISIONER_URL, active, bulk_register, cid, compose,
-                      converged, metric, node_users, poll, provisioner_sql, status, wait_healthy)
+from conftest import (ADMINS, DOCKER, NODES, active, bulk_register, cid, compose,
+                      converged, metric, node_cli, node_users, poll, provisioner_sql, status,
+                      wait_healthy)
 from test_callable import node_of, register_then_call
 
 CROWD = 60  # users registered for the whole module
@@ -657,13 +658,6 @@ def test_a_users_endpoint_in_maintenance_shows_on_that_users_row(stack, new_user
     finally:
         stack.ast("ast2", f"pjsip set maintenance off {user}")
     assert poll(lambda: not user_rows("regmirror", user)["ast2"]["maintenance"], 15)[0]
-
-
-def node_cli(stack, *args, db=PROVISIONER_URL):
-    """`regmirror node ...` inside the regmirror container (the nodes' AMI and Kamailio's RPC
-    admit it), writing the farm list as the provisioner (`db=None`: the service's account)."""
-    env = {"REGMIRROR_DATABASE_URL": db} if db else None
-    return stack.exec("regmirror", ["regmirror", "node", *args], env=env, timeout=180)
 
 
 def channels(stack, node):
