@@ -236,12 +236,13 @@ pub fn farm_status(
     health: impl Fn(NodeId) -> &'static str,
     list: &BindingList,
 ) -> FarmStatus {
-    let mut nodes: Vec<NodeRow> = mirror
+    let nodes: Vec<NodeRow> = mirror
         .nodes()
         .enumerate()
         .map(|(i, n)| {
             let h = mirror.node_health(i as NodeId);
             let c = h.as_ref().map(|h| h.coverage).unwrap_or_default();
+            let counts = h.as_ref().map(|h| h.counts).unwrap_or_default();
             NodeRow {
                 name: n.name.clone(),
                 address: n.addr.to_string(),
@@ -256,16 +257,20 @@ pub fn farm_status(
                 preemptive_challenged: h.as_ref().map_or(0, |h| h.preemptive_challenged),
                 inflight: h.as_ref().map_or(0, |h| h.inflight as u64),
                 window: h.as_ref().map_or(0, |h| h.window as u64),
+                confirmed: counts.registered as u64,
+                registering: counts.registering as u64,
+                unregistering: counts.unregistering as u64,
+                failing: counts.failed as u64,
+                drift: counts.drift(c.desired) as u64,
                 ..Default::default()
             }
         })
         .collect();
-    // One pass over the bindings: the counters need none, and liveness comes with each view
-    // (a lookup by name per binding was most of a summary's cost at 8,000,000).
-    let stats = mirror.counter_stats();
+    // The counts are kept as bindings change: a summary costs O(nodes). Only a page that lists
+    // bindings walks them.
+    let stats = mirror.stats();
     let live = stats.live_aors as u64;
-    let mut total = 0u64;
-    let mut queued = 0u64;
+    let total = (stats.registering + stats.registered + stats.unregistering + stats.failed) as u64;
     let mut matched = 0u64;
     let mut listed = Vec::new();
     let far = now + std::time::Duration::from_secs(86_400 * 365);
@@ -285,25 +290,8 @@ pub fn farm_status(
             b.node,
         )),
     };
-    for b in mirror.bindings() {
-        total += 1;
-        queued += u64::from(b.queued);
-        let Some(row) = nodes.get_mut(usize::from(b.node)) else {
-            continue;
-        };
-        let is_live = b.aor_live_until.is_some_and(|t| t > now);
-        match b.state {
-            BindingState::Registered => {
-                row.confirmed += 1;
-                if !is_live {
-                    row.drift += 1;
-                }
-            }
-            BindingState::Registering => row.registering += 1,
-            BindingState::Unregistering => row.unregistering += 1,
-            BindingState::Failed => row.failing += 1,
-        }
-        if list.max > 0 && b.aor.starts_with(list.user_prefix.as_str()) {
+    for b in mirror.bindings().take_while(|_| list.max > 0) {
+        if b.aor.starts_with(list.user_prefix.as_str()) {
             matched += 1;
             listed.push(b);
             // Only the first `max` in order are shown: keep at most twice that many, so the
@@ -313,10 +301,6 @@ pub fn farm_status(
                 listed.truncate(list.max);
             }
         }
-    }
-    for row in &mut nodes {
-        let confirmed_live = row.confirmed - row.drift;
-        row.drift += live.saturating_sub(confirmed_live);
     }
     listed.sort_unstable_by(order);
     let rows: Vec<BindingRow> = listed
@@ -349,7 +333,7 @@ pub fn farm_status(
             challenges: stats.challenges,
             credential_rejected: stats.credential_rejected,
             stray_responses: stats.stray_responses,
-            queued,
+            queued: stats.queued as u64,
             refreshes_deferred: stats.refreshes_deferred,
         },
         bindings_total: total,

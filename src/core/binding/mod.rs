@@ -226,6 +226,9 @@ pub(crate) struct Binding {
     pub desired: bool,
     /// Desired and not confirmed since then (an entry in its node's lag heap).
     pub pending_since: Option<Instant>,
+    /// What its node's `BindingCounts` hold for it (`BindingCounts::key`), which survives
+    /// `reset` like the coverage bookkeeping: the counts follow the binding, not the reset.
+    pub counted: u8,
 }
 
 impl Default for Binding {
@@ -249,6 +252,7 @@ impl Default for Binding {
             last: LastResult::None,
             desired: false,
             pending_since: None,
+            counted: 0,
         }
     }
 }
@@ -284,6 +288,7 @@ impl Binding {
             cseq: self.cseq,
             desired: self.desired,
             pending_since: self.pending_since,
+            counted: self.counted,
             ..Binding::default()
         };
     }

@@ -129,6 +129,19 @@ impl Mirror {
         if !holds(ns, b) {
             self.pend(now, idx);
         }
+        self.recount(idx);
+    }
+
+    /// Brings the binding's entry in its node's `BindingCounts` up to date; called wherever a
+    /// binding's state, queue or desire may have changed.
+    pub(super) fn recount(&mut self, idx: usize) {
+        let n = self.nodes.len();
+        let b = &mut self.bindings[idx];
+        let key = BindingCounts::key(b);
+        if key != b.counted {
+            self.nodes[idx % n].counts.recount(b.counted, key);
+            b.counted = key;
+        }
     }
 
     /// A desired binding the node may not hold: pending from `now` unless it already is.
@@ -161,6 +174,7 @@ impl Mirror {
             ns.desired = ns.desired.saturating_sub(1);
         }
         self.unpend(idx);
+        self.recount(idx);
     }
 
     /// Ends the binding's pending time (confirmed, or no longer desired).

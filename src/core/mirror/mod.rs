@@ -220,6 +220,7 @@ pub struct NodeHealthView {
     /// Of those, the ones the node challenged again (nonce expired or another realm).
     pub preemptive_challenged: u64,
     pub coverage: Coverage,
+    pub counts: BindingCounts,
 }
 
 /// How much of the desired state a node holds, kept incrementally as bindings change (reading
@@ -253,6 +254,72 @@ impl Coverage {
     }
 }
 
+/// A node's bindings by state, kept as each changes: a summary reads them in O(nodes), not by
+/// walking the bindings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BindingCounts {
+    pub registering: usize,
+    pub registered: usize,
+    pub unregistering: usize,
+    pub failed: usize,
+    /// Waiting for the node's send budget (or a paced queue).
+    pub queued: usize,
+    /// Registered though no longer desired (their AOR is not live): drift.
+    pub registered_undesired: usize,
+}
+
+impl BindingCounts {
+    /// What a binding is counted under: its state (0 none, 1 registering, 2 registered,
+    /// 3 unregistering, 4 failed), 8 if queued, 16 if desired.
+    pub(crate) fn key(b: &Binding) -> u8 {
+        let state = match b.state() {
+            None => 0,
+            Some(BindingState::Registering) => 1,
+            Some(BindingState::Registered) => 2,
+            Some(BindingState::Unregistering) => 3,
+            Some(BindingState::Failed) => 4,
+        };
+        state | u8::from(b.phase == Phase::Queued) << 3 | u8::from(b.desired) << 4
+    }
+
+    fn count(&mut self, key: u8, add: bool) {
+        let step = |v: &mut usize| *v = if add { *v + 1 } else { v.saturating_sub(1) };
+        match key & 7 {
+            1 => step(&mut self.registering),
+            2 => {
+                step(&mut self.registered);
+                if key & 16 == 0 {
+                    step(&mut self.registered_undesired);
+                }
+            }
+            3 => step(&mut self.unregistering),
+            4 => step(&mut self.failed),
+            _ => {}
+        }
+        if key & 8 != 0 {
+            step(&mut self.queued);
+        }
+    }
+
+    /// Moves a binding from `from` to `to`.
+    pub(crate) fn recount(&mut self, from: u8, to: u8) {
+        self.count(from, false);
+        self.count(to, true);
+    }
+
+    /// Every binding in a state.
+    pub fn total(&self) -> usize {
+        self.registering + self.registered + self.unregistering + self.failed
+    }
+
+    /// Bindings differing from the desired state, given how many are desired: registered and
+    /// not desired, plus desired and not registered.
+    pub fn drift(&self, desired: usize) -> usize {
+        let registered_desired = self.registered - self.registered_undesired;
+        self.registered_undesired + desired.saturating_sub(registered_desired)
+    }
+}
+
 /// `confirmed / desired` of a node, 1 when nothing is desired (also for views that only carry
 /// the two counts).
 pub fn coverage_ratio(desired: u64, confirmed: u64) -> f64 {
@@ -278,10 +345,6 @@ pub struct BindingView<'a> {
     /// Since when the binding has differed from what is wanted (a desired binding the node does
     /// not hold yet, or one left over): its age as a problem.
     pub waiting_since: Option<Instant>,
-    /// Until when its AOR is live (none: not live), so a summary needs no lookup by name.
-    pub aor_live_until: Option<Instant>,
-    /// Waiting for its node's send budget.
-    pub queued: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -36,6 +36,8 @@ pub(super) struct NodeState {
     /// binding no longer has that `pending_since` is stale; none is left on top (`unpend`), so
     /// the top is the lag. Slots, not binding indices: they survive `relayout`.
     pub(super) lag: BinaryHeap<Reverse<(Instant, u32)>>,
+    /// The node's bindings by state (`Mirror::recount`).
+    pub(super) counts: BindingCounts,
 }
 
 impl NodeState {
@@ -58,6 +60,7 @@ impl NodeState {
             desired: 0,
             pending: 0,
             lag: BinaryHeap::new(),
+            counts: BindingCounts::default(),
         }
     }
 

@@ -77,6 +77,11 @@ impl Mirror {
 
     /// Begins `op` now, or queues it behind the node's send budget.
     pub(super) fn start_op(&mut self, now: Instant, idx: usize, op: Op) {
+        self.start_or_queue(now, idx, op);
+        self.recount(idx);
+    }
+
+    fn start_or_queue(&mut self, now: Instant, idx: usize, op: Op) {
         let node = idx % self.nodes.len();
         let storm = self.storm_holding(now);
         let b = &mut self.bindings[idx];
@@ -410,6 +415,7 @@ impl Mirror {
             return;
         }
         b.reset();
+        self.recount(idx);
         if let Some(name) = self.aors[idx / n].name.clone() {
             self.events.push_back(Event::BindingRemoved {
                 aor: name,
@@ -467,6 +473,7 @@ impl Mirror {
                 self.queue.push(Reverse((t, idx as u32)));
             }
         }
+        self.recount(idx);
     }
 
     pub(super) fn compact_queue(&mut self) {
@@ -487,6 +494,7 @@ impl Mirror {
         before: Option<BindingState>,
         reason: Option<String>,
     ) {
+        self.recount(idx);
         let b = &self.bindings[idx];
         let Some(state) = b.state() else { return };
         if Some(state) == before {

@@ -22,8 +22,6 @@ impl Mirror {
             failures: b.failures,
             granted_expires: b.granted,
             waiting_since: b.pending_since,
-            aor_live_until: a.live_until.filter(|_| !a.removed),
-            queued: b.phase == Phase::Queued,
         })
     }
 
@@ -45,27 +43,21 @@ impl Mirror {
             .is_some_and(|&s| self.aors[s as usize].is_live(now))
     }
 
-    /// Every figure, the bindings counted by state included (a pass over every binding).
+    /// Every figure, the bindings counted by state included.
     pub fn stats(&self) -> MirrorStats {
         let mut s = self.counter_stats();
-        for b in &self.bindings {
-            if b.phase == Phase::Queued {
-                s.queued += 1;
-            }
-            match b.state() {
-                Some(BindingState::Registering) => s.registering += 1,
-                Some(BindingState::Registered) => s.registered += 1,
-                Some(BindingState::Unregistering) => s.unregistering += 1,
-                Some(BindingState::Failed) => s.failed += 1,
-                None => {}
-            }
+        for c in self.nodes.iter().map(|ns| &ns.counts) {
+            s.queued += c.queued;
+            s.registering += c.registering;
+            s.registered += c.registered;
+            s.unregistering += c.unregistering;
+            s.failed += c.failed;
         }
         s
     }
 
-    /// The counters, the per-node sums and the live AORs, without counting the bindings by
-    /// state (`registering`, `registered`, `unregistering`, `failed` and `queued` are 0): what a
-    /// summary that walks the bindings itself reads.
+    /// The counters, the per-node sums and the live AORs, without the bindings by state
+    /// (`registering`, `registered`, `unregistering`, `failed` and `queued` are 0).
     pub fn counter_stats(&self) -> MirrorStats {
         let c = &self.counters;
         let mut s = MirrorStats {
@@ -91,11 +83,8 @@ impl Mirror {
             s.preemptive += ns.preemptive;
             s.preemptive_challenged += ns.preemptive_challenged;
         }
-        s.live_aors = self
-            .aors
-            .iter()
-            .filter(|a| a.name.is_some() && !a.removed && a.live_until.is_some())
-            .count();
+        // Every live AOR is desired on every node (kept as AORs come and go).
+        s.live_aors = self.nodes.first().map_or(0, |ns| ns.desired);
         s
     }
 
@@ -124,6 +113,7 @@ impl Mirror {
                 confirmed: ns.desired.saturating_sub(ns.pending),
                 oldest_pending: ns.lag.peek().map(|Reverse((t, _))| *t),
             },
+            counts: ns.counts,
         })
     }
 
@@ -171,6 +161,20 @@ impl Mirror {
                     pending += 1;
                     oldest = Some(oldest.map_or(t, |o| o.min(t)));
                 }
+            }
+            let mut counts = BindingCounts::default();
+            for slot in 0..self.aors.len() {
+                let b = &self.bindings[slot * n + node];
+                if b.counted != BindingCounts::key(b) {
+                    return Err(format!("slot {slot} on node {node}: counted {}", b.counted));
+                }
+                counts.recount(0, b.counted);
+            }
+            if counts != ns.counts {
+                return Err(format!(
+                    "node {node}: counts {:?}, recounted {counts:?}",
+                    ns.counts
+                ));
             }
             let top = ns.lag.peek().map(|Reverse((t, _))| *t);
             if (desired, pending, oldest) != (ns.desired, ns.pending, top) {
