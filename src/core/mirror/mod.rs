@@ -307,15 +307,10 @@ impl BindingCounts {
         self.count(to, true);
     }
 
-    /// Every binding in a state.
-    pub fn total(&self) -> usize {
-        self.registering + self.registered + self.unregistering + self.failed
-    }
-
     /// Bindings differing from the desired state, given how many are desired: registered and
     /// not desired, plus desired and not registered.
     pub fn drift(&self, desired: usize) -> usize {
-        let registered_desired = self.registered - self.registered_undesired;
+        let registered_desired = self.registered.saturating_sub(self.registered_undesired);
         self.registered_undesired + desired.saturating_sub(registered_desired)
     }
 }
