@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -217,6 +218,27 @@ def main():
                     time.sleep(1.1)  # the admin listener asks the driver at most once a second
                 out(f"round{rnd}_get{path.replace('/', '_').replace('.', '_')}_ms",
                     f"{statistics.median(times) * 1000:.0f}")
+            # `/metrics` while status pages are being built back to back: the page's list is
+            # gathered a chunk per turn of the driver's loop, so the scrape need not wait for it.
+            busy = threading.Event()
+
+            def load_pages():
+                while busy.is_set():
+                    http_get("/status")
+
+            pages = threading.Thread(target=load_pages, daemon=True)
+            busy.set()
+            pages.start()
+            time.sleep(0.5)
+            times = []
+            for _ in range(5):
+                _, took = http_get("/metrics")
+                times.append(took)
+                time.sleep(1.1)
+            busy.clear()
+            pages.join(timeout=120)
+            out(f"round{rnd}_get_metrics_during_pages_ms",
+                f"median {statistics.median(times) * 1000:.0f} max {max(times) * 1000:.0f}")
             _, cpu2 = proc_stat(proc.pid)
             out(f"round{rnd}_idle_cpu_s_during_page_timing", f"{cpu2 - cpu:.1f}")
 

@@ -229,12 +229,27 @@ pub fn lag_text(s: f64) -> String {
     }
 }
 
-/// Builds the farm summary. `health` gives each node's health (`unknown` until probed).
+/// Builds the farm summary with the binding rows `list` asks for, in one go. `health` gives
+/// each node's health (`unknown` until probed). The driver runs the same in slices
+/// (`farm_summary`, then a `BindingScan` a chunk per turn).
 pub fn farm_status(
     mirror: &Mirror,
     now: Instant,
     health: impl Fn(NodeId) -> &'static str,
     list: &BindingList,
+) -> FarmStatus {
+    let mut status = farm_summary(mirror, now, health);
+    let mut scan = BindingScan::new(list.clone());
+    while !scan.advance(mirror, now, usize::MAX) {}
+    scan.finish(mirror, now, &mut status);
+    status
+}
+
+/// The farm summary without binding rows: per-node counts kept as bindings change, so O(nodes).
+pub fn farm_summary(
+    mirror: &Mirror,
+    now: Instant,
+    health: impl Fn(NodeId) -> &'static str,
 ) -> FarmStatus {
     let nodes: Vec<NodeRow> = mirror
         .nodes()
@@ -266,61 +281,11 @@ pub fn farm_status(
             }
         })
         .collect();
-    // The counts are kept as bindings change: a summary costs O(nodes). Only a page that lists
-    // bindings walks them.
     let stats = mirror.stats();
     let live = stats.live_aors as u64;
     let total = (stats.registering + stats.registered + stats.unregistering + stats.failed) as u64;
-    let mut matched = 0u64;
-    let mut listed = Vec::new();
-    let far = now + std::time::Duration::from_secs(86_400 * 365);
-    let order = |a: &BindingView, b: &BindingView| match list.sort {
-        BindingSort::Problems => {
-            let ok = |v: &BindingView| v.state == BindingState::Registered;
-            (ok(a), a.aor, a.node).cmp(&(ok(b), b.aor, b.node))
-        }
-        BindingSort::User => (a.aor, a.node).cmp(&(b.aor, b.node)),
-        BindingSort::Node => (a.node, a.aor).cmp(&(b.node, b.aor)),
-        BindingSort::Next => {
-            (a.next_action.unwrap_or(far), a.aor).cmp(&(b.next_action.unwrap_or(far), b.aor))
-        }
-        BindingSort::Age => (a.waiting_since.unwrap_or(far), a.aor, a.node).cmp(&(
-            b.waiting_since.unwrap_or(far),
-            b.aor,
-            b.node,
-        )),
-    };
-    for b in mirror.bindings().take_while(|_| list.max > 0) {
-        if b.aor.starts_with(list.user_prefix.as_str()) {
-            matched += 1;
-            listed.push(b);
-            // Only the first `max` in order are shown: keep at most twice that many, so the
-            // page costs O(bindings) time and O(max) memory, not a sort of every binding.
-            if listed.len() >= 2 * list.max {
-                listed.select_nth_unstable_by(list.max - 1, order);
-                listed.truncate(list.max);
-            }
-        }
-    }
-    listed.sort_unstable_by(order);
-    let rows: Vec<BindingRow> = listed
-        .iter()
-        .take(list.max)
-        .map(|b| BindingRow {
-            user: b.aor.to_string(),
-            node: nodes
-                .get(usize::from(b.node))
-                .map_or_else(String::new, |n| n.name.clone()),
-            state: b.state.as_str().into(),
-            last_result: b.last_result.to_string(),
-            next_action_seconds: b
-                .next_action
-                .map(|t| t.saturating_duration_since(now).as_secs_f64().round()),
-            waiting_seconds: b
-                .waiting_since
-                .map(|t| now.saturating_duration_since(t).as_secs_f64().round()),
-        })
-        .collect();
+    let matched = 0;
+    let rows = Vec::new();
     FarmStatus {
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_seconds: 0,
@@ -340,6 +305,121 @@ pub fn farm_status(
         bindings_matched: matched,
         bindings: rows,
         ha: Default::default(),
+    }
+}
+
+/// The page's binding list, built over as many driver turns as it takes (`advance` walks a
+/// chunk of the binding table each time), so listing millions of bindings never holds the
+/// driver for more than one chunk. Bindings that change meanwhile are listed as the walk finds
+/// them: a status page's view, not a snapshot.
+#[derive(Debug)]
+pub struct BindingScan {
+    list: BindingList,
+    next: usize,
+    /// Binding-table indices of the best candidates so far (at most twice `list.max`).
+    kept: Vec<usize>,
+    matched: u64,
+}
+
+impl BindingScan {
+    pub fn new(list: BindingList) -> BindingScan {
+        BindingScan {
+            list,
+            next: 0,
+            kept: Vec::new(),
+            matched: 0,
+        }
+    }
+
+    /// Walks up to `budget` more entries of the binding table; whether the walk is done.
+    pub fn advance(&mut self, mirror: &Mirror, now: Instant, budget: usize) -> bool {
+        let end = mirror.binding_slots();
+        if self.list.max == 0 {
+            self.next = end;
+        }
+        let stop = self.next.saturating_add(budget).min(end);
+        let order = order(self.list.sort, now);
+        for idx in self.next..stop {
+            let Some(b) = mirror.binding_at(idx) else {
+                continue;
+            };
+            if !b.aor.starts_with(self.list.user_prefix.as_str()) {
+                continue;
+            }
+            self.matched += 1;
+            self.kept.push(idx);
+            // Only the first `max` in order are shown: keep at most twice that many, so the
+            // list costs O(max) memory, not a sort of every binding.
+            if self.kept.len() >= 2 * self.list.max {
+                let max = self.list.max;
+                let by_order =
+                    |i: &usize, j: &usize| match (mirror.binding_at(*i), mirror.binding_at(*j)) {
+                        (Some(a), Some(b)) => order(&a, &b),
+                        _ => std::cmp::Ordering::Equal,
+                    };
+                self.kept.retain(|&i| mirror.binding_at(i).is_some());
+                if self.kept.len() > max {
+                    self.kept.select_nth_unstable_by(max - 1, by_order);
+                    self.kept.truncate(max);
+                }
+            }
+        }
+        self.next = stop;
+        self.next >= end
+    }
+
+    /// Puts the rows found into `status`.
+    pub fn finish(self, mirror: &Mirror, now: Instant, status: &mut FarmStatus) {
+        let mut listed: Vec<BindingView> = self
+            .kept
+            .iter()
+            .filter_map(|&i| mirror.binding_at(i))
+            .collect();
+        listed.sort_unstable_by(order(self.list.sort, now));
+        status.bindings = listed
+            .iter()
+            .take(self.list.max)
+            .map(|b| BindingRow {
+                user: b.aor.to_string(),
+                node: status
+                    .nodes
+                    .get(usize::from(b.node))
+                    .map_or_else(String::new, |n| n.name.clone()),
+                state: b.state.as_str().into(),
+                last_result: b.last_result.to_string(),
+                next_action_seconds: b
+                    .next_action
+                    .map(|t| t.saturating_duration_since(now).as_secs_f64().round()),
+                waiting_seconds: b
+                    .waiting_since
+                    .map(|t| now.saturating_duration_since(t).as_secs_f64().round()),
+            })
+            .collect();
+        status.bindings_matched = self.matched;
+    }
+}
+
+/// The page's order of bindings for `sort`.
+fn order(
+    sort: BindingSort,
+    now: Instant,
+) -> impl Fn(&BindingView, &BindingView) -> std::cmp::Ordering {
+    let far = now + std::time::Duration::from_secs(86_400 * 365);
+    move |a: &BindingView, b: &BindingView| match sort {
+        BindingSort::Problems => {
+            let ok = |v: &BindingView| v.state == BindingState::Registered;
+            (ok(a), a.aor, a.node).cmp(&(ok(b), b.aor, b.node))
+        }
+        BindingSort::User => (a.aor, a.node).cmp(&(b.aor, b.node)),
+        BindingSort::Node => (a.node, a.aor).cmp(&(b.node, b.aor)),
+        BindingSort::Next => {
+            (a.next_action.unwrap_or(far), a.aor).cmp(&(b.next_action.unwrap_or(far), b.aor))
+        }
+        BindingSort::Age => (a.waiting_since.unwrap_or(far), a.aor, a.node).cmp(&(
+            b.waiting_since.unwrap_or(far),
+            b.aor,
+            b.node,
+        )),
     }
 }
 

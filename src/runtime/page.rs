@@ -318,7 +318,7 @@ mod tests {
         };
         Sim::new(cfg, nodes, Transport::Udp, 1)
     }
-    use crate::status::{farm_status, BindingRow, NodeRow};
+    use crate::status::{farm_status, farm_summary, BindingRow, BindingScan, NodeRow};
     use std::time::Duration;
 
     #[test]
@@ -482,6 +482,44 @@ mod tests {
                 ("ast1", "u03")
             ]
         );
+    }
+
+    /// The driver builds a page's list a chunk of the binding table per turn: the rows and the
+    /// count are those of a single pass, and the summary itself walks no binding.
+    #[test]
+    fn a_list_built_in_chunks_is_the_list_built_at_once() {
+        let mut s = sim(2);
+        for i in 0..37 {
+            let u = format!("u{:02}", (i * 17) % 37);
+            s.add_user(&u, Secret::Password("pw".into()));
+            let c = Credential {
+                username: u.clone(),
+                secret: Secret::Password("pw".into()),
+            };
+            let now = s.now;
+            s.mirror
+                .aor_update(now, &u, Duration::from_secs(600), None, Some(c));
+        }
+        s.run_for(Duration::from_secs(3));
+        for sort in [BindingSort::Problems, BindingSort::User, BindingSort::Node] {
+            let list = BindingList {
+                max: 4,
+                user_prefix: "u".into(),
+                sort,
+            };
+            let whole = farm_status(&s.mirror, s.now, |_| "up", &list);
+            let mut chunked = farm_summary(&s.mirror, s.now, |_| "up");
+            assert!(chunked.bindings.is_empty());
+            let mut scan = BindingScan::new(list);
+            let mut turns = 1;
+            while !scan.advance(&s.mirror, s.now, 5) {
+                turns += 1;
+            }
+            scan.finish(&s.mirror, s.now, &mut chunked);
+            assert_eq!(turns, s.mirror.binding_slots().div_ceil(5));
+            assert_eq!(chunked.bindings, whole.bindings);
+            assert_eq!(chunked.bindings_matched, 74);
+        }
     }
 
     #[test]

@@ -25,6 +25,16 @@ impl Mirror {
         })
     }
 
+    /// Entries in the binding table (AOR slots x nodes): `binding_at` takes `0..` this.
+    pub fn binding_slots(&self) -> usize {
+        self.bindings.len()
+    }
+
+    /// The binding at `idx` of the binding table, if that entry holds one.
+    pub fn binding_at(&self, idx: usize) -> Option<BindingView<'_>> {
+        self.bindings.get(idx).and_then(|b| self.view(idx, b))
+    }
+
     /// The binding of `aor` on `node`, if any.
     pub fn binding(&self, aor: &str, node: NodeId) -> Option<BindingView<'_>> {
         let slot = *self.by_name.get(user_part(aor)?)? as usize;

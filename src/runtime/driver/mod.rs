@@ -39,6 +39,15 @@ use crate::store;
 
 /// How long a shutdown waits for in-flight transactions before exiting anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Binding-table entries a status page's list walks per turn of the loop (a few milliseconds).
+const PAGE_SCAN_CHUNK: usize = 65_536;
+
+/// A status page whose binding rows are still being gathered (`advance_page_scans`).
+struct PageScan {
+    status: status::FarmStatus,
+    scan: status::BindingScan,
+    reply: tokio::sync::oneshot::Sender<status::FarmStatus>,
+}
 
 pub struct Driver<S: CredentialSource = MySqlCredentials> {
     config: Config,
@@ -70,6 +79,8 @@ pub struct Driver<S: CredentialSource = MySqlCredentials> {
     /// The reconciler's last read of the credential source succeeded.
     db_reachable: Arc<AtomicBool>,
     ami_removals: AmiRemovals,
+    /// Status pages being built, a chunk of the binding table per turn.
+    page_scans: Vec<PageScan>,
     /// A reconciliation snapshot has been read since start (applied, or refused by the breaker
     /// with the current state kept): this instance knows what is live.
     location_read: bool,
@@ -173,6 +184,7 @@ impl<S: CredentialSource> Driver<S> {
             reconcile_rx,
             db_reachable: Arc::new(AtomicBool::new(false)),
             ami_removals: AmiRemovals::default(),
+            page_scans: Vec::new(),
             location_read: false,
             audit_tx,
             audit_rx,
@@ -277,6 +289,10 @@ impl<S: CredentialSource> Driver<S> {
                     self.on_ha_timeout().await;
                 }
                 Some(q) = self.admin_rx.recv() => { self.tick(); self.on_admin(q) }
+                _ = std::future::ready(()), if !self.page_scans.is_empty() => {
+                    self.tick();
+                    self.advance_page_scans();
+                }
                 Some(r) = self.reconcile_rx.recv() => { self.tick(); self.on_reconcile(r) }
                 Some(a) = self.audit_rx.recv() => { self.tick(); self.on_audit(a) }
                 Some(r) = self.node_events_rx.recv() => { self.tick(); self.on_node_event(r) }
@@ -348,6 +364,25 @@ impl<S: CredentialSource> Driver<S> {
         }
     }
 
+    /// Walks the next chunk of the binding table for each page being built; answers those done.
+    fn advance_page_scans(&mut self) {
+        let mut i = 0;
+        while i < self.page_scans.len() {
+            let p = &mut self.page_scans[i];
+            if p.scan.advance(&self.mirror, self.now, PAGE_SCAN_CHUNK) {
+                let PageScan {
+                    mut status,
+                    scan,
+                    reply,
+                } = self.page_scans.swap_remove(i);
+                scan.finish(&self.mirror, self.now, &mut status);
+                let _ = reply.send(status);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     fn on_admin(&mut self, q: AdminQuery) {
         // `unknown` until the node has answered anything (a probe or a REGISTER), and while
         // standby (nothing is sent to the nodes).
@@ -363,12 +398,21 @@ impl<S: CredentialSource> Driver<S> {
         replays.store(self.mirror.counter_stats().replayed, Ordering::Relaxed);
         match q {
             AdminQuery::Farm { bindings, reply } => {
-                let mut s = status::farm_status(&self.mirror, self.now, health, &bindings);
+                let mut s = status::farm_summary(&self.mirror, self.now, health);
                 s.ha = self.ha.view();
                 for n in &mut s.nodes {
                     n.maintenance = self.in_maintenance(&n.name);
                 }
-                let _ = reply.send(s);
+                if bindings.max == 0 {
+                    let _ = reply.send(s);
+                } else {
+                    // The rows: a chunk of the binding table per turn of the loop.
+                    self.page_scans.push(PageScan {
+                        status: s,
+                        scan: status::BindingScan::new(bindings),
+                        reply,
+                    });
+                }
             }
             AdminQuery::User { user, reply } => {
                 let mut u = status::user_status(&self.mirror, self.now, &user, health);
