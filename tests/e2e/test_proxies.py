@@ -15,6 +15,7 @@ import pytest
 from conftest import (ADMINS, DOCKER, KAMAILIO_SIP, MIRROR_CONTACT_HOST, NODES, PROXY_PAIR,
                       bulk_provision, bulk_register, bulk_remove, compose, converged, metric,
                       node_cli, node_users, poll, provisioner_sql, sidecar, wait_healthy)
+from test_hostile import REGMIRRORS, SPOOF, spoofed_notification
 
 pytestmark = pytest.mark.skipif(
     not PROXY_PAIR and os.environ.get("REGMIRROR_REQUIRE_PROXIES") != "1",
@@ -127,6 +128,28 @@ def test_a_phone_registers_at_either_proxy_and_is_mirrored_once(stack, new_user,
             >= accepted[s] + 2, s
     for s in ADMINS:
         assert (metric(s, "regmirror_notifications_total", 'result="untrusted"') or 0) == 0, s
+
+
+def test_a_notification_forged_from_the_second_proxys_address_changes_nothing(stack, new_user,
+                                                                            phone):
+    """kamailio2's address is trusted like kamailio's, and what comes from it is verified like
+    what comes from kamailio: an unsigned delete sent to both regmirror instances by a farm-side
+    host forging kamailio2's address is dropped as forged, and the user stays on both nodes."""
+    p = phone(*new_user(), target=KAMAILIO2_SIP)
+    p.register()
+    assert poll(lambda: stack.mirrored(p.user), 2)[0], stack.contacts_of(p.user)
+    before = {s: metric(s, "regmirror_notifications_total", 'result="forged"') or 0
+              for s in ADMINS}
+    msg = spoofed_notification(p.user, time_us=int(time.time() * 1e6)).replace("\n", "\r\n")
+    with sidecar(stack, "forger", ["--network", "regmirror", "--ip", INTRUDER]):
+        for instance in REGMIRRORS:
+            stack.exec("forger", ["python3", "-c", SPOOF, "10.77.0.21", instance, "5070"],
+                       input=msg, check=True)
+    ok, _ = poll(lambda: all((metric(s, "regmirror_notifications_total", 'result="forged"')
+                              or 0) > before[s] for s in ADMINS), 3)
+    assert ok, "not counted as forged"
+    time.sleep(1)
+    assert stack.mirrored(p.user), stack.contacts_of(p.user)
 
 
 def test_calls_reach_the_phone_whichever_proxy_and_node_carry_them(stack, new_user, phone, sipp):
