@@ -240,7 +240,7 @@ pub fn farm_status(
 ) -> FarmStatus {
     let mut status = farm_summary(mirror, now, health);
     let mut scan = BindingScan::new(list.clone());
-    while !scan.advance(mirror, now, usize::MAX) {}
+    scan.advance(mirror, now, usize::MAX); // the whole table at once
     scan.finish(mirror, now, &mut status);
     status
 }
@@ -282,14 +282,10 @@ pub fn farm_summary(
         })
         .collect();
     let stats = mirror.stats();
-    let live = stats.live_aors as u64;
-    let total = (stats.registering + stats.registered + stats.unregistering + stats.failed) as u64;
-    let matched = 0;
-    let rows = Vec::new();
     FarmStatus {
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_seconds: 0,
-        live_aors: live,
+        live_aors: stats.live_aors as u64,
         nodes,
         stats: StatsView {
             transactions: stats.transactions,
@@ -301,9 +297,9 @@ pub fn farm_summary(
             queued: stats.queued as u64,
             refreshes_deferred: stats.refreshes_deferred,
         },
-        bindings_total: total,
-        bindings_matched: matched,
-        bindings: rows,
+        bindings_total: stats.bindings() as u64,
+        bindings_matched: 0,
+        bindings: Vec::new(),
         ha: Default::default(),
     }
 }

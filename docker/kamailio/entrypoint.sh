@@ -37,20 +37,21 @@ export TZ=UTC
 : "${ANTIFLOOD_EXEMPT:=}"
 : "${KAMAILIO_SHM_MB:=256}" "${KAMAILIO_PKG_MB:=16}"
 
-if [ -n "${NOTIFY_KEY_FILE:-}" ]; then
-    NOTIFY_KEY=$(tr -d '[:space:]' < "$NOTIFY_KEY_FILE")
-fi
-if [ -n "${NONCE_SECRET_FILE:-}" ]; then
-    NONCE_SECRET=$(tr -d '[:space:]' < "$NONCE_SECRET_FILE")
-fi
-if [ -n "${PROXY_PEER:-}" ] && ! [[ ${NONCE_SECRET:-} =~ ^[A-Za-z0-9._~+/=-]{16,}$ ]]; then
-    echo "kamailio entrypoint: a proxy pair needs NONCE_SECRET, at least 16 characters of A-Z a-z 0-9 ._~+/=-" >&2
-    exit 1
-fi
-if [ -n "${NOTIFY_KEY:-}" ] && ! [[ $NOTIFY_KEY =~ ^[A-Za-z0-9._~+/=-]{16,}$ ]]; then
-    echo "kamailio entrypoint: NOTIFY_KEY must be at least 16 characters of A-Z a-z 0-9 ._~+/=-" >&2
-    exit 1
-fi
+# A shared key NAME from the environment or from the file NAME_FILE names; `required` refuses
+# an empty one. It lands in the generated config, so only these characters.
+shared_key() {
+    local name=$1 file_var="${1}_FILE"
+    if [ -n "${!file_var:-}" ]; then
+        printf -v "$name" '%s' "$(tr -d '[:space:]' < "${!file_var}")"
+    fi
+    if [ -z "${!name:-}" ] && [ "${2:-}" != required ]; then return 0; fi
+    if ! [[ ${!name:-} =~ ^[A-Za-z0-9._~+/=-]{16,}$ ]]; then
+        echo "kamailio entrypoint: $name must be at least 16 characters of A-Z a-z 0-9 ._~+/=-" >&2
+        exit 1
+    fi
+}
+shared_key NOTIFY_KEY
+if [ -n "${PROXY_PEER:-}" ]; then shared_key NONCE_SECRET required; fi
 
 env_cfg=/etc/kamailio/kamailio-env.cfg
 {

@@ -438,22 +438,28 @@ mod tests {
         assert_eq!(order, ["1001", "1002"]);
     }
 
-    /// A list shorter than what matches shows the first in order, and counts every match.
-    #[test]
-    fn a_short_list_shows_the_first_in_order_of_many() {
+    /// Users u00..u36, added out of order, registered on two nodes (74 bindings).
+    fn thirty_seven_registered() -> Sim {
         let mut s = sim(2);
-        let users: Vec<String> = (0..37).map(|i| format!("u{:02}", (i * 17) % 37)).collect();
-        for u in &users {
-            s.add_user(u, Secret::Password("pw".into()));
+        for i in 0..37 {
+            let u = format!("u{:02}", (i * 17) % 37);
+            s.add_user(&u, Secret::Password("pw".into()));
             let c = Credential {
                 username: u.clone(),
                 secret: Secret::Password("pw".into()),
             };
             let now = s.now;
             s.mirror
-                .aor_update(now, u, Duration::from_secs(600), None, Some(c));
+                .aor_update(now, &u, Duration::from_secs(600), None, Some(c));
         }
         s.run_for(Duration::from_secs(3));
+        s
+    }
+
+    /// A list shorter than what matches shows the first in order, and counts every match.
+    #[test]
+    fn a_short_list_shows_the_first_in_order_of_many() {
+        let s = thirty_seven_registered();
         let list = |max, sort| BindingList {
             max,
             user_prefix: "u".into(),
@@ -488,19 +494,7 @@ mod tests {
     /// count are those of a single pass, and the summary itself walks no binding.
     #[test]
     fn a_list_built_in_chunks_is_the_list_built_at_once() {
-        let mut s = sim(2);
-        for i in 0..37 {
-            let u = format!("u{:02}", (i * 17) % 37);
-            s.add_user(&u, Secret::Password("pw".into()));
-            let c = Credential {
-                username: u.clone(),
-                secret: Secret::Password("pw".into()),
-            };
-            let now = s.now;
-            s.mirror
-                .aor_update(now, &u, Duration::from_secs(600), None, Some(c));
-        }
-        s.run_for(Duration::from_secs(3));
+        let s = thirty_seven_registered();
         for sort in [BindingSort::Problems, BindingSort::User, BindingSort::Node] {
             let list = BindingList {
                 max: 4,

@@ -376,6 +376,13 @@ pub struct MirrorStats {
     pub refreshes_deferred: u64,
 }
 
+impl MirrorStats {
+    /// Bindings in any state.
+    pub fn bindings(&self) -> usize {
+        self.registering + self.registered + self.unregistering + self.failed
+    }
+}
+
 #[derive(Debug, Default)]
 struct Counters {
     transactions: u64,

@@ -196,7 +196,7 @@ impl<S: CredentialSource> Driver<S> {
             Transition::Deactivated => {
                 // Forget without unregistering: the contacts stay on the nodes and the primary
                 // re-registers every live AOR at its start.
-                let bindings = self.mirror.bindings().count();
+                let bindings = self.mirror.stats().bindings();
                 self.mirror = self.new_mirror();
                 self.reconcile_creds.clear();
                 self.reconcile_users.clear();
